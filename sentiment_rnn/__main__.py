@@ -1,0 +1,3 @@
+from sentiment_rnn.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""The `sentiment-rnn` command: thin Typer commands over plain functions.
+
+Each command parses its options, calls one library function and renders the result with rich. Library
+code raises SentimentRNNError; only this module prints it (one line, `Error: ...`) and exits non-zero.
+Heavy imports (datasets, matplotlib, sklearn) happen inside the commands that need them, so `predict`
+starts quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sentiment_rnn import __version__
+from sentiment_rnn.errors import SentimentRNNError
+
+app = typer.Typer(help="Train, evaluate and serve recurrent (RNN) sentiment classifiers.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file, e.g. configs/default.yaml.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override KEY=VALUE, repeatable: --set model.hidden_size=256.")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory; default: the most recent complete run under runs/.")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    from sentiment_rnn.console import err_console
+
+    err_console.print(f"[bold red]Error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Map the project's errors (and Ctrl-C, and unwritable disks) to one line and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SentimentRNNError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except OSError as exc:
+            where = f" '{exc.filename}'" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free disk space")
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"sentiment-rnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Train, evaluate and serve recurrent (RNN) sentiment classifiers."""
+
+
+@app.command()
+@handle_errors
+def train(
+    config: ConfigOpt = Path("configs/default.yaml"),
+    set_: SetOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/<config name>/.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Train a classifier from a YAML config and save the run directory."""
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.console import RichReporter, console, metrics_table
+    from sentiment_rnn.train import train as train_run
+
+    cfg = load_config(config, set_)
+    out = output or Path("runs") / cfg.name
+    console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
+                  f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
+    metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite)
+    console.print(metrics_table(metrics["test"], f"Test split (best epoch {metrics['best_epoch']})"))
+    console.print(f"Trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s; "
+                  f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{out}[/bold]")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+
+
+def _read_lines(source) -> Iterator[str]:
+    """Decode line by line so one bad line becomes one error record, not a crash."""
+    for raw in source:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield "\0undecodable"
+
+
+def _records(predictor, texts: list[str], file: Optional[Path]) -> Iterator[dict]:
+    if file is not None:
+        if not file.is_file():
+            raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
+        with file.open("rb") as fh:
+            yield from _fix_undecodable(predictor.stream(_read_lines(fh)))
+    elif texts == ["-"]:
+        yield from _fix_undecodable(predictor.stream(_read_lines(sys.stdin.buffer)))
+    else:
+        yield from predictor.predict(texts)
+
+
+def _fix_undecodable(records: Iterator[dict]) -> Iterator[dict]:
+    for rec in records:
+        if rec["text"] == "\0undecodable":
+            yield {"text": None, "error": "line is not valid UTF-8"}
+        else:
+            yield rec
+
+
+@app.command()
+@handle_errors
+def predict(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; '-' reads one text per line from stdin.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
+    model: ModelOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output: table, json (one array) or jsonl (one line per input).")] = Format.table,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 256,
+) -> None:
+    """Classify texts: label and class probabilities."""
+    texts = texts or []
+    if not texts and file is None:
+        raise SentimentRNNError("nothing to classify; give TEXT arguments, --file PATH or '-' for stdin")
+    if texts and file is not None:
+        raise SentimentRNNError("give either TEXT arguments or --file, not both")
+    if file is None and texts != ["-"] and not all(t.strip() for t in texts):
+        raise SentimentRNNError("an empty text cannot be classified; pass a non-empty sentence")
+    from sentiment_rnn.predict import Predictor
+
+    predictor = Predictor.from_dir(model)
+    predictor.batch_size = batch_size
+    start, count = time.perf_counter(), 0
+    records = _records(predictor, texts, file)
+    if fmt is Format.jsonl:
+        for rec in records:
+            sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            count += 1
+    else:
+        collected = list(records)
+        count = len(collected)
+        if fmt is Format.json:
+            sys.stdout.write(json.dumps(collected, ensure_ascii=False, indent=2) + "\n")
+        else:
+            _print_predictions(collected)
+    if file is not None or texts == ["-"]:
+        from sentiment_rnn.console import err_console
+
+        seconds = time.perf_counter() - start
+        err_console.print(f"{count} texts in {seconds:.2f}s ({count / max(seconds, 1e-9):,.0f} sentences/s)")
+
+
+def _print_predictions(records: list[dict]) -> None:
+    from rich.table import Table
+
+    from sentiment_rnn.console import console
+
+    table = Table()
+    table.add_column("text", overflow="fold")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for rec in records:
+        text = (rec["text"] or "")[:200]
+        if "error" in rec:
+            table.add_row(text, f"[red]error: {rec['error']}[/red]", "")
+        else:
+            table.add_row(text, rec["label"], f"{rec['probability']:.3f}")
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    model: ModelOpt = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Another source (file, folder, hf:<name>); default: the run's own held-out rows.")] = None,
+    split: Annotated[str, typer.Option(help="Split to score: test or validation (or any split of --data).")] = "test",
+    text_column: Annotated[Optional[str], typer.Option(help="Text column of --data, if not the run's.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column of --data, if not the run's.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run."""
+    from sentiment_rnn.evaluate import evaluate_run
+
+    metrics = evaluate_run(model, data, split, text_column, label_column)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
+        return
+    from sentiment_rnn.console import confusion_table, console, metrics_table
+
+    console.print(metrics_table(metrics, f"{metrics['run']} on {metrics['source']} [{metrics['split']}]"))
+    console.print(confusion_table(metrics))
+
+
+def main() -> None:
+    app()

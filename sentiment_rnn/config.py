@@ -1,0 +1,187 @@
+"""Typed run configuration: YAML + dotted overrides, validated once at the edge.
+
+Every field has its default here and nowhere else. Unknown keys are errors (with the closest valid key
+suggested), so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sentiment_rnn.errors import SentimentRNNError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    source: str = "rotten_tomatoes"  # rotten_tomatoes | imdb | a local file or folder | hf:<owner/name>
+    hf_subset: str | None = None  # the Hub dataset's configuration name, if it has several
+    text_column: str = "text"  # column holding the text
+    label_column: str = "label"  # column holding the label (int or string)
+    train_split: str = "train"  # split (or file stem, in a folder) to train on
+    validation_split: str | None = None  # None: carved from the training split
+    test_split: str | None = None  # None: carved from the training split
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
+    max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
+    limit: int | None = Field(None, ge=10)  # use only this many source rows (tiny runs, tests)
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> DataConfig:
+        if any(s <= 0 for s in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
+            raise ValueError("data.split must be three positive shares that sum to 1, e.g. [0.8, 0.1, 0.1]")
+        return self
+
+
+class TokenizerConfig(_Strict):
+    lowercase: bool = True  # fold case before splitting
+    min_frequency: int = Field(2, ge=1)  # words seen fewer times map to [UNK]
+    max_vocab: int = Field(20_000, ge=3)  # vocabulary size cap, [PAD] and [UNK] included
+
+
+class EmbeddingConfig(_Strict):
+    pretrained: str | None = None  # GloVe-format text file (word + embedding_dim numbers per line)
+    freeze: bool = False  # keep pretrained vectors fixed during training
+
+
+class ModelConfig(_Strict):
+    kind: Literal["rnn", "per_word_linear"] = "rnn"  # the recurrent classifier or the naive baseline
+    embedding_dim: int = Field(100, ge=1)  # feature_len: width of each word vector
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    cell: Literal["rnn", "gru", "lstm"] = "rnn"  # recurrent cell
+    nonlinearity: Literal["tanh", "relu"] = "tanh"  # only for cell: rnn
+    encoder: Literal["layer", "cells"] = "layer"  # nn.RNN-style layer, or nn.RNNCell unrolled by hand
+    hidden_size: int = Field(128, ge=1)  # state width per layer (encoder: layer)
+    num_layers: int = Field(1, ge=1, le=16)  # stacked layers (encoder: layer)
+    hidden_sizes: list[int] | None = None  # per-layer widths (encoder: cells), e.g. [20, 15]
+    bidirectional: bool = False  # also read each sentence right to left
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
+    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the word vectors
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the final state, before the linear head
+
+    @model_validator(mode="after")
+    def _sizes_match_encoder(self) -> ModelConfig:
+        if self.hidden_sizes is not None:
+            if self.encoder != "cells":
+                raise ValueError("model.hidden_sizes needs model.encoder: cells; use hidden_size and num_layers")
+            if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+                raise ValueError("model.hidden_sizes must be a non-empty list of positive sizes, e.g. [20, 15]")
+        return self
+
+    def layer_sizes(self) -> list[int]:
+        """Hidden width of every layer, whichever way it was written."""
+        return list(self.hidden_sizes) if self.hidden_sizes else [self.hidden_size] * self.num_layers
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)  # upper bound; early stopping usually ends sooner
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)  # AdamW learning rate
+    weight_decay: float = Field(0.01, ge=0)  # AdamW decoupled weight decay
+    clip_grad_norm: float | None = Field(1.0, gt=0)  # clip against exploding gradients through time
+    patience: int = Field(3, ge=1)  # epochs without validation gain before stopping
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: min(cores, 4)
+    amp_bf16: bool = False  # bf16 autocast on CUDA
+    max_steps: int | None = Field(None, ge=1)  # stop each epoch after this many steps (smoke runs)
+    checkpoint_every: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
+    grad_probe_epochs: list[int] = [1]  # epochs after which dLoss/dh_t is recorded on a validation batch
+    bucket_pool: int = Field(50, ge=1)  # batches per pool sorted by length (less padding)
+
+
+class Config(_Strict):
+    name: str = "default"  # run name; the run lands in runs/<name>/ unless --output says otherwise
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at a nested location, for 'did you mean' hints."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "extra_forbidden":
+        valid = _field_names(Config, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+        return f"unknown key '{key}'; {hint}"
+    return f"'{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
+    """Validate a plain dict into a Config, or raise one readable error."""
+    if not isinstance(raw, dict):
+        raise SentimentRNNError(f"{origin}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SentimentRNNError(f"{origin}: {_describe(errors[0])}{more}") from None
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise SentimentRNNError(f"override '{item}' is not KEY=VALUE; write e.g. --set model.hidden_size=256")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SentimentRNNError(f"override '{item}': '{part}' is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when path is None) and apply dotted KEY=VALUE overrides."""
+    raw: Any = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise SentimentRNNError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/default.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise SentimentRNNError(f"{path}: not UTF-8 text; save the config as UTF-8 YAML") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise SentimentRNNError(f"{path}: YAML syntax error{where}: {problem}; fix the file's syntax") from None
+        if isinstance(raw, dict) and "name" not in raw:
+            raw["name"] = path.stem
+    for item in overrides or []:
+        if not isinstance(raw, dict):
+            break
+        _apply_override(raw, item)
+    return parse_config(raw, origin)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, as saved in every run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,72 @@
+"""Rich rendering for the CLI: the training progress bar and result tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RichReporter:
+    """Per-epoch progress bar with loss, accuracy, tokens/s and time left; one line per finished epoch."""
+
+    def __init__(self, out: Console = console):
+        self.console = out
+        self.progress: Progress | None = None
+        self.task = None
+        self.started = 0.0
+
+    def stage(self, text: str) -> None:
+        self.console.print(f"[dim]•[/dim] {text}")
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        import time
+
+        self.started = time.perf_counter()
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[tps]:,.0f} tok/s"),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=epochs, loss=0.0, acc=0.0, tps=0.0)
+
+    def step(self, loss: float, accuracy: float, tokens: int) -> None:
+        import time
+
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, advance=1, loss=loss, acc=accuracy, tps=tokens / elapsed)
+
+    def epoch_end(self, record: dict) -> None:
+        self.progress.stop()
+        mark = " [green]★ best[/green]" if record.get("best") else ""
+        self.console.print(
+            f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.3f}  "
+            f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f}  "
+            f"{record['tokens_per_s']:,.0f} tok/s  {record['seconds']:.1f}s{mark}")
+
+
+def metrics_table(metrics: dict, title: str) -> Table:
+    """Per-class precision/recall/F1 plus accuracy and macro-F1."""
+    table = Table(title=title)
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, m in metrics["per_class"].items():
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    table.add_section()
+    table.add_row("accuracy", "", "", f"{metrics['accuracy']:.3f}", str(metrics["n"]))
+    table.add_row("macro F1", "", "", f"{metrics['macro_f1']:.3f}", "")
+    return table
+
+
+def confusion_table(metrics: dict) -> Table:
+    labels = metrics["labels"]
+    table = Table(title="Confusion matrix (rows: true, columns: predicted)")
+    table.add_column("")
+    for name in labels:
+        table.add_column(name, justify="right")
+    for name, row in zip(labels, metrics["confusion_matrix"]):
+        table.add_row(name, *(str(v) for v in row))
+    return table

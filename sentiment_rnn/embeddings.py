@@ -1,0 +1,191 @@
+"""Pretrained word vectors, fully offline: train Word2Vec on the corpus, or load GloVe text files.
+
+gensim is imported inside train_word_vectors so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from sentiment_rnn.errors import SentimentRNNError
+
+
+def _is_special(token: str) -> bool:
+    return token.startswith("[") and token.endswith("]")
+
+
+def train_word_vectors(
+    sentences: Iterable[list[str]],
+    out_path: str | Path,
+    dim: int = 100,
+    epochs: int = 5,
+    window: int = 5,
+    min_count: int = 2,
+    seed: int = 0,
+    workers: int = 2,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Train skip-gram Word2Vec on tokenized sentences and write GloVe-format text atomically.
+
+    Skip-gram rather than CBOW: it learns better vectors for rare words, and the words that
+    carry sentiment ("dreadful", "superb", "tedious") are mostly rare next to function
+    words; CBOW averages them away into their context. Review corpora are also small,
+    where skip-gram is the stronger of the two. `sentences` must be re-iterable (a list):
+    gensim reads it once for the vocabulary and once per epoch; a one-shot iterator is
+    materialized. Bit-exact reruns need workers=1 (thread scheduling reorders updates).
+    """
+    if dim < 1 or epochs < 1 or window < 1 or min_count < 1 or workers < 1:
+        raise SentimentRNNError(
+            f"word vectors need dim, epochs, window, min_count and workers >= 1 (got dim={dim}, "
+            f"epochs={epochs}, window={window}, min_count={min_count}, workers={workers}); fix the config"
+        )
+    if iter(sentences) is sentences:  # a generator would be empty on the second pass
+        sentences = list(sentences)
+    from gensim.models import Word2Vec
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    class _EpochCallback(CallbackAny2Vec):
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def on_epoch_end(self, model) -> None:
+            self.epoch += 1
+            if on_epoch is not None:
+                on_epoch(self.epoch, epochs)
+
+    model = Word2Vec(
+        vector_size=dim, window=window, min_count=min_count, sg=1, negative=5,
+        seed=seed, workers=workers,
+    )
+    model.build_vocab(sentences)
+    if not model.wv.index_to_key:
+        raise SentimentRNNError(
+            f"no word occurs {min_count}+ times in the word-vector corpus; lower min_count or add training text"
+        )
+    model.train(
+        sentences, total_examples=model.corpus_count, epochs=epochs, callbacks=[_EpochCallback()]
+    )
+    written = _write_glove(model.wv, Path(out_path))
+    return {"words": written, "dim": dim, "path": str(out_path)}
+
+
+def _write_glove(wv, out_path: Path) -> int:
+    """Write to a temp file beside the target and rename, so readers never see half a file."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    written = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for word in wv.index_to_key:
+                if not word or any(c.isspace() for c in word):
+                    continue  # a space inside a word would break the space-separated format
+                f.write(word + " " + " ".join(f"{x:.6g}" for x in wv[word].tolist()) + "\n")
+                written += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return written
+
+
+def _is_w2v_header(parts: list[bytes]) -> bool:
+    if len(parts) != 2:
+        return False
+    try:
+        int(parts[0]), int(parts[1])
+    except ValueError:
+        return False
+    return True
+
+
+def _read_glove(path: Path, vocab: dict[str, int], dim: int) -> dict[str, list[float]]:
+    """Stream the file keeping only vocabulary words; GloVe files can be gigabytes."""
+    wanted = {w for w in vocab if not _is_special(w)}
+    found: dict[str, list[float]] = {}
+    checked_first = False
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise SentimentRNNError(
+            f"{path}: word-vector file not found; fix the path or train vectors first"
+        ) from None
+    except OSError as exc:
+        raise SentimentRNNError(f"{path}: cannot read word vectors ({exc.strerror}); check the path") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            parts = raw.rstrip(b"\r\n ").split(b" ")
+            if parts == [b""]:
+                continue
+            if lineno == 1 and _is_w2v_header(parts):
+                if int(parts[1]) != dim:
+                    raise SentimentRNNError(
+                        f"{path}:1 header says {int(parts[1])}-dimensional vectors but model.embedding_dim "
+                        f"is {dim}; use {dim}-dimensional vectors"
+                    )
+                continue
+            n = len(parts) - 1
+            if n != dim and (n < dim or not checked_first):
+                raise SentimentRNNError(
+                    f"{path}:{lineno} has {n} numbers but model.embedding_dim is {dim}; "
+                    f"use {dim}-dimensional vectors"
+                )
+            checked_first = True
+            # n > dim after a good first line: a token containing spaces (glove.840B has some).
+            word = b" ".join(parts[: n + 1 - dim]).decode("utf-8", errors="replace")
+            if word not in wanted or word in found:
+                continue
+            try:
+                found[word] = [float(x) for x in parts[n + 1 - dim:]]
+            except ValueError:
+                raise SentimentRNNError(
+                    f"{path}:{lineno} has a value that is not a number; use a GloVe text file "
+                    f"(word then {dim} numbers per line)"
+                ) from None
+    return found
+
+
+def load_glove(
+    path: str | Path, vocab: dict[str, int], dim: int, seed: int = 0
+) -> tuple[torch.Tensor, float]:
+    """Build an embedding matrix from GloVe-format text; returns (matrix, coverage).
+
+    Words missing from the file get seeded random rows scaled like the found vectors, so they
+    neither dominate nor vanish; row 0 ([PAD]) is zero. Coverage ignores [SPECIAL] tokens.
+    """
+    path = Path(path)
+    if dim < 1:
+        raise SentimentRNNError(f"model.embedding_dim is {dim}; set it to a positive integer")
+    size = len(vocab)
+    bad = [w for w, i in vocab.items() if not 0 <= i < size]
+    if bad:
+        raise SentimentRNNError(
+            f"vocabulary index of {bad[0]!r} is {vocab[bad[0]]}, outside 0..{size - 1}; rebuild the vocabulary"
+        )
+    found = _read_glove(path, vocab, dim)
+    if not found:
+        raise SentimentRNNError(
+            f"{path}: no word of the {size}-word vocabulary is in this file; "
+            "use vectors for the same language and casing as the tokenizer"
+        )
+    vectors = torch.tensor(list(found.values()), dtype=torch.float32)
+    std = float(vectors.std()) if vectors.numel() > 1 else 0.1
+    if not std > 0:  # NaN or a constant file
+        std = 0.1
+    gen = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(size, dim, generator=gen) * std
+    rows = torch.tensor([vocab[w] for w in found], dtype=torch.long)
+    matrix[rows] = vectors
+    matrix[0] = 0.0
+    regular = sum(1 for w in vocab if not _is_special(w))
+    coverage = len(found) / regular if regular else 0.0
+    return matrix, coverage

@@ -1,0 +1,41 @@
+"""Score a trained run on its own recorded test split, or on another source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sentiment_rnn import data as data_lib
+from sentiment_rnn import rundir
+from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.metrics import classification_metrics
+from sentiment_rnn.train import predict_batches
+
+
+def evaluate_run(model_dir: Path | None, source: str | None = None, split: str = "test",
+                 text_column: str | None = None, label_column: str | None = None) -> dict:
+    """Metrics of a run on `split`: its recorded held-out rows by default, or a whole split of `source`."""
+    run = rundir.load_run(model_dir)
+    cfg = run.config.data
+    if source is None:
+        if split not in ("test", "validation"):
+            raise SentimentRNNError(f"the run records only its test and validation rows, not '{split}'; pass --data too")
+        ds, names = data_lib.recorded_split(cfg, rundir.read_json(run.path / rundir.SPLIT), split)
+    else:
+        updates = {"source": source, "limit": None}
+        if text_column:
+            updates["text_column"] = text_column
+        if label_column:
+            updates["label_column"] = label_column
+        ds, names = data_lib.load_eval_data(cfg.model_copy(update=updates), split)
+    expected = run.meta["label_names"]
+    if names != expected:
+        raise SentimentRNNError(f"the data's labels {names} differ from the model's {expected}; "
+                                "evaluate on data with the same labels")
+    encoded = data_lib.encode(ds, run.tokenizer, int(run.meta["max_length"]))
+    loader = data_lib.make_loader(encoded, 256, shuffle=False)
+    result = predict_batches(run.model, loader, torch.device("cpu"))
+    metrics = classification_metrics(result["y_true"], result["y_pred"], expected)
+    metrics.update(run=str(run.path), split=split, source=source or cfg.source, loss=result["loss"])
+    return metrics

@@ -1,0 +1,99 @@
+"""Backpropagation through time for one tanh RNN layer, written out by hand (no autograd).
+
+Forward, for t = 1..T:
+    z_t = x_t W_xh^T + b_xh + h_{t-1} W_hh^T + b_hh
+    h_t = tanh(z_t)
+
+Backward: h_t feeds the loss directly (g_t = dLoss/dh_t from above) and feeds h_{t+1},
+so walking t = T..1 with dh_{T+1} contribution = 0:
+    dh_t   = g_t + dz_{t+1} W_hh          (total gradient reaching h_t)
+    dz_t   = dh_t * (1 - h_t^2)           (tanh' = 1 - tanh^2)
+    dW_xh += dz_t^T x_t      dW_hh += dz_t^T h_{t-1}
+    db    += sum_batch dz_t  (b_xh and b_hh get the same gradient)
+    dx_t   = dz_t W_xh       dh_0  = dz_1 W_hh
+Each step multiplies by W_hh and by tanh' <= 1, which is why ||dh_t|| shrinks
+(vanishes) or grows (explodes) geometrically as t moves away from the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sentiment_rnn.errors import SentimentRNNError
+
+
+def _check_shapes(x: torch.Tensor, W_xh: torch.Tensor, W_hh: torch.Tensor) -> None:
+    """Name the mismatch instead of failing inside a matmul."""
+    hidden_size = W_hh.size(0)
+    if x.dim() != 3 or W_xh.shape != (hidden_size, x.size(2)) or W_hh.shape != (hidden_size, hidden_size):
+        raise SentimentRNNError(
+            f"shapes x={tuple(x.shape)} W_xh={tuple(W_xh.shape)} W_hh={tuple(W_hh.shape)} do not fit: "
+            "use x [T, B, E], W_xh [H, E], W_hh [H, H]"
+        )
+
+
+def rnn_forward(
+    x: torch.Tensor,
+    W_xh: torch.Tensor,
+    b_xh: torch.Tensor,
+    W_hh: torch.Tensor,
+    b_hh: torch.Tensor,
+    h0: torch.Tensor,
+) -> torch.Tensor:
+    """Run the recurrence and keep every state, since the backward pass needs all of them.
+
+    x [T, B, E], W_xh [H, E], W_hh [H, H], biases [H], h0 [B, H] -> hs [T+1, B, H], hs[0] = h0.
+    """
+    _check_shapes(x, W_xh, W_hh)
+    hs = [h0]  # [B, H] each
+    for t in range(x.size(0)):
+        hs.append(torch.tanh(x[t] @ W_xh.T + b_xh + hs[-1] @ W_hh.T + b_hh))  # [B, H]
+    return torch.stack(hs)  # [T+1, B, H]
+
+
+@torch.no_grad()
+def rnn_backward(
+    x: torch.Tensor,
+    hs: torch.Tensor,
+    W_xh: torch.Tensor,
+    W_hh: torch.Tensor,
+    grad_hs_out: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Push dLoss/dh_t (grad_hs_out [T, B, H], for t = 1..T) back through time.
+
+    Returns gradients for "W_xh", "b_xh", "W_hh", "b_hh", "x" [T, B, E], "h0" [B, H]
+    and "dh" [T, B, H]: the total dLoss/dh_t at every step (watch its norm over t).
+    """
+    _check_shapes(x, W_xh, W_hh)
+    seq_len = x.size(0)
+    if hs.shape != (seq_len + 1, x.size(1), W_hh.size(0)) or grad_hs_out.shape != hs[1:].shape:
+        raise SentimentRNNError(
+            f"hs {tuple(hs.shape)} / grad_hs_out {tuple(grad_hs_out.shape)} do not fit x {tuple(x.shape)}: "
+            "pass hs from rnn_forward [T+1, B, H] and grad_hs_out [T, B, H]"
+        )
+    dW_xh = torch.zeros_like(W_xh)  # [H, E]
+    dW_hh = torch.zeros_like(W_hh)  # [H, H]
+    db = torch.zeros_like(W_hh[0])  # [H]
+    dx = torch.zeros_like(x)  # [T, B, E]
+    dh = torch.zeros_like(grad_hs_out)  # [T, B, H]
+    dh_from_next = torch.zeros_like(hs[0])  # [B, H], nothing flows in from beyond T
+
+    for t in reversed(range(seq_len)):
+        h_t, h_prev = hs[t + 1], hs[t]  # [B, H]; hs is shifted by one because hs[0] = h0
+        dh[t] = grad_hs_out[t] + dh_from_next  # [B, H]
+        dz = dh[t] * (1 - h_t**2)  # [B, H]
+        dW_xh += dz.T @ x[t]  # [H, B] @ [B, E] -> [H, E]
+        dW_hh += dz.T @ h_prev  # [H, B] @ [B, H] -> [H, H]
+        db += dz.sum(dim=0)  # [H]
+        dx[t] = dz @ W_xh  # [B, H] @ [H, E] -> [B, E]
+        dh_from_next = dz @ W_hh  # [B, H] @ [H, H] -> [B, H], becomes part of dh_{t-1}
+
+    return {
+        "W_xh": dW_xh,
+        "b_xh": db,
+        "W_hh": dW_hh,
+        "b_hh": db.clone(),
+        "x": dx,
+        "h0": dh_from_next,  # [B, H]
+        "dh": dh,
+    }

@@ -1,0 +1,101 @@
+"""Context probe: paired sentences whose sentiment flips through negation or contrast.
+
+A bag-of-words model scores both members of a pair alike, so the flip rate shows
+whether a classifier actually reads word order and context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sentiment_rnn.errors import SentimentRNNError
+
+DEFAULT_PROBE = Path(__file__).resolve().parent / "assets" / "context_probe.tsv"
+
+_FORMAT = "expected 'label<TAB>text' lines (label 0 or 1), pairs on consecutive lines with opposite labels"
+
+
+@dataclass(frozen=True)
+class ProbePair:
+    """Two sentences that share most words but carry opposite sentiment."""
+
+    first_text: str
+    first_label: int
+    second_text: str
+    second_label: int
+
+
+def _fail(path: Path, lineno: int, problem: str) -> SentimentRNNError:
+    return SentimentRNNError(f"{path}:{lineno}: {problem}; {_FORMAT}")
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> tuple[int, str]:
+    if "\t" not in line:
+        raise _fail(path, lineno, "line has no tab between label and text")
+    label_s, text = line.split("\t", 1)
+    if label_s not in ("0", "1"):
+        raise _fail(path, lineno, f"label {label_s!r} is not 0 or 1")
+    text = text.strip()
+    if not text:
+        raise _fail(path, lineno, "text is empty")
+    return int(label_s), text
+
+
+def load_probe(path: str | Path | None = None) -> list[ProbePair]:
+    """Parse a probe file strictly, so a broken probe fails loudly instead of skewing scores."""
+    path = Path(path) if path is not None else DEFAULT_PROBE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SentimentRNNError(f"{path}: probe file not found; pass an existing file, {_FORMAT}") from None
+    except OSError as exc:
+        raise SentimentRNNError(f"{path}: cannot read probe file ({exc.strerror}); check the path and permissions") from None
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise _fail(path, lineno, "bytes are not valid UTF-8; save the file as UTF-8") from None
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the trailing newline
+    if not lines:
+        raise _fail(path, 1, "file is empty")
+    rows = [_parse_line(path, i, line.rstrip("\r")) for i, line in enumerate(lines, start=1)]
+    if len(rows) % 2:
+        raise _fail(path, len(rows), f"odd number of lines ({len(rows)}): the last sentence has no partner")
+    pairs = []
+    for i in range(0, len(rows), 2):
+        (l1, t1), (l2, t2) = rows[i], rows[i + 1]
+        if l1 == l2:
+            raise _fail(path, i + 2, f"pair on lines {i + 1}-{i + 2} has the same label {l1} twice")
+        pairs.append(ProbePair(t1, l1, t2, l2))
+    return pairs
+
+
+def score_probe(
+    pairs: Sequence[ProbePair], predict_proba: Callable[[list[str]], Sequence[float]]
+) -> dict:
+    """Score a classifier on the probe; flip_rate counts pairs where both members are right."""
+    if not pairs:
+        raise SentimentRNNError("probe has no pairs; pass a probe file with at least one pair")
+    texts = [t for p in pairs for t in (p.first_text, p.second_text)]
+    labels = [lab for p in pairs for lab in (p.first_label, p.second_label)]
+    probs = [float(x) for x in predict_proba(texts)]
+    if len(probs) != len(texts):
+        raise SentimentRNNError(
+            f"predict_proba returned {len(probs)} scores for {len(texts)} texts; return one P(positive) per text"
+        )
+    right = [(p >= 0.5) == bool(lab) for p, lab in zip(probs, labels)]
+    flips = sum(right[2 * i] and right[2 * i + 1] for i in range(len(pairs)))
+    gaps = []
+    for i, pair in enumerate(pairs):
+        p1, p2 = probs[2 * i], probs[2 * i + 1]
+        gaps.append(p1 - p2 if pair.first_label == 1 else p2 - p1)
+    return {
+        "accuracy": sum(right) / len(right),
+        "flip_rate": flips / len(pairs),
+        "pairs": len(pairs),
+        "mean_gap": sum(gaps) / len(gaps),
+    }

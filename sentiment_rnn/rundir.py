@@ -1,0 +1,138 @@
+"""The run directory: everything needed to rebuild and audit a model, and nothing that executes code.
+
+Layout: config.yaml (resolved), tokenizer.json, model.safetensors, meta.json (labels, sizes, versions),
+split.json (held-out rows), metrics.json (written last: its presence marks a complete run), curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from sentiment_rnn.errors import SentimentRNNError
+
+CONFIG, TOKENIZER, WEIGHTS, META = "config.yaml", "tokenizer.json", "model.safetensors", "meta.json"
+SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", "gradients.png"
+REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
+DEFAULT_ROOT = Path("runs")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Temporary file in the same folder, flush and fsync, rename: a reader never sees half a file."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2))
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise SentimentRNNError(f"'{path}' is missing; the run directory is incomplete, train again")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise SentimentRNNError(f"'{path}' is not valid JSON; the run directory is damaged, train again") from None
+
+
+def versions() -> dict:
+    """Python and library versions plus the git commit, recorded in meta.json for audits."""
+    found = {"python": platform.python_version()}
+    for package in ("torch", "datasets", "tokenizers", "sentiment-rnn"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent)
+        found["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        found["git_commit"] = None
+    return found
+
+
+def is_complete(run: Path) -> bool:
+    return all((run / name).is_file() for name in REQUIRED)
+
+
+def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
+    """The most recently completed run under root, for predict/evaluate without --model."""
+    candidates = [p for p in root.glob("*") if p.is_dir() and is_complete(p)] if root.is_dir() else []
+    if not candidates:
+        raise SentimentRNNError(f"no trained run found under '{root}/'; train one first or pass --model RUN_DIR")
+    return max(candidates, key=lambda p: (p / METRICS).stat().st_mtime)
+
+
+def resolve_run(model: Path | None) -> Path:
+    """Check a run directory is complete, naming the first missing file."""
+    run = find_latest_run() if model is None else Path(model)
+    if not run.is_dir():
+        raise SentimentRNNError(f"run directory '{run}' does not exist; pass a folder written by 'sentiment-rnn train'")
+    for name in REQUIRED:
+        if not (run / name).is_file():
+            hint = "training did not finish; resume it or train again" if name == METRICS else "train again"
+            raise SentimentRNNError(f"run directory '{run}' has no {name}: {hint}")
+    return run
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    config: object  # sentiment_rnn.config.Config
+    tokenizer: object  # tokenizers.Tokenizer
+    model: object  # torch.nn.Module, in eval mode
+    meta: dict
+
+
+def load_run(model_dir: Path | None, device: str = "cpu") -> LoadedRun:
+    """Rebuild a trained model from its run directory; never unpickles anything."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.models import build_model
+    from sentiment_rnn.tokenizer import load_tokenizer
+
+    run = resolve_run(model_dir)
+    config = load_config(run / CONFIG)
+    meta = read_json(run / META)
+    try:
+        vocab_size, labels, max_length = int(meta["vocab_size"]), list(meta["label_names"]), int(meta["max_length"])
+    except (KeyError, TypeError, ValueError):
+        raise SentimentRNNError(f"'{run / META}' lacks vocab_size/label_names/max_length; the run is damaged, train again") from None
+    tokenizer = load_tokenizer(run / TOKENIZER)
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise SentimentRNNError(
+            f"'{run / TOKENIZER}' has {tokenizer.get_vocab_size()} tokens but the model was built for {vocab_size}; "
+            "the run directory mixes files of different runs, train again")
+    model = build_model(config.model, vocab_size, len(labels), max_length)
+    try:
+        state = load_file(str(run / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SentimentRNNError(f"'{run / WEIGHTS}' is not a readable safetensors file ({str(exc)[:80]}); train again") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise SentimentRNNError(f"'{run / WEIGHTS}' does not fit config.yaml ({first[:160]}); train again") from None
+    model.to(torch.device(device)).eval()
+    return LoadedRun(run, config, tokenizer, model, meta)

@@ -1,0 +1,132 @@
+"""Pins offline word-vector training (GloVe text output) and GloVe loading into a matrix."""
+
+import random
+
+import pytest
+import torch
+
+from sentiment_rnn.embeddings import load_glove, train_word_vectors
+from sentiment_rnn.errors import SentimentRNNError
+
+WORDS = ["good", "bad", "film", "plot", "actor", "great", "awful", "the", "a", "was", "is", "not"]
+
+
+def _corpus(n=200, seed=0):
+    rng = random.Random(seed)
+    return [[rng.choice(WORDS) for _ in range(rng.randint(4, 9))] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vec") / "sub" / "vectors.txt"
+    calls = []
+    info = train_word_vectors(
+        _corpus(), out, dim=8, epochs=3, min_count=1, workers=1, on_epoch=lambda e, t: calls.append((e, t))
+    )
+    return out, info, calls
+
+
+def test_train_writes_glove_text_with_dim_numbers_per_line_and_no_header(trained):
+    out, info, _ = trained
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert info == {"words": len(WORDS), "dim": 8, "path": str(out)}
+    assert len(lines) == len(WORDS)
+    assert {line.split(" ")[0] for line in lines} == set(WORDS)
+    for line in lines:
+        parts = line.split(" ")
+        assert len(parts) == 9
+        [float(x) for x in parts[1:]]
+
+
+def test_train_leaves_no_temp_file_behind(trained):
+    out, _, _ = trained
+    assert [p.name for p in out.parent.iterdir()] == ["vectors.txt"]
+
+
+def test_train_calls_back_once_per_epoch_with_total(trained):
+    _, _, calls = trained
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_train_accepts_a_one_shot_generator(tmp_path):
+    info = train_word_vectors((s for s in _corpus(50)), tmp_path / "v.txt", dim=4, epochs=1, min_count=1, workers=1)
+    assert info["words"] == len(WORDS)
+
+
+def test_train_on_corpus_below_min_count_raises(tmp_path):
+    with pytest.raises(SentimentRNNError, match="min_count"):
+        train_word_vectors([["once"], ["twice"]], tmp_path / "v.txt", dim=4, epochs=1, min_count=2, workers=1)
+    assert not (tmp_path / "v.txt").exists()
+
+
+def _vocab(extra=()):
+    words = ["[PAD]", "[UNK]"] + WORDS + list(extra)
+    return {w: i for i, w in enumerate(words)}
+
+
+def test_load_reads_trained_vectors_back_with_full_coverage(trained):
+    out, _, _ = trained
+    vocab = _vocab()
+    matrix, coverage = load_glove(out, vocab, 8)
+    assert matrix.shape == (len(vocab), 8) and matrix.dtype == torch.float32
+    assert coverage == 1.0
+    first = out.read_text(encoding="utf-8").splitlines()[0].split(" ")
+    expected = torch.tensor([float(x) for x in first[1:]])
+    assert torch.allclose(matrix[vocab[first[0]]], expected)
+    assert torch.count_nonzero(matrix[0]) == 0
+
+
+def test_load_gives_unknown_words_seeded_random_rows_and_pad_zeros(tmp_path):
+    p = tmp_path / "g.txt"
+    p.write_text("good 1 2 3\nbad -1 -2 -3\nignored 9 9 9\n", encoding="utf-8")
+    vocab = {"[PAD]": 0, "[UNK]": 1, "good": 2, "bad": 3, "zebra": 4}
+    matrix, coverage = load_glove(p, vocab, 3)
+    assert coverage == pytest.approx(2 / 3)
+    assert torch.equal(matrix[0], torch.zeros(3))
+    assert torch.equal(matrix[2], torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.count_nonzero(matrix[4]) == 3 and torch.count_nonzero(matrix[1]) == 3
+    again, _ = load_glove(p, vocab, 3)
+    assert torch.equal(matrix, again)
+
+
+def test_load_skips_word2vec_header_line(tmp_path):
+    p = tmp_path / "w2v.txt"
+    p.write_text("2 3\ngood 1 2 3\nbad 4 5 6\n", encoding="utf-8")
+    matrix, coverage = load_glove(p, {"[PAD]": 0, "good": 1, "bad": 2}, 3)
+    assert coverage == 1.0 and torch.equal(matrix[2], torch.tensor([4.0, 5.0, 6.0]))
+
+
+def test_load_dim_mismatch_names_line_and_both_dims(tmp_path):
+    p = tmp_path / "g50.txt"
+    p.write_text("good " + " ".join(["0.1"] * 50) + "\n", encoding="utf-8")
+    with pytest.raises(SentimentRNNError) as exc:
+        load_glove(p, {"[PAD]": 0, "good": 1}, 100)
+    msg = str(exc.value)
+    assert f"{p}:1 has 50 numbers" in msg and "embedding_dim is 100" in msg and "use 100-dimensional" in msg
+
+
+def test_load_short_line_later_in_file_names_that_line(tmp_path):
+    p = tmp_path / "g.txt"
+    p.write_text("good 1 2 3\nbad 1 2\n", encoding="utf-8")
+    with pytest.raises(SentimentRNNError, match=r"g\.txt:2 has 2 numbers"):
+        load_glove(p, {"[PAD]": 0, "good": 1, "bad": 2}, 3)
+
+
+def test_load_missing_file_raises(tmp_path):
+    with pytest.raises(SentimentRNNError, match="not found"):
+        load_glove(tmp_path / "missing.txt", {"[PAD]": 0, "good": 1}, 3)
+
+
+def test_load_file_without_vocabulary_words_raises(tmp_path):
+    p = tmp_path / "g.txt"
+    p.write_text("other 1 2 3\n", encoding="utf-8")
+    with pytest.raises(SentimentRNNError, match="no word"):
+        load_glove(p, {"[PAD]": 0, "good": 1}, 3)
+
+
+def test_importing_module_does_not_import_gensim():
+    import subprocess
+    import sys
+
+    code = "import sys, sentiment_rnn.embeddings; sys.exit('gensim' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
