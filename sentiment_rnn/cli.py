@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from sentiment_rnn import __version__
-from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 
 app = typer.Typer(help="Train, evaluate and serve recurrent (RNN) sentiment classifiers.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -44,6 +44,11 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as exc:
+            from sentiment_rnn.console import err_console
+
+            err_console.print(f"[bold yellow]Interrupted:[/bold yellow] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except SentimentRNNError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
@@ -70,21 +75,29 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 @app.command()
 @handle_errors
 def train(
-    config: ConfigOpt = Path("configs/default.yaml"),
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/<config name>/.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint, with its own config.yaml; --set may change only train.lr and train.clip_grad_norm.")] = None,
 ) -> None:
-    """Train a classifier from a YAML config and save the run directory."""
+    """Train a classifier from a YAML config (default configs/default.yaml) and save the run directory."""
     from sentiment_rnn.config import load_config
     from sentiment_rnn.console import RichReporter, console, metrics_table
     from sentiment_rnn.train import train as train_run
 
-    cfg = load_config(config, set_)
-    out = output or Path("runs") / cfg.name
+    if resume is not None:
+        from sentiment_rnn.checkpoint import resume_config
+
+        if overwrite or (output is not None and output != resume):
+            raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
+        cfg, out = resume_config(resume, config, set_), resume
+    else:
+        cfg = load_config(config or Path("configs/default.yaml"), set_)
+        out = output or Path("runs") / cfg.name
     console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
                   f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
-    metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite)
+    metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite, resume=resume is not None)
     console.print(metrics_table(metrics["test"], f"Test split (best epoch {metrics['best_epoch']})"))
     console.print(f"Trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s; "
                   f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{out}[/bold]")
@@ -205,6 +218,100 @@ def evaluate(
 
     console.print(metrics_table(metrics, f"{metrics['run']} on {metrics['source']} [{metrics['split']}]"))
     console.print(confusion_table(metrics))
+
+
+@app.command("compare-baseline")
+@handle_errors
+def compare_baseline(
+    config: ConfigOpt = Path("configs/default.yaml"),
+    set_: SetOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Comparison directory; default runs/compare-<config name>/.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Train both models with this many seeds (config seed, +1, ...); report mean ± std.")] = 1,
+    probe: Annotated[Optional[Path], typer.Option("--probe", help="Context probe file, 'label<TAB>text' lines in pairs; default: the shipped probe.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing comparison directory.")] = False,
+) -> None:
+    """Train the RNN and the per-word linear baseline on the same split and compare them side by side."""
+    from sentiment_rnn.compare import COMPARISON, compare_baseline as run_comparison
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.console import RichReporter, comparison_table, console
+
+    cfg = load_config(config, set_)
+    out = output or Path("runs") / f"compare-{cfg.name}"
+    console.print(f"[bold]Comparing[/bold] {cfg.name}'s RNN with the per-word linear baseline, "
+                  f"{seeds} seed(s), on {cfg.data.source} -> {out}")
+    result = run_comparison(cfg, out, seeds, probe, RichReporter(), overwrite=overwrite)
+    console.print(comparison_table(result))
+    console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{out / COMPARISON}[/bold] and "
+                  f"[bold]{result['figure']}[/bold]; each run under {out} works with predict --model.")
+
+
+@app.command()
+@handle_errors
+def inspect(
+    config: ConfigOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory to inspect, with its real vocabulary.")] = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Sentences in the example batch.")] = 3,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="Tokens per sentence in the example batch.")] = 10,
+) -> None:
+    """Every parameter in the tutorial's terms (W_xh, W_hh, ...) and every tensor shape of a forward pass.
+
+    With --config (default configs/default.yaml) nothing is loaded: the vocabulary is tokenizer.max_vocab.
+    """
+    from sentiment_rnn.inspect import describe_config, describe_run
+
+    if config is not None and model is not None:
+        raise SentimentRNNError("give either --config or --model, not both")
+    if model is not None:
+        if set_:
+            raise SentimentRNNError("--set applies to --config only; a run is inspected as it was trained")
+        description = describe_run(model, batch, seq_len)
+    else:
+        description = describe_config(config or Path("configs/default.yaml"), set_, batch, seq_len)
+    if as_json:
+        sys.stdout.write(json.dumps(description, indent=2) + "\n")
+        return
+    from sentiment_rnn.console import console, inspect_tables
+
+    for renderable in inspect_tables(description):
+        console.print(renderable)
+
+
+@app.command("pretrain-embeddings")
+@handle_errors
+def pretrain_embeddings(
+    output: Annotated[Path, typer.Option("--output", "-o", help="GloVe-format text file to write.")] = Path("vectors/movie-reviews-100d.txt"),
+    dim: Annotated[int, typer.Option("--dim", min=1, help="Vector width; must equal model.embedding_dim of the configs using it.")] = 100,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes of word2vec over the corpus.")] = 5,
+    sources: Annotated[str, typer.Option("--sources", help="Comma-separated embedded corpora whose training rows are read.")] = "rotten_tomatoes,imdb",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config whose seed and data.split decide the held-out rows left out (default configs/default.yaml).")] = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing vectors file.")] = False,
+) -> None:
+    """Train word vectors (gensim skip-gram) on unlabeled in-domain training text, never held-out rows."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.console import console
+    from sentiment_rnn.pretrain import check_output, check_sources, pretrain_embeddings as run_pretraining
+
+    check_output(output, overwrite)
+    names = [s.strip() for s in sources.split(",") if s.strip()]
+    check_sources(names)
+    default = Path("configs/default.yaml")
+    cfg = load_config(config or (default if default.is_file() else None), set_)
+    console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of {', '.join(names)} "
+                  f"(seed {cfg.seed}, split {list(cfg.data.split)}) -> {output}")
+    with Progress(TextColumn("[bold]word2vec epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("epochs", total=epochs)
+        info = run_pretraining(output, cfg, names, dim, epochs, overwrite,
+                               on_epoch=lambda done, total: progress.update(task, completed=done))
+    texts = ", ".join(f"{n:,} {source}" for source, n in info["texts"].items())
+    console.print(f"Wrote {info['words']:,} words x {dim} to [bold]{output}[/bold] from {texts} training texts "
+                  f"({info['tokens']:,} tokens) in {info['seconds']:.0f}s. Use it with "
+                  f"--set model.embedding.pretrained={output}")
 
 
 def main() -> None:

@@ -123,6 +123,8 @@ def _describe(err: dict) -> str:
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
         return f"unknown key '{key}'; {hint}"
+    if err["type"] == "value_error":  # our own validators' messages already say what is allowed
+        return f"'{key}': {err['msg'].removeprefix('Value error, ')}"
     return f"'{key}': {err['msg']} (got {err.get('input')!r})"
 
 

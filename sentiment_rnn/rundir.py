@@ -1,7 +1,8 @@
 """The run directory: everything needed to rebuild and audit a model, and nothing that executes code.
 
 Layout: config.yaml (resolved), tokenizer.json, model.safetensors, meta.json (labels, sizes, versions),
-split.json (held-out rows), metrics.json (written last: its presence marks a complete run), curves.png.
+split.json (held-out rows), metrics.json (written last: its presence marks a complete run), curves.png;
+checkpoint.pt while training (see checkpoint.py), removed once the run is complete.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sentiment_rnn.errors import SentimentRNNError
 
 CONFIG, TOKENIZER, WEIGHTS, META = "config.yaml", "tokenizer.json", "model.safetensors", "meta.json"
 SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", "gradients.png"
+CHECKPOINT = "checkpoint.pt"  # only while training: a run that has one but no metrics.json can be resumed
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
 DEFAULT_ROOT = Path("runs")
 
@@ -86,10 +88,15 @@ def resolve_run(model: Path | None) -> Path:
     run = find_latest_run() if model is None else Path(model)
     if not run.is_dir():
         raise SentimentRNNError(f"run directory '{run}' does not exist; pass a folder written by 'sentiment-rnn train'")
+    if not (run / METRICS).is_file() and not (run / CONFIG).is_file():
+        raise SentimentRNNError(f"'{run}' is not a run directory (no {CONFIG}, no {METRICS}); "
+                                "pass a folder written by 'sentiment-rnn train'")
+    if not (run / METRICS).is_file():  # written last: without it, training never finished
+        hint = f"resume it with: sentiment-rnn train --resume {run}" if (run / CHECKPOINT).is_file() else "train again"
+        raise SentimentRNNError(f"run directory '{run}' has no {METRICS}: training did not finish; {hint}")
     for name in REQUIRED:
         if not (run / name).is_file():
-            hint = "training did not finish; resume it or train again" if name == METRICS else "train again"
-            raise SentimentRNNError(f"run directory '{run}' has no {name}: {hint}")
+            raise SentimentRNNError(f"run directory '{run}' has no {name}: train again")
     return run
 
 

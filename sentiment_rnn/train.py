@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from sentiment_rnn import checkpoint
 from sentiment_rnn import data as data_lib
 from sentiment_rnn import rundir
 from sentiment_rnn.config import Config, TrainConfig, dump_config
-from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 from sentiment_rnn.metrics import classification_metrics
 from sentiment_rnn.models import build_model, count_parameters
-from sentiment_rnn.tokenizer import train_tokenizer
+from sentiment_rnn.tokenizer import load_tokenizer, train_tokenizer
 
 
 class Reporter:
@@ -72,6 +73,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+def check_pretrained(config: Config) -> None:
+    """A missing vectors file is reported before any time goes into data and tokenizing."""
+    path = config.model.embedding.pretrained
+    if path is not None and not Path(path).is_file():
+        raise SentimentRNNError(f"model.embedding.pretrained '{path}' not found; create it with "
+                                f"'sentiment-rnn pretrain-embeddings --output {path}' or fix the path")
+
+
 def load_pretrained(model: nn.Module, config: Config, tokenizer) -> float | None:
     """Copy GloVe-format vectors into the embedding; returns the vocabulary coverage."""
     emb = config.model.embedding
@@ -110,21 +119,31 @@ def predict_batches(model: nn.Module, loader, device: torch.device) -> dict:
 
 
 def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float] | None:
-    """Mean ||dLoss/dh_t|| of the top layer, indexed by steps back from each sentence's last real token.
+    """Mean ||dLoss/dh_t|| of the top layer's forward direction, by steps back from each sentence's last token.
 
     This is backpropagation through time made visible: in a tanh RNN the norm shrinks geometrically
-    with distance from the loss (vanishing gradients); gated cells (GRU/LSTM) keep it up.
+    with distance from the loss (vanishing gradients); gated cells (GRU/LSTM) keep it up. The full
+    dLoss/dh_t must be read off the h_t that the next step consumes; nn.RNN keeps those inside its
+    kernel (its `out` only carries the direct path to the loss), so the encoder is unrolled with its
+    cells, on a weight copy for nn.RNN (equal outputs: tests/test_cells.py).
     """
     if not hasattr(model, "encoder"):
         return None  # the per-word baseline has no hidden state
+    from sentiment_rnn.models.cells import CellEncoder, cell_encoder_from_rnn
+
     model.eval()
     input_ids, lengths, y = to_device(batch, device)
+    encoder = model.encoder if isinstance(model.encoder, CellEncoder) else cell_encoder_from_rnn(model.encoder.rnn)
+    step_states: list[list[torch.Tensor]] = []
     with torch.enable_grad():
-        logits, out = model(input_ids, lengths, return_outputs=True)  # out [T, B, D*H]
-        out.retain_grad()
-        nn.functional.cross_entropy(logits.float(), y).backward()
+        x = model.embedding(input_ids)  # [T, B, E]; eval mode, so no dropout
+        _, final = encoder(x, lengths, step_states)  # [B, D*H]
+        top = step_states[-encoder.num_directions]  # top layer, forward direction: T tensors [B, H]
+        for h in top:
+            h.retain_grad()
+        nn.functional.cross_entropy(model.head(final).float(), y).backward()
     model.zero_grad(set_to_none=True)
-    grad = out.grad.float().norm(dim=-1)  # [T, B]
+    grad = torch.stack([h.grad if h.grad is not None else torch.zeros_like(h) for h in top]).float().norm(dim=-1)  # [T, B]
     steps = int(lengths.max())
     back = torch.arange(steps, device=grad.device).view(-1, 1)  # [S, 1] steps back from the end
     t = lengths.view(1, -1) - 1 - back  # [S, B] time index of "k steps back" per sentence
@@ -133,11 +152,25 @@ def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float]
     return (picked.sum(1) / valid.sum(1).clamp(min=1)).tolist()
 
 
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to write into a file or over an existing run, before any time is spent on data."""
+    if output.exists() and not output.is_dir():
+        raise SentimentRNNError(f"'{output}' is a file, not a directory; choose another --output")
+    try:
+        occupied = output.is_dir() and any(output.iterdir())
+    except OSError as exc:
+        raise SentimentRNNError(f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
+    if occupied and not overwrite:
+        if (output / rundir.CHECKPOINT).is_file() and not rundir.is_complete(output):
+            raise SentimentRNNError(f"run directory '{output}' holds an unfinished run; continue it with "
+                                    f"--resume {output}, or pass --overwrite to start over")
+        raise SentimentRNNError(f"run directory '{output}' already exists; pass --overwrite to replace it "
+                                "or --output DIR to write elsewhere")
+
+
 def prepare_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise SentimentRNNError(f"run directory '{output}' already exists; pass --overwrite to replace it "
-                                    "or --output DIR to write elsewhere")
+    check_output(output, overwrite)
+    if output.is_dir() and overwrite:
         shutil.rmtree(output)
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -145,34 +178,49 @@ def prepare_output(output: Path, overwrite: bool) -> None:
         raise SentimentRNNError(f"cannot create run directory '{output}' ({exc.strerror}); choose another --output") from None
 
 
-def train(config: Config, output: Path, reporter: Reporter | None = None, overwrite: bool = False) -> dict:
-    """Train, evaluate and save a run; returns metrics.json's content. On failure no complete run remains."""
+def train(config: Config, output: Path, reporter: Reporter | None = None, overwrite: bool = False,
+          resume: bool = False) -> dict:
+    """Train, evaluate and save a run; returns metrics.json's content.
+
+    `resume=True` continues the unfinished run in `output` from its checkpoint (the config must be the
+    run's own: see checkpoint.resume_config). A run that fails never looks complete (metrics.json is
+    written last); its directory is kept if it has a checkpoint to resume from, removed otherwise.
+    """
     reporter = reporter or Reporter()
     output = Path(output)
+    if resume:
+        checkpoint.check_resumable(output)
+    else:
+        check_output(output, overwrite)
+    check_pretrained(config)
     device = resolve_device(config.train.device)
     threads = configure_threads(config.train.threads)
     seed_everything(config.seed)
 
     reporter.stage("Loading data")
     splits = data_lib.load_splits(config.data, config.seed)
-    prepare_output(output, overwrite)
+    if not resume:
+        prepare_output(output, overwrite)
     try:
-        return _train_into(config, output, splits, device, threads, reporter)
+        return _train_into(config, output, splits, device, threads, reporter, resume)
     except BaseException:
-        if not rundir.is_complete(output):
-            shutil.rmtree(output, ignore_errors=True)
+        if not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
+            shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
         raise
 
 
 def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
-                reporter: Reporter) -> dict:
+                reporter: Reporter, resume: bool = False) -> dict:
     tcfg = config.train
     rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
-    rundir.write_json(output / rundir.SPLIT, splits.record)
-
-    reporter.stage("Training tokenizer")
-    tokenizer = build_tokenizer(splits, config)
-    tokenizer.save(str(output / rundir.TOKENIZER))
+    if resume:
+        checkpoint.check_same_data(output, splits.record)
+        tokenizer = load_tokenizer(output / rundir.TOKENIZER)
+    else:
+        rundir.write_json(output / rundir.SPLIT, splits.record)
+        reporter.stage("Training tokenizer")
+        tokenizer = build_tokenizer(splits, config)
+        tokenizer.save(str(output / rundir.TOKENIZER))
     reporter.stage("Tokenizing")
     max_length = config.data.max_length
     encoded = {name: data_lib.encode(ds, tokenizer, max_length)
@@ -187,83 +235,109 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     model = build_model(config.model, tokenizer.get_vocab_size(), len(splits.label_names), max_length).to(device)
     coverage = load_pretrained(model, config, tokenizer)
     optimizer = build_optimizer(model, tcfg)
-    probe_batch = next(iter(val_loader))
+    *_, probe_batch = val_loader  # the loader sorts by length: the last batch reaches furthest back in time
     loss_fn = nn.CrossEntropyLoss()
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tcfg.amp_bf16 and device.type == "cuda")
 
-    history, grad_norms, probes = [], [], []
-    best = {"accuracy": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
-    train_seconds, train_tokens, stale = 0.0, 0, 0
-    for epoch in range(1, tcfg.epochs + 1):
-        train_loader.sampler.set_epoch(epoch)
-        steps = min(len(train_loader), tcfg.max_steps or len(train_loader))
-        reporter.epoch_start(epoch, tcfg.epochs, steps)
-        model.train()
-        start, seen, correct, loss_sum, tokens = time.perf_counter(), 0, 0, 0.0, 0
-        for step, batch in enumerate(train_loader, start=1):
-            input_ids, lengths, y = to_device(batch, device)
-            with amp:
-                logits = model(input_ids, lengths)  # [B, C]
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise SentimentRNNError(f"loss became {loss.item()} at epoch {epoch} step {step}; "
-                                        "lower train.lr or set train.clip_grad_norm")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # Gradients through time can explode: clip their global norm, and record it before clipping.
-            norm = nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm or float("inf"))
-            grad_norms.append(round(float(norm), 5))
-            optimizer.step()
-            n = y.shape[0]
-            seen, loss_sum = seen + n, loss_sum + loss.item() * n
-            correct += (logits.argmax(-1) == y).sum().item()
-            tokens += int(lengths.sum())
-            reporter.step(loss.item(), correct / seen, tokens)
-            if step >= steps:
-                break
-        seconds = time.perf_counter() - start
-        train_seconds, train_tokens = train_seconds + seconds, train_tokens + tokens
-        val = predict_batches(model, val_loader, device)
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": seconds,
-                  "tokens_per_s": tokens / seconds}
-        history.append(record)
-        if epoch in tcfg.grad_probe_epochs:
-            norms = gradient_probe(model, probe_batch, device)
-            if norms is not None:
-                probes.append({"epoch": epoch, "norms": norms})
-        improved = (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"])
-        if improved:
-            best = {"accuracy": val["accuracy"], "loss": val["loss"], "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            stale = 0
-        else:
-            stale += 1
-        record["best"] = improved
-        reporter.epoch_end(record)
-        if stale >= tcfg.patience:
-            break
+    # Everything the loop carries lives in `p`, so a checkpoint (p + model + optimizer + RNG) restores it all.
+    ckpt_path = output / rundir.CHECKPOINT
+    p = checkpoint.Progress()
+    if resume:
+        reporter.stage(f"Resuming from {ckpt_path}")
+        p = checkpoint.load(ckpt_path, model, optimizer, lr=tcfg.lr)
+    with checkpoint.StopOnInterrupt() as interrupt:
+        while p.epoch <= tcfg.epochs and not p.stopped:
+            epoch = p.epoch
+            train_loader.sampler.set_epoch(epoch, start=p.batches_done)  # skip what a resumed epoch already saw
+            steps = min(len(train_loader), tcfg.max_steps or len(train_loader))
+            reporter.epoch_start(epoch, tcfg.epochs, steps - p.batches_done)
+            model.train()
+            start = time.perf_counter() - p.seconds
+            for step, batch in enumerate(train_loader, start=p.batches_done + 1):
+                input_ids, lengths, y = to_device(batch, device)
+                with amp:
+                    logits = model(input_ids, lengths)  # [B, C]
+                loss = loss_fn(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise non_finite_loss(loss.item(), epoch, step, tcfg, ckpt_path)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # Gradients through time can explode: clip their global norm, and record it before clipping.
+                norm = nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm or float("inf"))
+                p.grad_norms.append(round(float(norm), 5))
+                optimizer.step()
+                n = y.shape[0]
+                p.batches_done, p.step = step, p.step + 1
+                p.seen, p.loss_sum = p.seen + n, p.loss_sum + loss.item() * n
+                p.correct += (logits.argmax(-1) == y).sum().item()
+                p.tokens += int(lengths.sum())
+                reporter.step(loss.item(), p.correct / p.seen, p.tokens)
+                if step >= steps:
+                    break  # the end-of-epoch checkpoint below covers the last step
+                if interrupt.requested or (tcfg.checkpoint_every and p.step % tcfg.checkpoint_every == 0):
+                    p.seconds = time.perf_counter() - start
+                    checkpoint.save(ckpt_path, model, optimizer, p)
+                    if interrupt.requested:
+                        raise TrainingInterrupted(output, epoch, step)
+            seconds = time.perf_counter() - start
+            p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + p.tokens
+            val = predict_batches(model, val_loader, device)
+            record = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
+                      "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": seconds,
+                      "tokens_per_s": p.tokens / seconds}
+            p.history.append(record)
+            if epoch in tcfg.grad_probe_epochs:
+                norms = gradient_probe(model, probe_batch, device)
+                if norms is not None:
+                    p.probes.append({"epoch": epoch, "norms": norms})
+            improved = (val["accuracy"], -val["loss"]) > (p.best["accuracy"], -p.best["loss"])
+            if improved:
+                p.best = {"accuracy": val["accuracy"], "loss": val["loss"], "epoch": epoch,
+                          "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                p.stale = 0
+            else:
+                p.stale += 1
+            record["best"] = improved
+            reporter.epoch_end(record)
+            p.stopped = p.stale >= tcfg.patience
+            p.next_epoch()
+            checkpoint.save(ckpt_path, model, optimizer, p)
+            if interrupt.requested:
+                raise TrainingInterrupted(output, p.epoch, 0)
 
     reporter.stage("Scoring the test split")
+    best = p.best
     model.load_state_dict(best["state"])
     test = predict_batches(model, test_loader, device)
     metrics = {
-        "history": history,
+        "history": p.history,
         "best_epoch": best["epoch"],
         "validation": {"accuracy": best["accuracy"], "loss": best["loss"]},
         "test": classification_metrics(test["y_true"], test["y_pred"], splits.label_names),
-        "train_seconds": train_seconds,
-        "tokens_per_s": train_tokens / max(train_seconds, 1e-9),
+        "train_seconds": p.train_seconds,
+        "tokens_per_s": p.train_tokens / max(p.train_seconds, 1e-9),
         "parameters": count_parameters(model),
-        "grad_norm_per_step": grad_norms,
-        "grad_through_time": probes,
+        "grad_norm_per_step": p.grad_norms,
+        "grad_through_time": p.probes,
         "embedding_coverage": coverage,
         "device": str(device),
         "threads": threads,
         "sizes": splits.record["sizes"],
     }
     save_run(output, model, tokenizer, splits, config, metrics)
+    ckpt_path.unlink(missing_ok=True)  # the run is complete: the checkpoint (optimizer state too) has served
     return metrics
+
+
+def non_finite_loss(loss: float, epoch: int, step: int, tcfg: TrainConfig, ckpt_path: Path) -> SentimentRNNError:
+    """Name the step and what to try; say where the last good checkpoint is, if one was written."""
+    fix = f"lower train.lr (now {tcfg.lr:g}) or set a smaller train.clip_grad_norm (now {tcfg.clip_grad_norm})"
+    if ckpt_path.is_file():
+        return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}; {fix}. The last checkpoint with a "
+                                 f"finite loss is kept: resume it with a lower rate (sentiment-rnn train --resume "
+                                 f"{ckpt_path.parent} --set train.lr={tcfg.lr / 10:g}) or train again with --overwrite")
+    return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}, before the first checkpoint; {fix} "
+                             "and train again")
 
 
 def save_run(output: Path, model: nn.Module, tokenizer, splits: data_lib.Splits, config: Config, metrics: dict) -> None:

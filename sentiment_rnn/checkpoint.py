@@ -1,0 +1,184 @@
+"""Checkpoints: everything a killed or interrupted run needs to continue exactly where it stopped.
+
+`checkpoint.pt` is a `torch.save` of plain containers only (state dicts, tensors, numbers, strings), read
+back with `torch.load(weights_only=True)`, so a tampered file can fail to load but can never run code.
+It is written atomically (temporary file, fsync, rename): a kill during the write leaves the previous one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+import random
+import signal
+import threading
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sentiment_rnn import rundir
+from sentiment_rnn.config import Config, load_config
+from sentiment_rnn.errors import SentimentRNNError
+
+FORMAT = 1  # bump when the layout changes, so an old checkpoint fails with a clear message
+ADJUSTABLE = ("train.lr", "train.clip_grad_norm")  # the only keys a resume may change: the cures for a NaN loss
+
+
+@dataclass
+class Progress:
+    """Everything the training loop carries from step to step (besides model, optimizer and RNG)."""
+
+    epoch: int = 1  # epoch in progress, 1-based
+    batches_done: int = 0  # batches of that epoch already trained on; a resume skips them
+    step: int = 0  # optimizer steps over all epochs
+    seen: int = 0  # this epoch so far: sentences,
+    correct: int = 0  # correctly classified sentences,
+    loss_sum: float = 0.0  # summed loss,
+    tokens: int = 0  # real (non-pad) tokens,
+    seconds: float = 0.0  # and training time
+    history: list = field(default_factory=list)  # one record per finished epoch
+    grad_norms: list = field(default_factory=list)  # global gradient norm per step, before clipping
+    probes: list = field(default_factory=list)  # dLoss/dh_t per probed epoch
+    best: dict = field(default_factory=lambda: {"accuracy": -1.0, "loss": math.inf, "epoch": 0, "state": None})
+    stale: int = 0  # epochs since the validation score last improved
+    train_seconds: float = 0.0  # over finished epochs
+    train_tokens: int = 0  # over finished epochs
+    stopped: bool = False  # early stopping fired: a resume goes straight to scoring the test split
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batches_done = self.epoch + 1, 0
+        self.seen, self.correct, self.loss_sum, self.tokens, self.seconds = 0, 0, 0.0, 0, 0.0
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C asks the loop to stop at the next step boundary, so the checkpoint it writes is
+    consistent; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def rng_state() -> dict:
+    """Every random generator training draws from, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    """Serialise to memory first, then write atomically: a reader sees the old checkpoint or the new one."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "progress": asdict(progress), "rng": rng_state()}, buffer)
+    rundir.atomic_write(path, buffer.getvalue())
+
+
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float) -> Progress:
+    """Restore model, optimizer and RNG states in place and return the loop's progress.
+
+    `lr` is the config's learning rate: it replaces the saved one, which a resume may have lowered.
+    """
+    damaged = f"'{path}' is damaged or was not written by sentiment-rnn"
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; our error says enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
+    except pickle.UnpicklingError:
+        raise SentimentRNNError(f"{damaged}: it holds Python objects, not only tensors and plain values, and "
+                                "was not loaded (it may have been tampered with); train again with --overwrite") from None
+    except Exception as exc:
+        reason = str(exc).strip().split(". ")[0].splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise SentimentRNNError(f"{damaged} ({reason}); train again with --overwrite") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise SentimentRNNError(f"{damaged} (unknown checkpoint format); train again with --overwrite")
+    try:
+        progress = Progress(**ckpt["progress"])
+        model.load_state_dict(ckpt["model"], strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        restore_rng(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:160]
+        raise SentimentRNNError(f"{damaged} ({reason}); train again with --overwrite") from None
+    return progress
+
+
+def check_resumable(run: Path) -> None:
+    run = Path(run)
+    if not run.is_dir():
+        raise SentimentRNNError(f"cannot resume: '{run}' is not a run directory; pass the folder of an unfinished run")
+    if rundir.is_complete(run):
+        raise SentimentRNNError(f"cannot resume: run '{run}' already finished; train a new run with --output DIR")
+    if not (run / rundir.CHECKPOINT).is_file():
+        raise SentimentRNNError(f"cannot resume: '{run}' has no {rundir.CHECKPOINT} (training stopped before its "
+                                "first checkpoint); train again with --overwrite")
+
+
+def resume_config(run: Path, config_path: Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The config of the run to resume: its own config.yaml. A resume continues the same run, so
+    --config/--set may restate that config, and change only the ADJUSTABLE keys (e.g. a lower lr)."""
+    check_resumable(run)
+    config = load_config(Path(run) / rundir.CONFIG)
+    if config_path is None and not overrides:
+        return config
+    asked = load_config(config_path if config_path is not None else Path(run) / rundir.CONFIG, overrides)
+    changed = [k for k in _changed_keys(config.model_dump(mode="json"), asked.model_dump(mode="json"))
+               if k not in ADJUSTABLE]
+    if changed:
+        raise SentimentRNNError(f"--resume continues '{run}' with its own config.yaml, but --config/--set change "
+                                f"{', '.join(changed[:3])}; a resume may change only {' and '.join(ADJUSTABLE)}: "
+                                "drop the others, or start a new run with --output DIR")
+    return asked
+
+
+def check_same_data(run: Path, record: dict) -> None:
+    """A resume must see exactly the rows the run started with."""
+    if json.loads(json.dumps(record)) != rundir.read_json(Path(run) / rundir.SPLIT):
+        raise SentimentRNNError(f"the data of '{run}' changed since training started ({rundir.SPLIT} no longer "
+                                "matches); restore the data or train again with --overwrite")
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in old.keys() | new.keys():
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return sorted(keys)

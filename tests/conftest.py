@@ -1,0 +1,22 @@
+"""Shared fixtures: one tiny trained run for the whole session, and a pinned terminal width."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("COLUMNS", "200")  # rich reads it when its consoles are created: stable, unwrapped output
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A complete run of configs/tiny.yaml, trained once per session; copy it before tampering with it."""
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.train import train
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train(load_config(TINY), out)
+    return out

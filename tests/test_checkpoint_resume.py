@@ -1,0 +1,189 @@
+"""A killed or interrupted run resumes to exactly the run it would have been; NaN losses and
+reproducibility. Real training (tiny configs, one thread), real subprocesses, real signals."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sentiment_rnn import checkpoint, rundir
+from sentiment_rnn.cli import app
+from sentiment_rnn.config import load_config
+from sentiment_rnn.train import train
+
+from conftest import TINY
+
+# 320 training rows / batch 4 = 80 steps per epoch; a checkpoint every 7 steps lands mid-epoch.
+# Dropout everywhere, so resuming also has to restore torch's RNG exactly.
+RESUMABLE = """\
+name: resumable
+seed: 3
+data: {source: rotten_tomatoes, max_length: 24, limit: 400}
+tokenizer: {min_frequency: 1, max_vocab: 2000}
+model: {hidden_size: 16, num_layers: 2, dropout: 0.2, embedding_dropout: 0.1, head_dropout: 0.1}
+train: {epochs: 3, batch_size: 4, patience: 3, threads: 1, checkpoint_every: 7}
+"""
+CLI = [sys.executable, "-m", "sentiment_rnn"]
+TIMING = ("seconds", "tokens_per_s", "train_seconds")
+
+
+@pytest.fixture(scope="module")
+def resumable_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "resumable.yaml"
+    path.write_text(RESUMABLE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(resumable_config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(load_config(resumable_config), out)
+    return out
+
+
+def without_timing(metrics: dict) -> dict:
+    """metrics.json minus wall-clock figures, which legitimately differ between runs."""
+    clean = {k: v for k, v in metrics.items() if k not in TIMING}
+    clean["history"] = [{k: v for k, v in rec.items() if k not in TIMING} for rec in metrics["history"]]
+    return clean
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    got, want = (json.loads((r / rundir.METRICS).read_text()) for r in (run, reference))
+    assert got["test"] == want["test"]
+    assert without_timing(got) == without_timing(want)
+    a, b = load_file(str(run / rundir.WEIGHTS)), load_file(str(reference / rundir.WEIGHTS))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def start_training(config: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "train", "-c", str(config), "-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (out / rundir.CHECKPOINT).exists():
+        assert proc.poll() is None, f"training exited ({proc.returncode}) before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within the timeout"
+        time.sleep(0.005)
+
+
+def saved_progress(out: Path) -> dict:
+    return torch.load(out / rundir.CHECKPOINT, weights_only=True)["progress"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_run(resumable_config, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    proc = start_training(resumable_config, out)
+    wait_for_checkpoint(proc, out)
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.wait()
+    assert not rundir.is_complete(out)
+    progress = saved_progress(out)
+    assert progress["epoch"] == 1 and 0 < progress["batches_done"] < 80, progress  # killed mid-epoch
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_same_run(out, uninterrupted)
+    assert not (out / rundir.CHECKPOINT).exists()  # a complete run drops its checkpoint
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_that_resumes(resumable_config, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    proc = start_training(resumable_config, out)
+    wait_for_checkpoint(proc, out)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    lines = [ln for ln in stderr.splitlines() if "Resume with:" in ln]
+    assert len(lines) == 1, stderr
+    command = lines[0].split("Resume with:", 1)[1].strip()
+    assert command == f"sentiment-rnn train --resume {out}"
+    assert (out / rundir.CHECKPOINT).is_file() and not rundir.is_complete(out)
+
+    program, *argv = shlex.split(command)  # run exactly the printed arguments
+    assert program == "sentiment-rnn"
+    resumed = CliRunner().invoke(app, argv)
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_run(out, uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def nan_run(tmp_path_factory) -> tuple[Path, str]:
+    """An AdamW step of 1e6 blows the weights up within a few steps; a checkpoint after every step."""
+    out = tmp_path_factory.mktemp("nan") / "run"
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(out), "--set", "train.lr=1e6",
+                                      "--set", "train.checkpoint_every=1"])
+    return out, result
+
+
+def test_non_finite_loss_stops_naming_the_step_and_the_fix_and_keeps_the_last_checkpoint(nan_run):
+    out, result = nan_run
+    assert result.exit_code == 1
+    error = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(error) == 1 and "Traceback" not in result.output
+    assert "loss became nan at epoch 1 step" in error[0] or "loss became inf at epoch 1 step" in error[0]
+    assert "lower train.lr" in error[0] and "train.clip_grad_norm" in error[0]
+    assert f"sentiment-rnn train --resume {out}" in error[0]
+    assert not rundir.is_complete(out)
+    progress = saved_progress(out)  # the last checkpoint is readable with weights_only=True
+    assert progress["step"] >= 1
+
+
+def test_non_finite_loss_before_any_checkpoint_leaves_no_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(out), "--set", "train.lr=1e6"])
+    assert result.exit_code == 1
+    assert "before the first checkpoint" in result.output and "lower train.lr" in result.output
+    assert not out.exists()
+
+
+def test_unfinished_run_is_refused_by_train_predict_and_a_changed_resume(nan_run):
+    out, _ = nan_run
+    cases = [
+        (["train", "-c", str(TINY), "-o", str(out)], f"continue it with --resume {out}"),
+        (["predict", "-m", str(out), "a fine film"], f"resume it with: sentiment-rnn train --resume {out}"),
+        (["evaluate", "-m", str(out)], f"resume it with: sentiment-rnn train --resume {out}"),
+        (["train", "--resume", str(out), "--set", "model.hidden_size=8"], "change model.hidden_size"),
+        (["train", "--resume", str(out), "--overwrite"], "drop --overwrite"),
+    ]
+    for argv, expected in cases:
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 1, (argv, result.output)
+        assert expected in result.output, (argv, result.output)
+        assert (out / rundir.CHECKPOINT).is_file()  # the unfinished run is still there
+
+
+def test_resume_may_restate_the_run_config_and_lower_the_learning_rate(nan_run):
+    out, _ = nan_run
+    assert checkpoint.resume_config(out, TINY, ["train.checkpoint_every=1", "train.lr=1e6"]).train.lr == 1e6
+    assert checkpoint.resume_config(out, None, ["train.lr=1e-4"]).train.lr == 1e-4
+
+
+def test_same_config_and_seed_on_cpu_give_identical_metrics_and_weights(tiny_run, tmp_path):
+    again = tmp_path / "again"
+    train(load_config(TINY), again)
+    assert_same_run(again, tiny_run)
+
+
+def test_run_records_python_library_versions_and_git_commit(tiny_run):
+    versions = json.loads((tiny_run / rundir.META).read_text())["versions"]
+    for key in ("python", "torch", "datasets", "tokenizers", "sentiment-rnn", "git_commit"):
+        assert key in versions
+    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
+    if os.path.isdir(Path(__file__).resolve().parent.parent / ".git"):
+        assert versions["git_commit"] and len(versions["git_commit"]) == 40

@@ -1,0 +1,96 @@
+"""The installed `sentiment-rnn` command, end to end in real subprocesses: train -> predict -> evaluate."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
+
+
+def run(*args, stdin=None, cwd=ROOT):
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, input=stdin, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    result = run("train", "--config", ROOT / "configs" / "tiny.yaml", "--output", out)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return out
+
+
+def test_train_writes_a_complete_auditable_run(cli_run):
+    names = {p.name for p in cli_run.iterdir()}
+    assert {"config.yaml", "tokenizer.json", "model.safetensors", "meta.json", "split.json",
+            "metrics.json", "curves.png"} <= names
+    metrics = json.loads((cli_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert len(metrics["test"]["confusion_matrix"]) == 2
+    assert metrics["history"] and metrics["tokens_per_s"] > 0
+    meta = json.loads((cli_run / "meta.json").read_text())
+    assert meta["label_names"] == ["negative", "positive"] and meta["versions"]["torch"]
+
+
+def test_predict_answers_with_a_label_and_a_probability(cli_run):
+    result = run("predict", "the flower is so beautiful", "--model", cli_run, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["label"] in ("negative", "positive")
+    assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
+    assert record["probability"] == max(record["probabilities"].values())
+
+
+def test_predict_jsonl_keeps_one_line_per_input_line_in_order(cli_run, tmp_path):
+    lines = ["a wonderful film", "", "a dreadful bore", "   ", "fine"]
+    result = run("predict", "--model", cli_run, "--format", "jsonl", "-", stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [r["text"] for r in records] == lines
+    assert ["error" in r for r in records] == [False, True, False, True, False]
+    assert "sentences/s" in result.stderr
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"good\n\xff\xfe bad bytes\nbad\n")
+    result = run("predict", "--model", cli_run, "--format", "jsonl", "--file", path)
+    records = [json.loads(x) for x in result.stdout.splitlines()]
+    assert len(records) == 3 and "UTF-8" in records[1]["error"] and records[2]["text"] == "bad"
+
+
+def test_evaluate_scores_the_runs_recorded_test_split(cli_run):
+    result = run("evaluate", "--model", cli_run, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    trained = json.loads((cli_run / "metrics.json").read_text())["test"]
+    assert metrics["accuracy"] == pytest.approx(trained["accuracy"])
+    assert metrics["confusion_matrix"] == trained["confusion_matrix"]
+
+
+def test_predict_and_evaluate_find_the_most_recent_run_without_model(cli_run, tmp_path):
+    shutil.copytree(cli_run, tmp_path / "runs" / "tiny")
+    result = run("predict", "what a joy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "what a joy" in result.stdout
+
+
+def test_predict_does_not_import_datasets_pandas_or_matplotlib(cli_run):
+    code = ("import sys\nfrom sentiment_rnn.cli import app\n"
+            f"try:\n    app(['predict', 'nice', '--model', {str(cli_run)!r}])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'datasets', 'pandas', 'matplotlib', 'sklearn'})\n"
+            "print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_help_and_version_work_for_every_command():
+    assert run("--version").stdout.startswith("sentiment-rnn ")
+    listing = run("--help").stdout
+    for command in ("train", "predict", "evaluate"):
+        assert command in listing
+        result = run(command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout
+    module = subprocess.run([sys.executable, "-m", "sentiment_rnn", "--version"], capture_output=True, text=True)
+    assert module.stdout.startswith("sentiment-rnn ")

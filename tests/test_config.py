@@ -1,0 +1,59 @@
+"""The config edge: YAML + overrides become typed objects, and every mistake is one readable error."""
+
+import pytest
+
+from sentiment_rnn.config import dump_config, load_config, parse_config
+from sentiment_rnn.errors import SentimentRNNError
+
+
+def test_defaults_describe_the_tutorial_embedding_and_a_tanh_rnn():
+    cfg = load_config(None)
+    assert cfg.model.embedding_dim == 100
+    assert (cfg.model.cell, cfg.model.nonlinearity, cfg.model.kind) == ("rnn", "tanh", "rnn")
+    assert cfg.data.source == "rotten_tomatoes"
+
+
+def test_dotted_overrides_are_parsed_as_yaml_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden_size: 8\n")
+    cfg = load_config(path, ["model.hidden_size=256", "model.bidirectional=true", "train.lr=1e-3", "data.limit=null"])
+    assert cfg.model.hidden_size == 256 and cfg.model.bidirectional is True
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.data.limit is None
+    assert cfg.name == "c"  # the file's stem names the run unless the file says otherwise
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(None, ["model.cell=gru", "model.num_layers=2"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"model": {"hiden_size": 3}}, "did you mean 'hidden_size'"),
+    ({"trian": {}}, "did you mean 'train'"),
+    ({"model": {"hidden_size": "big"}}, "'model.hidden_size'"),
+    ({"model": {"hidden_size": -4}}, "greater than or equal to 1"),
+    ({"model": {"cell": "transformer"}}, "'rnn', 'gru' or 'lstm'"),
+    ({"data": {"split": [0.5, 0.5, 0.5]}}, "sum to 1"),
+    ({"model": {"hidden_sizes": [20, 15]}}, "encoder: cells"),
+])
+def test_invalid_values_name_the_key_and_what_is_allowed(raw, expected):
+    with pytest.raises(SentimentRNNError) as err:
+        parse_config(raw)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_and_bad_yaml_are_one_line_errors(tmp_path):
+    with pytest.raises(SentimentRNNError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hidden_size: [1, 2\n")
+    with pytest.raises(SentimentRNNError, match="YAML syntax error at line"):
+        load_config(bad)
+
+
+def test_override_without_equals_sign_explains_the_syntax():
+    with pytest.raises(SentimentRNNError, match="KEY=VALUE"):
+        load_config(None, ["model.hidden_size"])
