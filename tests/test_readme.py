@@ -1,0 +1,41 @@
+"""The docs match the code: CI runs the README's own commands, every command and config is documented."""
+
+from pathlib import Path
+
+from typer.main import get_command
+
+from sentiment_rnn.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_exactly_the_readme_quick_start_commands():
+    ci_lines = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
+    quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert len(ci_lines) == 2
+    for line in ci_lines:
+        assert f"```bash\n{line}\n```" in quick_start
+
+
+def test_every_command_has_help_text_and_a_readme_entry():
+    commands = get_command(app).commands
+    assert {"train", "predict", "evaluate"} <= set(commands)
+    for name, command in commands.items():
+        assert command.help and command.help.strip(), f"{name} has no help text"
+        assert f"sentiment-rnn {name}" in README, f"README does not document {name}"
+
+
+def test_every_config_key_is_documented():
+    from sentiment_rnn.config import Config
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and hasattr(ann, "model_fields"):
+                yield from keys(ann, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    missing = [k for k in keys(Config) if f"`{k}`" not in README]
+    assert not missing, f"README's config table lacks {missing}"
