@@ -70,3 +70,59 @@ def confusion_table(metrics: dict) -> Table:
     for name, row in zip(labels, metrics["confusion_matrix"]):
         table.add_row(name, *(str(v) for v in row))
     return table
+
+
+def _figure(value: float | None, fmt: str) -> str:
+    if value is None:
+        return ""
+    if fmt in ("count", "rate"):
+        return f"{value:,.0f}"
+    if fmt == "seconds":
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def comparison_table(result: dict) -> Table:
+    """compare-baseline's rows: mean ± std of each figure per model and the computed verdict."""
+    seeds = len(result["seeds"])
+    table = Table(title=f"RNN vs per-word linear baseline ({result['config']}, {seeds} seed{'s' * (seeds > 1)})")
+    table.add_column("figure")
+    table.add_column("RNN", justify="right")
+    table.add_column("per-word linear", justify="right")
+    table.add_column("verdict", overflow="fold")
+    for row in result["rows"]:
+        cells = []
+        for kind in ("rnn", "per_word_linear"):
+            mean, std = row[kind]["mean"], row[kind]["std"]
+            spread = f" ± {_figure(std, row['format'])}" if std else ""
+            cells.append(_figure(mean, row["format"]) + spread)
+        colour = {"rnn": "green", "per_word_linear": "red"}.get(row["winner"], "white")
+        table.add_row(row["label"], *cells, f"[{colour}]{row['verdict']}[/{colour}]")
+    return table
+
+
+def inspect_tables(description: dict) -> list:
+    """`inspect`'s output: parameters in the tutorial's terms, stage shapes of a forward pass, totals."""
+    from rich.markup import escape
+
+    params = Table(title=f"Parameters of {description['source']}")
+    params.add_column("layer", justify="right")
+    params.add_column("direction")
+    params.add_column("parameter", no_wrap=True)
+    params.add_column("count", justify="right")
+    params.add_column("PyTorch name", overflow="fold")
+    for row in description["parameters"]:
+        layer = "" if row["layer"] is None else str(row["layer"])
+        params.add_row(layer, row["direction"] or "", escape(row["label"]), f"{row['count']:,}", row["torch_name"])
+    totals = description["totals"]
+    params.add_section()
+    for key in ("total", "trainable", "embedding", "encoder", "head"):
+        params.add_row("", "", key, f"{totals[key]:,}", "")
+    shapes = Table(title=f"Tensor shapes for a batch of {description['batch']} sentences of "
+                         f"{description['seq_len']} tokens (one real forward pass)")
+    shapes.add_column("stage", no_wrap=True)
+    shapes.add_column("dimensions", no_wrap=True)
+    shapes.add_column("what it is", overflow="fold")
+    for row in description["shapes"]:
+        shapes.add_row(escape(row["label"]), escape(row["dims"]), escape(row["note"]))  # dims look like markup tags
+    return [params, shapes, *(f"[dim]Note: {escape(note)}[/dim]" for note in description["notes"])]

@@ -88,6 +88,7 @@ def _write_glove(wv, out_path: Path) -> int:
                 written += 1
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; vectors are meant to be shared
         os.replace(tmp, out_path)
     except BaseException:
         try:

@@ -48,3 +48,43 @@ def plot_gradient_norms(probes: list[dict], path: Path, title: str = "") -> None
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_comparison(result: dict, path: Path) -> None:
+    """compare-baseline's figure: parameters against L (log scale) and the scores with ±std error bars."""
+    import io
+
+    from sentiment_rnn.rundir import atomic_write
+
+    plt = _pyplot()
+    models = result["models"]
+    names = {"rnn": "RNN", "per_word_linear": "per-word linear"}
+    fig, (ax_params, ax_scores) = plt.subplots(1, 2, figsize=(12, 4.5))
+    lengths = result["lengths"]
+    for kind, name in names.items():
+        counts = [models[kind]["mean"][f"params_L{n}"] for n in lengths]
+        ax_params.plot(lengths, counts, marker="o", label=name)
+    ax_params.set_xscale("log", base=2)
+    ax_params.set_yscale("log")
+    ax_params.set_xticks(lengths, [str(n) for n in lengths])
+    ax_params.set(xlabel="sentence length L (tokens)", ylabel="parameters without embedding",
+                  title="Parameters grow with L only for the baseline")
+    keys = {"test_accuracy": "test acc.", "test_macro_f1": "test macro-F1", "probe_accuracy": "probe acc.",
+            "probe_flip_rate": "probe flips", "word_order_sensitivity": "|ΔP| shuffled"}
+    width = 0.38
+    for i, (kind, name) in enumerate(names.items()):
+        xs = [j + (i - 0.5) * width for j in range(len(keys))]
+        means = [models[kind]["mean"][k] for k in keys]
+        stds = [models[kind]["std"][k] or 0.0 for k in keys]
+        ax_scores.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+    ax_scores.set_xticks(range(len(keys)), list(keys.values()))
+    ax_scores.set(ylim=(0, 1), ylabel="share / probability",
+                  title=f"Scores (mean ± std over {len(result['seeds'])} seed(s))")
+    for ax in (ax_params, ax_scores):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())

@@ -101,12 +101,15 @@ class CellEncoder(nn.Module):
         return (cell(x_t, state[0]),)  # ([B, H],)
 
     def _run_direction(
-        self, cell: nn.RNNCellBase, x: torch.Tensor, mask: torch.Tensor, reverse: bool
+        self, cell: nn.RNNCellBase, x: torch.Tensor, mask: torch.Tensor, reverse: bool,
+        step_states: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Unroll one cell over time; masked steps keep the old state so padding has no effect.
 
         Forward: the state freezes after the last real token. Backward: the state stays at
         h0 = 0 over the padding, so each sentence really starts at its own last token.
+        step_states, if given, receives h_t [B, H] for t = 0..T-1 in time order: the very tensors
+        the next step reads, so their .grad after backward() is the full dLoss/dh_t through time.
         """
         seq_len, batch = mask.shape  # [T, B]
         h0 = x.new_zeros(batch, cell.hidden_size)  # [B, H]
@@ -118,13 +121,19 @@ class CellEncoder(nn.Module):
             new_state = self._step(cell, x[t], state)  # x[t]: [B, in]
             state = tuple(torch.where(real, new, old) for new, old in zip(new_state, state))
             outputs[t] = torch.where(real, state[0], torch.zeros_like(state[0]))  # [B, H], 0 at padding
+            if step_states is not None:
+                step_states.append(state[0])
+        if step_states is not None and reverse:
+            step_states.reverse()  # time order
         return torch.stack(outputs), state  # [T, B, H]
 
-    def forward_with_states(self, x: torch.Tensor, lengths: torch.Tensor):
+    def forward_with_states(self, x: torch.Tensor, lengths: torch.Tensor,
+                            step_states: list[list[torch.Tensor]] | None = None):
         """Return (out, h_n) laid out like nn.RNN: h_n lists layer0-fwd, layer0-bwd, layer1-fwd, ...
 
         out is [T, B, dirs*H_last] with zeros at padding; h_n is a list of [B, H_i]
-        (for LSTM a tuple (h_n, c_n) of such lists).
+        (for LSTM a tuple (h_n, c_n) of such lists). step_states, if given, receives one list of
+        per-step states h_t per layer and direction, in h_n's order (see _run_direction).
         """
         lengths = self._check_inputs(x, lengths)
         seq_len = x.size(0)
@@ -137,7 +146,10 @@ class CellEncoder(nn.Module):
                 layer_input = self.dropout(layer_input)  # between layers only, like nn.RNN
             outputs = []
             for name, reverse in (("fwd", False), ("bwd", True))[: self.num_directions]:
-                out, state = self._run_direction(layer[name], layer_input, mask, reverse)  # [T, B, H_i]
+                steps = None if step_states is None else []
+                out, state = self._run_direction(layer[name], layer_input, mask, reverse, steps)  # [T, B, H_i]
+                if step_states is not None:
+                    step_states.append(steps)
                 outputs.append(out)
                 h_n.append(state[0])  # [B, H_i]
                 if self.cell == "lstm":
@@ -147,9 +159,10 @@ class CellEncoder(nn.Module):
             return layer_input, (h_n, c_n)
         return layer_input, h_n
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+                step_states: list[list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (out [T, B, dirs*H_last], final [B, dirs*H_last]) for a right-padded batch."""
-        out, h_n = self.forward_with_states(x, lengths)
+        out, h_n = self.forward_with_states(x, lengths, step_states)
         if self.cell == "lstm":
             h_n = h_n[0]  # keep h, drop c
         final = torch.cat(h_n[-self.num_directions :], dim=1)  # [B, dirs*H_last], [fwd, bwd]
