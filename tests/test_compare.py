@@ -1,0 +1,146 @@
+"""compare-baseline: the baseline's size and position dependence, the verdicts, and the command end to end."""
+
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from sentiment_rnn.compare import LENGTHS, shuffle_words, summarize
+from sentiment_rnn.config import ModelConfig, load_config
+from sentiment_rnn.models import build_model, count_parameters
+from sentiment_rnn.models.baseline import per_word_linear_params
+from sentiment_rnn.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ModelConfig(kind="per_word_linear")
+
+
+@pytest.mark.parametrize("max_length", LENGTHS)
+@pytest.mark.parametrize("vocab_size,num_classes", [(50, 2), (1000, 5)])
+def test_baseline_parameter_formula_equals_built_model_count(max_length, vocab_size, num_classes):
+    built = count_parameters(build_model(BASELINE, vocab_size, num_classes, max_length))
+    assert per_word_linear_params(vocab_size, BASELINE.embedding_dim, max_length, num_classes) == built
+
+
+def test_baseline_grows_linearly_with_length_while_the_rnn_does_not_grow():
+    rnn = load_config(ROOT / "configs" / "default.yaml").model
+    rnn_counts = {n: count_parameters(build_model(rnn, 1000, 2, n))["total"] for n in LENGTHS}
+    baseline = {n: count_parameters(build_model(BASELINE, 1000, 2, n))["without_embedding"] for n in LENGTHS}
+    assert len(set(rnn_counts.values())) == 1
+    per_position = (100 * 2 + 2) + 2 * 2  # one 100 -> 2 layer, and its 2 inputs to the 2-class head
+    assert baseline[1024] - baseline[16] == (1024 - 16) * per_position
+
+
+def test_baseline_output_changes_when_a_word_moves_to_another_position():
+    torch.manual_seed(0)
+    model = build_model(BASELINE, 50, 2, max_length=8).eval()
+    sentence = torch.tensor([[7], [0], [0], [0]])  # [T, B]: one word, then padding
+    moved = torch.tensor([[0], [0], [0], [7]])  # the same word three positions later
+    lengths = torch.tensor([4])
+    with torch.no_grad():
+        assert not torch.allclose(model(sentence, lengths), model(moved, lengths))
+        # Padding past the sentence is harmless: the baseline pads every input to L = max_length itself.
+        longer = torch.cat([sentence, torch.zeros(4, 1, dtype=sentence.dtype)])  # [8, B]
+        torch.testing.assert_close(model(sentence, lengths), model(longer, lengths))
+
+
+def test_default_rnn_logits_do_not_change_with_padding():
+    torch.manual_seed(0)
+    model = build_model(load_config(ROOT / "configs" / "default.yaml").model, 50, 2, max_length=64).eval()
+    ids = torch.tensor([[5, 9], [6, 3], [8, 0]])  # [T, B]; the second sentence has 2 words
+    lengths = torch.tensor([3, 2])
+    padded = torch.cat([ids, torch.zeros(20, 2, dtype=ids.dtype)])  # [23, B]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, lengths), model(padded, lengths))
+
+
+def test_shuffled_words_keep_exactly_the_tokens_the_model_reads():
+    texts = ["the film isn't good, it's great!", "a dull , dull plot with no surprises at all"]
+    tokenizer = train_tokenizer(iter([texts]), load_config(None).tokenizer.model_copy(update={"min_frequency": 1}))
+    shuffled = shuffle_words(texts, tokenizer, max_length=6, seed=3)
+    for text, mixed in zip(texts, shuffled):
+        before = tokenizer.encode(text, add_special_tokens=False).ids[:6]
+        after = tokenizer.encode(mixed, add_special_tokens=False).ids
+        assert Counter(before) == Counter(after)
+    assert shuffled == shuffle_words(texts, tokenizer, max_length=6, seed=3)
+    assert shuffled != shuffle_words(texts, tokenizer, max_length=6, seed=4)
+
+
+ROWS = [("test_accuracy", "test accuracy", "higher", "fraction"), ("params_total", "parameters", "lower", "count")]
+
+
+def _row(rnn: list[float], baseline: list[float], key: str = "test_accuracy") -> dict:
+    """The verdict row of fixed per-seed accuracies (and equal parameter counts)."""
+    def records(accuracies):
+        return [{"test_accuracy": a, "params_total": 100} for a in accuracies]
+
+    result = summarize({"rnn": records(rnn), "per_word_linear": records(baseline)}, list(range(len(rnn))), ROWS)
+    return next(r for r in result["rows"] if r["key"] == key)
+
+
+def test_verdict_names_the_winner_only_when_the_margin_beats_the_seeds_spread():
+    clear = _row([0.80, 0.81, 0.82], [0.70, 0.71, 0.72])
+    assert clear["winner"] == "rnn" and clear["beyond_spread"] is True
+    assert clear["verdict"].startswith("RNN wins: higher by 10.0 pts, beyond")
+    assert clear["spread"] == pytest.approx(0.02)  # std 0.01 on each side
+    close = _row([0.70, 0.75, 0.80], [0.69, 0.74, 0.79])
+    assert close["winner"] == "rnn" and close["beyond_spread"] is False
+    assert "no clear winner" in close["verdict"]
+
+
+def test_verdict_with_one_seed_says_the_spread_is_unmeasured():
+    row = _row([0.6], [0.7])
+    assert row["winner"] == "per_word_linear" and row["spread"] is None and row["beyond_spread"] is None
+    assert "1 seed" in row["verdict"]
+    assert _row([0.6], [0.7], key="params_total")["verdict"] == "equal"
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(["sentiment-rnn", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "COLUMNS": "160"})
+
+
+@pytest.mark.slow
+def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
+    out = tmp_path / "cmp"
+    result = cli("compare-baseline", "--config", "configs/tiny.yaml", "--seeds", "2", "--output", str(out),
+                 "--set", "data.limit=300", "--set", "train.epochs=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RNN vs per-word linear baseline" in result.stdout and "verdict" in result.stdout
+
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["seeds"] == [0, 1] and comparison["lengths"] == [16, 64, 256, 1024]
+    assert comparison["probe_pairs"] >= 40
+    keys = {"params_total", "params_without_embedding", "params_L16", "params_L1024", "test_accuracy",
+            "test_macro_f1", "train_seconds", "tokens_per_s", "probe_accuracy", "probe_flip_rate",
+            "word_order_sensitivity"}
+    for kind in ("rnn", "per_word_linear"):
+        model = comparison["models"][kind]
+        assert len(model["per_seed"]) == 2
+        assert keys <= model["mean"].keys() and keys <= model["std"].keys()
+        assert all(0 <= model["mean"][k] <= 1 for k in ("test_accuracy", "probe_accuracy", "word_order_sensitivity"))
+    rnn, baseline = comparison["models"]["rnn"]["mean"], comparison["models"]["per_word_linear"]["mean"]
+    assert rnn["params_L16"] == rnn["params_L1024"] == rnn["params_without_embedding"]
+    assert baseline["params_L1024"] > baseline["params_L16"]
+    assert all(row["verdict"] for row in comparison["rows"])
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    predicted = cli("predict", "--model", str(out / "baseline-seed1"), "--format", "json", "a fine film")
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout)[0]["label"] in ("negative", "positive")
+
+    again = cli("compare-baseline", "--config", "configs/tiny.yaml", "--output", str(out))
+    assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
+
+
+def test_compare_baseline_rejects_a_broken_probe_before_training(tmp_path):
+    probe = tmp_path / "probe.tsv"
+    probe.write_text("1\tgood\n1\tnice\n", encoding="utf-8")
+    result = cli("compare-baseline", "--config", "configs/tiny.yaml", "--output", str(tmp_path / "cmp"),
+                 "--probe", str(probe))
+    assert result.returncode == 1 and "same label" in result.stderr
+    assert not (tmp_path / "cmp").exists()
