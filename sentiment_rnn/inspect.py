@@ -121,6 +121,8 @@ def trace_shapes(model: nn.Module, config: Config, batch: int, seq_len: int, voc
     try:
         with torch.no_grad():
             logits = model(input_ids, lengths)  # [B, C]
+            if encoder is not None and not isinstance(encoder, CellEncoder) and "h_n" not in seen:
+                encoder.rnn(seen["x"])  # the bidirectional path runs each direction alone; every length is T here
     finally:
         for handle in handles:
             handle.remove()

@@ -47,3 +47,21 @@ def test_each_sentence_in_a_padded_batch_scores_as_if_alone(cell, bidirectional,
         batched = model(ids, LENGTHS)  # [B, C]
         alone = torch.cat([model(ids[:n, b:b + 1], LENGTHS[b:b + 1]) for b, n in enumerate(LENGTHS.tolist())])
     torch.testing.assert_close(batched, alone)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_bidirectional_reversal_path_equals_the_packed_path(cell, num_layers):
+    from sentiment_rnn.models.rnn import LayerEncoder
+
+    torch.manual_seed(0)
+    encoder = LayerEncoder(100, 16, num_layers, cell, bidirectional=True, dropout=0.2).eval()
+    x = torch.randn(9, 5, 100)  # [T, B, E]
+    lengths = torch.tensor([9, 3, 5, 1, 7])
+    out, final = encoder(x, lengths)
+    packed_out, packed_final = encoder(x, lengths, packed=True)
+    real = (torch.arange(9).view(-1, 1) < lengths).unsqueeze(-1)  # [T, B, 1]
+    assert torch.allclose(final, packed_final, atol=1e-6)
+    assert torch.allclose(out * real, packed_out, atol=1e-6)
+    (final.sum() + out[real.expand_as(out)].sum()).backward()
+    assert encoder.rnn.weight_hh_l0_reverse.grad is not None  # gradients reach the module's own weights

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sentiment_rnn.errors import SentimentRNNError
@@ -21,7 +22,9 @@ class LayerEncoder(nn.Module):
     (a published tutorial's RNN sits at chance on IMDB that way). One-directional encoders run the
     padded batch and gather the top layer's output at each sentence's last real token; for a causal
     RNN that output equals the packed final state, and on CPU it is about 10x faster than packing.
-    Bidirectional encoders must pack: the backward direction has to start at each sentence's own end.
+    Bidirectional encoders run the backward direction on each sentence reversed within its own length,
+    so it too starts at the sentence's real end and never reads padding; that equals the packed result
+    (tests/test_padding.py) without the cost of packing. `packed=True` keeps the packed path as reference.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, cell: str = "rnn",
@@ -34,9 +37,43 @@ class LayerEncoder(nn.Module):
                                     dropout=dropout if num_layers > 1 else 0.0, **kwargs)
         self.bidirectional = bidirectional
         self.output_size = hidden_size * (2 if bidirectional else 1)
+        # One-layer, one-direction twins of self.rnn, run with self.rnn's own weights (functional_call).
+        # A plain list, so they add no parameters and no state-dict keys.
+        self._direction_twins = [RNN_LAYERS[cell](input_size if k == 0 else 2 * hidden_size, hidden_size, **kwargs)
+                                 for k in range(num_layers)] if bidirectional else []
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [T, B, E], lengths [B] -> (out [T, B, D*H] top-layer outputs, final [B, D*H])."""
+    def _direction(self, layer: int, suffix: str, x: torch.Tensor) -> torch.Tensor:
+        """Run one direction of one layer of self.rnn over x [T, B, in] -> [T, B, H]."""
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        weights = {f"{n}_l0": getattr(self.rnn, f"{n}_l{layer}{suffix}") for n in names}
+        return functional_call(self._direction_twins[layer], weights, (x,))[0]
+
+    def _bidirectional(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = torch.arange(x.shape[0], device=x.device).view(-1, 1)  # [T, 1]
+        lengths = lengths.to(x.device).view(1, -1)  # [1, B]
+        # Reverse each sentence within its length; padding stays at the end. The map is its own inverse.
+        reverse = torch.where(steps < lengths, lengths - 1 - steps, steps)  # [T, B]
+        out = x
+        for layer in range(self.rnn.num_layers):
+            if layer > 0:
+                out = nn.functional.dropout(out, self.rnn.dropout, self.training)  # as nn.RNN between layers
+            index = reverse.unsqueeze(-1).expand(-1, -1, out.shape[2])  # [T, B, in]
+            forward = self._direction(layer, "", out)  # [T, B, H]
+            backward = self._direction(layer, "_reverse", out.gather(0, index))  # [T, B, H], reversed time
+            backward = backward.gather(0, reverse.unsqueeze(-1).expand_as(backward))  # [T, B, H], original time
+            out = torch.cat([forward, backward], dim=2)  # [T, B, 2H]
+        hidden = self.output_size // 2
+        last = (lengths.view(-1) - 1).view(1, -1, 1).expand(1, -1, hidden)  # [1, B, H]
+        forward_end = out[:, :, :hidden].gather(0, last).squeeze(0)  # [B, H] fwd state at the last real token
+        return out, torch.cat([forward_end, out[0, :, hidden:]], dim=1)  # bwd state at the first token: [B, 2H]
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, B, E], lengths [B] -> (out [T, B, D*H] top-layer outputs, final [B, D*H]).
+
+        Outputs past a sentence's end are not meaningful (the packed path zeroes them); `final` is exact.
+        """
+        if self.bidirectional and not (packed or x.is_cuda):  # cuDNN's packed kernels are fast on GPU
+            return self._bidirectional(x, lengths)
         if self.bidirectional:
             packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
             out, _ = self.rnn(packed)
