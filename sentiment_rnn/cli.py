@@ -84,6 +84,7 @@ def train(
     """Train a classifier from a YAML config (default configs/default.yaml) and save the run directory."""
     from sentiment_rnn.config import load_config
     from sentiment_rnn.console import RichReporter, console, metrics_table
+    from sentiment_rnn.distributed import is_main
     from sentiment_rnn.train import train as train_run
 
     if resume is not None:
@@ -95,9 +96,12 @@ def train(
     else:
         cfg = load_config(config or Path("configs/default.yaml"), set_)
         out = output or Path("runs") / cfg.name
-    console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
-                  f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
+    if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
+        console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
+                      f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
     metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite, resume=resume is not None)
+    if not is_main():
+        return
     console.print(metrics_table(metrics["test"], f"Test split (best epoch {metrics['best_epoch']})"))
     console.print(f"Trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s; "
                   f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{out}[/bold]")

@@ -81,13 +81,13 @@ class ModelConfig(_Strict):
 
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)  # upper bound; early stopping usually ends sooner
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # sentences per optimizer step; under torchrun, split among the processes
     lr: float = Field(2e-3, gt=0)  # AdamW learning rate
     weight_decay: float = Field(0.01, ge=0)  # AdamW decoupled weight decay
     clip_grad_norm: float | None = Field(1.0, gt=0)  # clip against exploding gradients through time
     patience: int = Field(3, ge=1)  # epochs without validation gain before stopping
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: min(cores, 4)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: half the cores, at most 4
     amp_bf16: bool = False  # bf16 autocast on CUDA
     max_steps: int | None = Field(None, ge=1)  # stop each epoch after this many steps (smoke runs)
     checkpoint_every: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps

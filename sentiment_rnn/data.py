@@ -1,7 +1,7 @@
 """Data through HF `datasets`: load a source, check it, split it reproducibly, encode it, batch it.
 
 Everything stays an Arrow-backed `datasets.Dataset` (memory-mapped from the cache), so a file larger than
-memory trains with flat RSS; batches are fetched by index, one Arrow `take` per batch.
+memory trains with flat RSS; batches are fetched by index, one gather of Arrow rows per batch.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from datasets.utils.stratify import approximate_mode
 
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.tokenizer import encode_ids
 
 datasets.disable_progress_bars()  # the CLI shows its own progress; datasets' bars would interleave
 datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader errors reach the user as our one line
@@ -128,14 +130,17 @@ def _check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str) -> None:
             )
     if len(ds) == 0:
         raise SentimentRNNError(f"split '{split}' of '{cfg.source}' is empty; give a source with rows")
-    labels = ds.data.column(cfg.label_column)
-    bad = pc.is_null(labels, nan_is_null=True)
-    texts = ds.data.column(cfg.text_column)
-    bad_text = pc.or_(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(pc.cast(texts, "string")), ""))
-    for mask, what in ((bad, "no label (empty or NaN)"), (bad_text, "an empty text")):
-        if pc.any(mask).as_py():
-            row = int(pc.index(mask, True).as_py())
-            raise SentimentRNNError(f"split '{split}' row {row + 1} has {what}; fix or remove that row")
+    # One record batch at a time: trimming a whole text column would copy all of it into memory.
+    start = 0
+    for batch in ds.data.table.select([cfg.text_column, cfg.label_column]).to_batches(max_chunksize=65_536):
+        texts, labels = batch.column(0), batch.column(1)
+        bad = pc.is_null(labels, nan_is_null=True)
+        bad_text = pc.or_(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(pc.cast(texts, "string")), ""))
+        for mask, what in ((bad, "no label (empty or NaN)"), (bad_text, "an empty text")):
+            if pc.any(mask).as_py():
+                row = start + int(pc.index(mask, True).as_py())
+                raise SentimentRNNError(f"split '{split}' row {row + 1} has {what}; fix or remove that row")
+        start += batch.num_rows
 
 
 def _label_names(raw: datasets.DatasetDict, cfg: DataConfig) -> list[str]:
@@ -154,28 +159,75 @@ def _label_names(raw: datasets.DatasetDict, cfg: DataConfig) -> list[str]:
 
 
 def _to_ids(raw: datasets.DatasetDict, cfg: DataConfig, names: list[str]) -> datasets.DatasetDict:
-    """Replace the label column by 'label' ids (ClassLabel) and keep only text, label and the row number."""
+    """Columns 'text', 'label' (ClassLabel ids) and the row number.
+
+    Only the small label column is written anew; the text stays in the source's Arrow file, so a
+    2-million-row CSV is not copied (nor paged into memory) a second time.
+    """
     feature = raw["train"].features[cfg.label_column]
     already = isinstance(feature, datasets.ClassLabel)
     lookup = {n: i for i, n in enumerate(names)}
     if not already and names == EMBEDDED_LABELS:
         lookup = {"0": 0, "1": 1}
+    label_ids = datasets.Features({"label": datasets.ClassLabel(names=names)})
+
+    def convert(labels, _lookup=lookup):
+        if already:
+            return {"label": labels}
+        keys = [str(int(v)) if isinstance(v, float) else str(v) for v in labels]
+        return {"label": [_lookup[k] for k in keys]}
+
     out = {}
     for split, ds in raw.items():
-        if ROW not in ds.column_names:
-            ds = ds.add_column(ROW, np.arange(len(ds), dtype=np.int64))
-
-        def convert(batch, _lookup=lookup):
-            texts = [str(t) for t in batch[cfg.text_column]]
-            if already:
-                return {"text": texts, "label": batch[cfg.label_column]}
-            keys = [str(int(v)) if isinstance(v, float) else str(v) for v in batch[cfg.label_column]]
-            return {"text": texts, "label": [_lookup[k] for k in keys]}
-
-        drop = [c for c in ds.column_names if c != ROW]
-        ds = ds.map(convert, batched=True, remove_columns=drop)
-        out[split] = ds.cast_column("label", datasets.ClassLabel(names=names))
+        labels = ds.map(convert, input_columns=cfg.label_column, batched=True, batch_size=10_000,
+                        remove_columns=ds.column_names, features=label_ids)
+        text = ds.select_columns([cfg.text_column])
+        if cfg.text_column != "text":
+            text = text.rename_column(cfg.text_column, "text")
+        if getattr(text.features["text"], "dtype", None) not in ("string", "large_string"):
+            text = text.cast_column("text", datasets.Value("string"))
+        rows = ds.select_columns([ROW]) if ROW in ds.column_names else None
+        ds = datasets.concatenate_datasets([text, labels], axis=1)
+        out[split] = datasets.concatenate_datasets([ds, rows], axis=1) if rows is not None else \
+            ds.add_column(ROW, np.arange(len(ds), dtype=np.int64))
     return datasets.DatasetDict(out)
+
+
+def column_numpy(ds: datasets.Dataset, name: str) -> np.ndarray:
+    """One column as a numpy array, through Arrow alone.
+
+    `ds[name]` builds a Python object per row, and so does datasets' own row lookup on a split that is
+    a selection of rows (`ds._indices`, as `select` and `train_test_split` make): on millions of rows
+    that takes seconds and hundreds of MB, where one Arrow `take` takes milliseconds.
+    """
+    column = ds.data.table.column(name)
+    if ds._indices is not None:
+        column = column.take(ds._indices.column(0))
+    return column.to_numpy()
+
+
+def _stratified_split(ds: datasets.Dataset, test_share: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The rows `ds.train_test_split(test_share, stratify_by_column="label", seed=seed)` picks, drawn with
+    the same random numbers, in numpy: that method reads the labels row by row and gathers row numbers
+    in Python lists (seconds and hundreds of MB on millions of rows)."""
+    n_test = math.ceil(test_share * len(ds))
+    labels = column_numpy(ds, "label")
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2:
+        name = ds.features["label"].names[classes[counts.argmin()]]
+        raise SentimentRNNError(f"label '{name}' has a single row, too few for a stratified split; "
+                                "remove that row or add more rows of that label")
+    rng = np.random.default_rng(seed)
+    n_train_of = approximate_mode(counts, len(ds) - n_test, rng)  # rows per class in each part
+    n_test_of = approximate_mode(counts - n_train_of, n_test, rng)
+    train_parts, test_parts = [], []
+    for c, n_train_c, n_test_c in zip(classes, n_train_of, n_test_of):
+        rows = np.flatnonzero(labels == c)  # this class's rows, in order
+        rows = rows[rng.permutation(len(rows))]
+        train_parts.append(rows[:n_train_c])
+        test_parts.append(rows[n_train_c:n_train_c + n_test_c])
+    train_rows, test_rows = rng.permutation(np.concatenate(train_parts)), rng.permutation(np.concatenate(test_parts))
+    return ds.select(train_rows), ds.select(test_rows)
 
 
 def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: int):
@@ -185,9 +237,9 @@ def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: in
     n_classes = len(train.features["label"].names)
     if round(n * held) < 2 * n_classes or round(n * shares[0]) < n_classes:
         raise SentimentRNNError(f"only {n} rows: too few to split into train/validation/test; give more data")
-    first = train.train_test_split(test_size=held, stratify_by_column="label", seed=seed)
-    second = first["test"].train_test_split(test_size=shares[2] / held, stratify_by_column="label", seed=seed)
-    return first["train"], second["train"], second["test"]
+    kept, held_out = _stratified_split(train, held, seed)
+    validation, test = _stratified_split(held_out, shares[2] / held, seed)
+    return kept, validation, test
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
@@ -223,7 +275,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         "seed": seed,
         "shares": list(cfg.split),
         "splits": {k: (getattr(cfg, f"{k}_split") or cfg.train_split) if k != "train" else cfg.train_split for k in parts},
-        "rows": {k: [int(r) for r in v[ROW]] for k, v in parts.items() if k != "train"},
+        "rows": {k: column_numpy(v, ROW).tolist() for k, v in parts.items() if k != "train"},
         "sizes": {k: len(v) for k, v in parts.items()},
     }
     return Splits(parts["train"], parts["validation"], parts["test"], names, record)
@@ -257,26 +309,46 @@ def load_eval_data(cfg: DataConfig, split: str) -> tuple[datasets.Dataset, list[
 
 
 def encode(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-    """Token ids and lengths through `encode_batch`, cached by the fingerprint of data and tokenizer.
+    """Token ids and lengths through `encode_batch_fast`, cached by the fingerprint of data and tokenizer.
 
     The fingerprint is set explicitly, so a second run with the same data and tokenizer reads the
-    cached Arrow file instead of tokenizing again.
+    cached Arrow file instead of tokenizing again. The result holds no text, and 2-byte ids where the
+    vocabulary allows: training reads its pages at random, so all of them end up in memory (on a
+    1.6-million-row split, 75 MB of ids instead of 150).
     """
-    digest = hashlib.sha256(f"{ds._fingerprint}|{tokenizer.to_str()}|{max_length}".encode()).hexdigest()[:32]
-    unk = tokenizer.token_to_id("[UNK]")
+    id_type = "uint16" if tokenizer.get_vocab_size() <= 1 << 16 else "int32"
+    key = f"{ds._fingerprint}|{tokenizer.to_str()}|{max_length}|{id_type}|no text"  # all that shapes the result
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def batch_encode(batch):
-        ids = [e.ids[:max_length] or [unk] for e in tokenizer.encode_batch(batch["text"], add_special_tokens=False)]
+        ids = encode_ids(tokenizer, batch["text"], max_length)
         return {"input_ids": ids, "length": [len(x) for x in ids]}
 
-    return ds.map(batch_encode, batched=True, batch_size=1000, new_fingerprint=digest,
-                  features=datasets.Features({**ds.features, "input_ids": datasets.Sequence(datasets.Value("int32")),
+    kept = {k: v for k, v in ds.features.items() if k != "text"}
+    return ds.map(batch_encode, batched=True, batch_size=10_000, writer_batch_size=10_000, new_fingerprint=digest,
+                  remove_columns=["text"],
+                  features=datasets.Features({**kept, "input_ids": datasets.Sequence(datasets.Value(id_type)),
                                               "length": datasets.Value("int32")}))
+
+
+def encode_splits(splits: Splits, tokenizer, max_length: int) -> dict[str, datasets.Dataset]:
+    """Encode train, validation and test; the splits then hold these encoded parts (ids, no text).
+
+    Tokenizing reads every page of the source's text; once no dataset refers to it, its Arrow file is
+    unmapped and those pages leave the process's memory (hundreds of MB on a 2-million-row CSV).
+    """
+    encoded = {name: encode(getattr(splits, name), tokenizer, max_length) for name in ("train", "validation", "test")}
+    splits.train, splits.validation, splits.test = encoded["train"], encoded["validation"], encoded["test"]
+    return encoded
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):
     """Shuffle, then sort by length inside large random pools: batches of similar length waste little
-    compute on padding, yet every epoch sees a different order. Rank/world split batches for DDP."""
+    compute on padding, yet every epoch sees a different order.
+
+    Under DDP (world_size > 1) every rank takes its own slice of the same batch: DDP averages the
+    gradients, so N processes take the optimizer steps one process would take with the whole batch.
+    """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool = True, pool: int = 50,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -305,38 +377,49 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self):
-        batches = self._batches()
-        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
-        for b in batches[self.rank::self.world_size][:per_rank][self.start:]:
-            yield b.tolist()
+        # A batch too small to give every rank a row is skipped: a rank without a step would leave the
+        # others waiting in DDP's all-reduce forever.
+        batches = [b for b in self._batches() if len(b) >= self.world_size]
+        for b in batches[self.start:]:
+            yield b[self.rank::self.world_size].tolist()
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.lengths) / self.batch_size)
-        return n // self.world_size if self.world_size > 1 else n
+        n = len(self.lengths)
+        return math.ceil(n / self.batch_size) - (0 < n % self.batch_size < self.world_size)
 
 
 class EncodedBatches(torch.utils.data.Dataset):
-    """Fetches a whole batch by its row indices and pads it time-major."""
+    """Fetches a whole batch by its row indices as one Arrow table and pads it time-major with numpy.
+
+    Arrow rows, not datasets' numpy rows: no Python object per row (over a 200,000-row validation split
+    those cost seconds and left 100+ MB behind). Not `pyarrow.Table.take` either: on a chunked column
+    it first concatenates every chunk (150 MB per batch of a 1.6-million-row split); datasets' row
+    lookup gathers one-row slices instead.
+    """
 
     def __init__(self, ds: datasets.Dataset):
-        self.ds = ds.select_columns(["input_ids", "length", "label"]).with_format("numpy")
+        self.ds = ds.select_columns(["input_ids", "label"]).with_format("arrow")
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, indices: list[int]):
-        rows = self.ds[indices]
-        seqs = [torch.from_numpy(np.asarray(x, dtype=np.int64)) for x in rows["input_ids"]]
-        input_ids = torch.nn.utils.rnn.pad_sequence(seqs, padding_value=0)  # [T, B], time-major
-        lengths = torch.from_numpy(np.asarray(rows["length"], dtype=np.int64))  # [B]
-        labels = torch.from_numpy(np.asarray(rows["label"], dtype=np.int64))  # [B]
-        return input_ids, lengths, labels
+        batch = self.ds[indices]
+        ids = batch.column("input_ids").combine_chunks()
+        lengths = ids.value_lengths().to_numpy().astype(np.int64)  # [B]
+        values = ids.flatten().to_numpy()  # [N] every token of the batch, sentence after sentence
+        column = np.repeat(np.arange(len(lengths)), lengths)  # [N] which sentence each token belongs to
+        time = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # [N] its position
+        input_ids = np.zeros((lengths.max(initial=1), len(lengths)), dtype=np.int64)  # [T, B], time-major
+        input_ids[time, column] = values
+        labels = batch.column("label").to_numpy().astype(np.int64)  # [B]
+        return torch.from_numpy(input_ids), torch.from_numpy(lengths), torch.from_numpy(labels)
 
 
 def make_loader(ds: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0, pool: int = 50,
                 rank: int = 0, world_size: int = 1, pin_memory: bool = False, workers: int = 0):
     """A DataLoader yielding (input_ids [T, B], lengths [B], labels [B]) in length buckets."""
-    lengths = ds.with_format("numpy")["length"]
+    lengths = column_numpy(ds, "length")
     sampler = BucketBatchSampler(lengths, batch_size, shuffle, pool, seed, rank, world_size)
     # Its own generator: iter(loader) draws a seed, which must not shift torch's global RNG (dropout)
     # between an uninterrupted run and a resumed one.

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
+from sentiment_rnn.distributed import bound_malloc_heap, default_threads
 from sentiment_rnn.rundir import LoadedRun, load_run
+from sentiment_rnn.tokenizer import encode_ids
 
 CHARS_PER_TOKEN_CAP = 64  # texts are cut at max_length * this many characters before tokenizing
 
@@ -24,18 +26,19 @@ class Predictor:
         self.labels: list[str] = list(run.meta["label_names"])
         self.max_length = int(run.meta["max_length"])
         self.device = next(run.model.parameters()).device
-        self.unk = run.tokenizer.token_to_id("[UNK]")
 
     @classmethod
-    def from_dir(cls, model_dir: Path | None, device: str = "cpu") -> Predictor:
+    def from_dir(cls, model_dir: Path | None, device: str = "cpu", threads: int | None = None) -> Predictor:
+        """Load a run; intra-op threads as in training: half the cores, at most 4, unless given."""
+        torch.set_num_threads(threads or default_threads())
+        bound_malloc_heap()  # --file streams any number of lines: memory stays flat
         return cls(load_run(model_dir, device))
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """[N, C] class probabilities for non-empty texts, in input order."""
         cap = self.max_length * CHARS_PER_TOKEN_CAP  # a 10 MB line must not cost a 10 MB tokenization
-        encodings = self.run.tokenizer.encode_batch([t[:cap] for t in texts], add_special_tokens=False)
-        ids = [e.ids[: self.max_length] or [self.unk] for e in encodings]
+        ids = encode_ids(self.run.tokenizer, [t[:cap] for t in texts], self.max_length)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # length buckets: little padding
         out = torch.empty(len(ids), len(self.labels))
         for start in range(0, len(order), self.batch_size):

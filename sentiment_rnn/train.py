@@ -7,10 +7,10 @@ at the end, with the kept weights.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from torch import nn
 
 from sentiment_rnn import checkpoint
 from sentiment_rnn import data as data_lib
+from sentiment_rnn import distributed
 from sentiment_rnn import rundir
 from sentiment_rnn.config import Config, TrainConfig, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
@@ -45,8 +46,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Intra-op threads: all cores up to 4 by default; more only adds contention for small RNN matmuls."""
-    n = threads or max(1, min(4, os.cpu_count() or 1))
+    """Intra-op threads: train.threads, or half the cores (at most 4) shared by this node's DDP ranks."""
+    n = threads or distributed.default_threads()
     torch.set_num_threads(n)
     return n
 
@@ -186,56 +187,68 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     run's own: see checkpoint.resume_config). A run that fails never looks complete (metrics.json is
     written last); its directory is kept if it has a checkpoint to resume from, removed otherwise.
     """
-    reporter = reporter or Reporter()
+    main = distributed.is_main()  # under torchrun, rank 0 alone reports and writes the run directory
+    reporter = (reporter or Reporter()) if main else Reporter()
     output = Path(output)
     if resume:
         checkpoint.check_resumable(output)
-    else:
+    elif main:
         check_output(output, overwrite)
     check_pretrained(config)
-    device = resolve_device(config.train.device)
+    device = distributed.setup(resolve_device(config.train.device))  # joins torchrun's process group, if any
     threads = configure_threads(config.train.threads)
+    distributed.bound_malloc_heap()
     seed_everything(config.seed)
 
     reporter.stage("Loading data")
-    splits = data_lib.load_splits(config.data, config.seed)
-    if not resume:
+    with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
+        splits = data_lib.load_splits(config.data, config.seed)
+    if not resume and main:
         prepare_output(output, overwrite)
     try:
         return _train_into(config, output, splits, device, threads, reporter, resume)
     except BaseException:
-        if not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
+        if main and not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
             shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
         raise
+    finally:
+        distributed.teardown()
 
 
 def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
                 reporter: Reporter, resume: bool = False) -> dict:
     tcfg = config.train
-    rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
+    main = distributed.is_main()
+    if main:
+        rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
     if resume:
         checkpoint.check_same_data(output, splits.record)
         tokenizer = load_tokenizer(output / rundir.TOKENIZER)
     else:
-        rundir.write_json(output / rundir.SPLIT, splits.record)
+        if main:
+            rundir.write_json(output / rundir.SPLIT, splits.record)
         reporter.stage("Training tokenizer")
-        tokenizer = build_tokenizer(splits, config)
-        tokenizer.save(str(output / rundir.TOKENIZER))
+        tokenizer = build_tokenizer(splits, config)  # deterministic: every rank builds the same one
+        if main:
+            tokenizer.save(str(output / rundir.TOKENIZER))
     reporter.stage("Tokenizing")
     max_length = config.data.max_length
-    encoded = {name: data_lib.encode(ds, tokenizer, max_length)
-               for name, ds in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
+    with distributed.local_main_first():
+        encoded = data_lib.encode_splits(splits, tokenizer, max_length)  # also lets go of the text
 
     pin = device.type == "cuda"
-    train_loader = data_lib.make_loader(encoded["train"], tcfg.batch_size, True, config.seed, tcfg.bucket_pool, pin_memory=pin)
+    # Under DDP each rank takes its slice of every batch: train.batch_size stays the optimizer's batch.
+    train_loader = data_lib.make_loader(encoded["train"], tcfg.batch_size, True, config.seed, tcfg.bucket_pool,
+                                        rank=distributed.rank(), world_size=distributed.world_size(), pin_memory=pin)
     val_loader = data_lib.make_loader(encoded["validation"], 256, False, pin_memory=pin)
     test_loader = data_lib.make_loader(encoded["test"], 256, False, pin_memory=pin)
 
     seed_everything(config.seed)
     model = build_model(config.model, tokenizer.get_vocab_size(), len(splits.label_names), max_length).to(device)
     coverage = load_pretrained(model, config, tokenizer)
+    net = distributed.wrap(model, device)  # DDP under torchrun; evaluation and saving use `model` itself
     optimizer = build_optimizer(model, tcfg)
-    *_, probe_batch = val_loader  # the loader sorts by length: the last batch reaches furthest back in time
+    probe_batch = deque(val_loader, maxlen=1)[0]  # the loader sorts by length: the last batch reaches furthest back
     loss_fn = nn.CrossEntropyLoss()
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tcfg.amp_bf16 and device.type == "cuda")
 
@@ -251,12 +264,12 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
             train_loader.sampler.set_epoch(epoch, start=p.batches_done)  # skip what a resumed epoch already saw
             steps = min(len(train_loader), tcfg.max_steps or len(train_loader))
             reporter.epoch_start(epoch, tcfg.epochs, steps - p.batches_done)
-            model.train()
+            net.train()
             start = time.perf_counter() - p.seconds
             for step, batch in enumerate(train_loader, start=p.batches_done + 1):
                 input_ids, lengths, y = to_device(batch, device)
                 with amp:
-                    logits = model(input_ids, lengths)  # [B, C]
+                    logits = net(input_ids, lengths)  # [B, C]
                 loss = loss_fn(logits.float(), y)
                 if not torch.isfinite(loss):
                     raise non_finite_loss(loss.item(), epoch, step, tcfg, ckpt_path)
@@ -276,15 +289,18 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
                     break  # the end-of-epoch checkpoint below covers the last step
                 if interrupt.requested or (tcfg.checkpoint_every and p.step % tcfg.checkpoint_every == 0):
                     p.seconds = time.perf_counter() - start
-                    checkpoint.save(ckpt_path, model, optimizer, p)
+                    if main:
+                        checkpoint.save(ckpt_path, model, optimizer, p)
                     if interrupt.requested:
                         raise TrainingInterrupted(output, epoch, step)
             seconds = time.perf_counter() - start
-            p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + p.tokens
-            val = predict_batches(model, val_loader, device)
-            record = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
+            seen, loss_sum, correct, tokens = distributed.all_sum(p.seen, p.loss_sum, p.correct, p.tokens)  # all ranks'
+            p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + tokens
+            val = predict_batches(model, val_loader, device)  # every rank scores the whole validation split
+            val["accuracy"], val["loss"] = distributed.from_main(val["accuracy"], val["loss"])  # same stop everywhere
+            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": seconds,
-                      "tokens_per_s": p.tokens / seconds}
+                      "tokens_per_s": tokens / seconds}
             p.history.append(record)
             if epoch in tcfg.grad_probe_epochs:
                 norms = gradient_probe(model, probe_batch, device)
@@ -301,7 +317,8 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
             reporter.epoch_end(record)
             p.stopped = p.stale >= tcfg.patience
             p.next_epoch()
-            checkpoint.save(ckpt_path, model, optimizer, p)
+            if main:
+                checkpoint.save(ckpt_path, model, optimizer, p)
             if interrupt.requested:
                 raise TrainingInterrupted(output, p.epoch, 0)
 
@@ -323,9 +340,11 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
         "device": str(device),
         "threads": threads,
         "sizes": splits.record["sizes"],
+        "world_size": distributed.world_size(),
     }
-    save_run(output, model, tokenizer, splits, config, metrics)
-    ckpt_path.unlink(missing_ok=True)  # the run is complete: the checkpoint (optimizer state too) has served
+    if main:
+        save_run(output, model, tokenizer, splits, config, metrics)
+        ckpt_path.unlink(missing_ok=True)  # the run is complete: the checkpoint (optimizer state too) has served
     return metrics
 
 

@@ -1,0 +1,427 @@
+"""Speed and memory of sentiment-rnn, each figure a ratio against a reference measured side by side.
+
+    python scripts/bench.py                  # every figure at full size (about 4 minutes on 2 idle cores)
+    python scripts/bench.py --quick          # the same figures on small sizes, a few minutes
+    python scripts/bench.py --only tokenization,cold-start
+
+The machine may be shared and noisy, so nothing is compared with a number measured elsewhere: product
+and reference run in the same process (or alternate as subprocesses) with the same torch threads.
+
+- training: tokens/s of the config's model against a straightforward correct reference (Python regex
+  tokenization, every batch padded to the longest sentence of the whole dataset, pack_padded_sequence
+  for the final states, plain shuffled batches), same sizes and epochs; test accuracy of both.
+- inference: sentences/s from raw text to probabilities at batch 256, same two models.
+- cold-start: wall time of `sentiment-rnn predict "text"` against `python -c "import torch"` (medians).
+- tokenization: data.encode on the 25,000 IMDB reviews against re.findall + a dict lookup, and a second
+  encode in a new process, which must read the cache (no new cache file).
+- rss: peak RSS of `sentiment-rnn train` (one epoch, --max-steps) on a generated 2-million-row CSV
+  against the 8,530-row Rotten Tomatoes data; the CSV is generated once into the temp folder.
+- threads: training tokens/s and inference sentences/s with 1 against 2 intra-op threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(tempfile.gettempdir()) / "sentiment-rnn-bench"  # the generated CSV survives between runs
+# datasets' cache: cold for every run of this script; the --encode-again child reuses its parent's.
+CACHE = Path(os.environ.get("BENCH_HF_CACHE") or tempfile.mkdtemp(prefix="bench-hf-"))
+os.environ["HF_DATASETS_CACHE"] = str(CACHE)  # before datasets is imported
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+from sentiment_rnn import data as data_lib  # noqa: E402
+from sentiment_rnn.config import DataConfig, TokenizerConfig, load_config  # noqa: E402
+from sentiment_rnn.distributed import default_threads  # noqa: E402
+from sentiment_rnn.models.rnn import RNN_LAYERS  # noqa: E402
+from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
+from sentiment_rnn.train import build_optimizer  # noqa: E402
+from sentiment_rnn.train import train as train_product  # noqa: E402
+
+SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads")
+RESULTS: list[dict] = []
+
+
+def report(name: str, product: float, reference: float, unit: str, bar: str, passed: bool | None, note: str = "") -> None:
+    ratio = product / reference
+    verdict = "" if passed is None else ("PASS" if passed else "FAIL")
+    RESULTS.append({"figure": name, "product": product, "reference": reference, "ratio": ratio, "unit": unit,
+                    "bar": bar, "verdict": verdict, "note": note})
+    print(f"{name:34s} {product:>12,.2f} vs {reference:>12,.2f} {unit:13s} = {ratio:6.2f}x  {bar:11s} {verdict}"
+          f"{'  ' + note if note else ''}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+TOKEN = re.compile(r"\w+|[^\w\s]+")  # what the product's Whitespace pre-tokenizer splits on
+LINE_BREAK = re.compile(r"<br\s*/?>")  # and what its normalizer removes
+
+
+def regex_tokens(text: str) -> list[str]:
+    return TOKEN.findall(LINE_BREAK.sub(" ", text).lower())
+
+
+class RegexVocab:
+    """[PAD]=0, [UNK]=1, then the most frequent training words seen at least min_frequency times."""
+
+    def __init__(self, texts: list[str], cfg: TokenizerConfig):
+        counts = Counter(w for t in texts for w in regex_tokens(t))
+        kept = [w for w, c in counts.most_common(cfg.max_vocab - 2) if c >= cfg.min_frequency]
+        self.ids = {w: i for i, w in enumerate(kept, start=2)}
+
+    def __len__(self) -> int:
+        return len(self.ids) + 2
+
+    def encode(self, text: str, max_length: int) -> list[int]:
+        return [self.ids.get(w, 1) for w in regex_tokens(text)][:max_length] or [1]
+
+
+class ReferenceRNN(nn.Module):
+    """Embedding -> nn.RNN over a packed batch -> top layer's h_n -> linear: the textbook way."""
+
+    def __init__(self, vocab_size: int, num_classes: int, cfg):
+        super().__init__()
+        kwargs = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
+        self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
+        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
+        self.rnn = RNN_LAYERS[cfg.cell](cfg.embedding_dim, cfg.hidden_size, cfg.num_layers,
+                                        bidirectional=cfg.bidirectional,
+                                        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, **kwargs)
+        self.directions = 2 if cfg.bidirectional else 1
+        self.head_dropout = nn.Dropout(cfg.head_dropout)
+        self.head = nn.Linear(cfg.hidden_size * self.directions, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.embedding_dropout(self.embedding(input_ids))  # [L, B, E], L = longest sentence of the dataset
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        _, h_n = self.rnn(packed)  # [layers * directions, B, H] (LSTM: (h_n, c_n))
+        h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+        final = torch.cat(list(h_n[-self.directions:]), dim=1)  # [B, directions * H]: the top layer's
+        return self.head(self.head_dropout(final))  # [B, C]
+
+
+def padded(vocab: RegexVocab, texts: list[str], max_length: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[width, N] ids padded to `width`, and [N] lengths."""
+    seqs = [vocab.encode(t, max_length) for t in texts]
+    ids = torch.zeros(width, len(seqs), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[: len(s), j] = torch.tensor(s)
+    return ids, torch.tensor([len(s) for s in seqs])
+
+
+@torch.no_grad()
+def reference_scores(model: ReferenceRNN, ids: torch.Tensor, lengths: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    logits = torch.cat([model(ids[:, i:i + 256], lengths[i:i + 256]) for i in range(0, len(labels), 256)])
+    return (logits.argmax(-1) == labels).float().mean().item(), nn.functional.cross_entropy(logits, labels).item()
+
+
+def train_reference(cfg, epochs: int) -> dict:
+    """The same model sizes, optimizer, clipping, epochs and best-validation-epoch choice as the product."""
+    splits = data_lib.load_splits(cfg.data, cfg.seed)  # the very same rows
+    texts = {k: getattr(splits, k).with_format("arrow")[:]["text"].to_pylist() for k in ("train", "validation", "test")}
+    labels = {k: torch.tensor(data_lib.column_numpy(getattr(splits, k), "label"), dtype=torch.long) for k in texts}
+    vocab = RegexVocab(texts["train"], cfg.tokenizer)
+    longest = max(len(vocab.encode(t, cfg.data.max_length)) for part in texts.values() for t in part)
+    tensors = {k: padded(vocab, texts[k], cfg.data.max_length, longest) for k in texts}
+    torch.manual_seed(cfg.seed)
+    model = ReferenceRNN(len(vocab), len(splits.label_names), cfg.model)
+    optimizer = build_optimizer(model, cfg.train)
+    ids, lengths = tensors["train"]
+    dataset = torch.utils.data.TensorDataset(ids.T, lengths, labels["train"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
+    seconds, tokens, best = 0.0, 0, (-1.0, 0.0, None)
+    for _ in range(epochs):
+        model.train()
+        start = time.perf_counter()
+        for x, n, y in loader:
+            loss = nn.functional.cross_entropy(model(x.T, n), y)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm or float("inf"))
+            optimizer.step()
+            tokens += int(n.sum())
+        seconds += time.perf_counter() - start
+        acc, loss = reference_scores(model, *tensors["validation"], labels["validation"])
+        if (acc, -loss) > best[:2]:
+            best = (acc, -loss, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    test_acc, _ = reference_scores(model, *tensors["test"], labels["test"])
+    return {"tokens_per_s": tokens / seconds, "test_accuracy": test_acc, "model": model, "vocab": vocab,
+            "longest": longest, "texts": texts["train"] + texts["validation"] + texts["test"]}
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def bench_training(args, threads: int, show: bool = True) -> tuple[Path, dict]:
+    overrides = args.overrides + [f"train.epochs={args.epochs}", f"train.patience={args.epochs}", f"train.threads={threads}"]
+    if args.limit:
+        overrides.append(f"data.limit={args.limit}")
+    cfg = load_config(args.config, overrides)
+    run = WORK / "run"
+    metrics = train_product(cfg, run, overwrite=True)
+    torch.set_num_threads(threads)
+    ref = train_reference(cfg, args.epochs)
+    product_acc, ref_acc = metrics["test"]["accuracy"], ref["test_accuracy"]
+    diff = abs(product_acc - ref_acc) * 100
+    if not show:
+        return run, ref
+    report("training tokens/s", metrics["tokens_per_s"], ref["tokens_per_s"], "tokens/s", ">= 3x",
+           metrics["tokens_per_s"] >= 3 * ref["tokens_per_s"],
+           f"test accuracy {product_acc:.1%} vs {ref_acc:.1%} (diff {diff:.1f} pt, bar <= 1: "
+           f"{'PASS' if diff <= 1 else 'FAIL'}); {args.epochs} epochs, {threads} thread(s), padded to {ref['longest']}")
+    return run, ref
+
+
+def bench_inference(run: Path, ref: dict, threads: int) -> None:
+    from sentiment_rnn.predict import Predictor
+
+    texts = ref["texts"]
+    predictor = Predictor.from_dir(run, threads=threads)
+    predictor.batch_size = 256
+    predictor.probabilities(texts[:256])  # warm-up, both sides
+    start = time.perf_counter()
+    predictor.probabilities(texts)
+    product = len(texts) / (time.perf_counter() - start)
+
+    model, vocab, longest = ref["model"].eval(), ref["vocab"], ref["longest"]
+    max_length = int(predictor.max_length)
+    with torch.inference_mode():
+        model(*padded(vocab, texts[:256], max_length, longest))
+        start = time.perf_counter()
+        for i in range(0, len(texts), 256):
+            model(*padded(vocab, texts[i:i + 256], max_length, longest)).softmax(-1)
+    reference = len(texts) / (time.perf_counter() - start)
+    report("inference sentences/s (batch 256)", product, reference, "sentences/s", ">= 3x", product >= 3 * reference,
+           f"{len(texts):,} sentences, raw text to probabilities")
+
+
+def bench_cold_start(run: Path, repeats: int) -> None:
+    script = Path(sys.executable).with_name("sentiment-rnn")
+    predict = [str(script) if script.exists() else shutil.which("sentiment-rnn"), "predict",
+               "a gripping, beautifully acted film", "--model", str(run)]
+    bare = [sys.executable, "-c", "import torch"]
+    times: dict[str, list[float]] = {"predict": [], "torch": []}
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        for name, cmd in (("predict", predict), ("torch", bare)):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    p, t = statistics.median(times["predict"]), statistics.median(times["torch"])
+    report("predict cold start (s)", p, t, "s", "<= 1.3x", p <= 1.3 * t,
+           f"medians of {repeats}; predict {['%.2f' % x for x in times['predict']]}, "
+           f"import torch {['%.2f' % x for x in times['torch']]}")
+
+
+def cache_files() -> set[str]:
+    return {str(p) for p in CACHE.rglob("*.arrow")}
+
+
+def imdb_and_tokenizer(tokenizer_path: Path | None = None):
+    ds, _ = data_lib.load_eval_data(DataConfig(source="imdb"), "train")
+    if tokenizer_path is not None:
+        from sentiment_rnn.tokenizer import load_tokenizer
+
+        return ds, load_tokenizer(tokenizer_path)
+    texts = (b["text"] for b in ds.select_columns(["text"]).iter(batch_size=1000))
+    return ds, train_tokenizer(texts, TokenizerConfig(max_vocab=30_000))
+
+
+def encode_again(tokenizer_path: str, max_length: int) -> None:
+    """Child process of bench_tokenization: a second run, in a new process, of the same encode."""
+    ds, tokenizer = imdb_and_tokenizer(Path(tokenizer_path))
+    before = cache_files()
+    start = time.perf_counter()
+    data_lib.encode(ds, tokenizer, max_length)
+    print(json.dumps({"seconds": time.perf_counter() - start, "new_files": len(cache_files() - before)}))
+
+
+def bench_tokenization(max_lengths: list[int]) -> None:
+    ds, tokenizer = imdb_and_tokenizer()
+    tokenizer_path = WORK / "imdb-tokenizer.json"
+    tokenizer.save(str(tokenizer_path))
+    texts = ds.with_format("arrow")[:]["text"].to_pylist()
+    vocab = tokenizer.get_vocab()
+    for max_length in max_lengths:
+        start = time.perf_counter()
+        reference = [[vocab.get(w, 1) for w in regex_tokens(t)][:max_length] or [1] for t in texts]
+        regex_seconds = time.perf_counter() - start
+        before = cache_files()
+        start = time.perf_counter()
+        encoded = data_lib.encode(ds, tokenizer, max_length)
+        seconds = time.perf_counter() - start
+        written = len(cache_files() - before)
+        same = sum(r == list(e) for r, e in zip(reference, encoded.with_format("arrow")[:]["input_ids"].to_pylist()))
+        child = subprocess.run([sys.executable, __file__, "--encode-again", str(tokenizer_path), str(max_length)],
+                               check=True, capture_output=True, text=True, env={**os.environ, "BENCH_HF_CACHE": str(CACHE)})
+        again = json.loads(child.stdout.strip().splitlines()[-1])
+        cached = again["new_files"] == 0 and written >= 1
+        report(f"tokenization 25k IMDB, max_length {max_length}", len(texts) / seconds, len(texts) / regex_seconds,
+               "reviews/s", ">= 1x", seconds <= regex_seconds and cached,
+               f"encode {seconds:.2f}s (wrote {written} cache file), regex {regex_seconds:.2f}s; second run in a new "
+               f"process {again['seconds']:.3f}s, {again['new_files']} new cache files; ids equal to the regex's "
+               f"for {same / len(texts):.2%} of reviews")
+
+
+def generated_csv(rows: int) -> Path:
+    """Rows sampled (seeded) from the embedded Rotten Tomatoes sentences; written once, reused after."""
+    path = WORK / f"reviews-{rows}.csv"
+    if path.is_file():
+        return path
+    with data_lib.embedded_csv().open(encoding="utf-8", newline="") as fh:
+        pool = [(r["text"], r["label"]) for r in csv.DictReader(fh) if r["source"] == "rotten_tomatoes"]
+    rng = random.Random(0)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for _ in range(rows):
+            writer.writerow(pool[rng.randrange(len(pool))])
+    tmp.replace(path)
+    return path
+
+
+# Runs the command and reports its peak RSS (wait4) and peak anonymous RSS (sampled every 50 ms). It runs as
+# a separate small process: on Linux a child's ru_maxrss starts from the RSS of the process that forked it,
+# so a command forked straight from this (large) benchmark process would report this process's size.
+MEASURE = """
+import json, os, subprocess, sys, tempfile, time
+err = tempfile.TemporaryFile()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=err)
+anon = 0
+while True:
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaps the command itself: its own rusage
+    if pid:
+        break
+    try:
+        with open(f"/proc/{proc.pid}/status") as fh:
+            anon = max([anon] + [int(line.split()[1]) for line in fh if line.startswith("RssAnon:")])
+    except OSError:
+        pass
+    time.sleep(0.05)
+proc.returncode = os.waitstatus_to_exitcode(status)
+err.seek(0)
+print(json.dumps({"rc": proc.returncode, "maxrss_kib": usage.ru_maxrss, "anon_kib": anon,
+                  "err": err.read().decode(errors="replace")[-2000:]}))
+"""
+
+
+def peak_rss_of_train(source: str, max_steps: int) -> tuple[float, float]:
+    """(peak RSS, peak anonymous RSS) of one cold `sentiment-rnn train`, in MiB."""
+    script = Path(sys.executable).with_name("sentiment-rnn")
+    out = Path(tempfile.mkdtemp(prefix="bench-run-", dir=WORK))
+    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-hf-", dir=WORK)}  # cold, like a first run
+    cmd = [str(script), "train", "--config", str(ROOT / "configs" / "default.yaml"), "--set", f"data.source={source}",
+           "--set", "train.epochs=1", "--set", f"train.max_steps={max_steps}", "--set", "train.threads=1",
+           "--output", str(out), "--overwrite"]
+    measured = subprocess.run([sys.executable, "-c", MEASURE, *cmd], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(measured.stdout.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
+    if result["rc"] != 0:
+        raise SystemExit(f"train on {source} failed: {result['err']}")
+    return result["maxrss_kib"] / 1024, result["anon_kib"] / 1024  # Linux reports KiB
+
+
+def bench_rss(rows: int, max_steps: int) -> None:
+    big = generated_csv(rows)
+    small_rss, small_anon = peak_rss_of_train("rotten_tomatoes", max_steps)
+    big_rss, big_anon = peak_rss_of_train(str(big), max_steps)
+    report(f"peak RSS train, {rows:,} rows (MiB)", big_rss, small_rss, "MiB", "<= 1.5x", big_rss <= 1.5 * small_rss,
+           f"vs 8,530 rows; anonymous memory alone {big_anon:,.0f} vs {small_anon:,.0f} MiB; 1 epoch, "
+           f"max_steps {max_steps}, cold datasets cache")
+
+
+def bench_threads(args, run: Path) -> None:
+    from sentiment_rnn.predict import Predictor
+
+    overrides = args.overrides + ["train.epochs=1", "train.grad_probe_epochs=[]"]
+    overrides += [f"data.limit={args.limit}"] if args.limit else []
+    speeds: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(2):
+        for threads in (1, 2):
+            cfg = load_config(args.config, overrides + [f"train.threads={threads}"])
+            speeds[threads].append(train_product(cfg, WORK / "threads-run", overwrite=True)["tokens_per_s"])
+    one, two = statistics.median(speeds[1]), statistics.median(speeds[2])
+    report("training, 1 thread vs 2", one, two, "tokens/s", "info", None,
+           f"default here: {default_threads()} thread(s); runs {speeds}")
+    texts = rotten_tomatoes_texts()[: 4096]
+    rates = {}
+    for threads in (1, 2):
+        predictor = Predictor.from_dir(run, threads=threads)
+        predictor.probabilities(texts[:256])
+        start = time.perf_counter()
+        predictor.probabilities(texts)
+        rates[threads] = len(texts) / (time.perf_counter() - start)
+    report("inference, 1 thread vs 2", rates[1], rates[2], "sentences/s", "info", None, "batch 256")
+
+
+def rotten_tomatoes_texts() -> list[str]:
+    with data_lib.embedded_csv().open(encoding="utf-8", newline="") as fh:
+        return [r["text"] for r in csv.DictReader(fh) if r["source"] == "rotten_tomatoes"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a fast check, not the bars' figures")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="config for training/inference")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override KEY=VALUE for training/inference, e.g. --set model.cell=lstm")
+    parser.add_argument("--epochs", type=int, help="epochs for product and reference (default 10; --quick 2)")
+    parser.add_argument("--rows", type=int, help="rows of the generated CSV (default 2,000,000; --quick 200,000)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--encode-again", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.encode_again:
+        encode_again(args.encode_again[0], int(args.encode_again[1]))
+        return
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(sections) - set(SECTIONS):
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.epochs = args.epochs or (2 if args.quick else 10)
+    args.limit = 2000 if args.quick else None
+    rows = args.rows or (200_000 if args.quick else 2_000_000)
+    WORK.mkdir(parents=True, exist_ok=True)
+    threads = default_threads()
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {threads} intra-op thread(s) for both sides"
+          f"{', QUICK sizes' if args.quick else ''}", flush=True)
+    try:
+        run = ref = None
+        if {"training", "inference", "cold-start", "threads"} & set(sections):
+            if "training" not in sections:  # the other sections need trained models: train small ones silently
+                args.epochs, args.limit = 1, args.limit or 2000
+            run, ref = bench_training(args, threads, show="training" in sections)
+        if "inference" in sections:
+            bench_inference(run, ref, threads)
+        if "cold-start" in sections:
+            bench_cold_start(run, 3 if args.quick else 7)
+        if "tokenization" in sections:
+            bench_tokenization([64, 400])
+        if "rss" in sections:
+            bench_rss(rows, 20 if args.quick else 100)
+        if "threads" in sections:
+            bench_threads(args, run)
+    finally:
+        shutil.rmtree(CACHE, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(RESULTS, indent=2))
+
+
+if __name__ == "__main__":
+    main()

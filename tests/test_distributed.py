@@ -1,0 +1,68 @@
+"""Data-parallel training: `sentiment-rnn train` under a real torchrun with 2 CPU processes (gloo)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sentiment_rnn import rundir
+from sentiment_rnn.data import BucketBatchSampler
+from sentiment_rnn.distributed import default_threads
+from sentiment_rnn.predict import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@pytest.mark.parametrize("rows, world", [(320, 2), (129, 2), (130, 3), (1000, 4)])
+def test_ranks_split_every_batch_and_all_take_the_same_number_of_steps(rows, world):
+    lengths = np.random.default_rng(0).integers(1, 40, rows)
+    ranks = [list(BucketBatchSampler(lengths, 64, shuffle=True, pool=3, rank=r, world_size=world)) for r in range(world)]
+    single = [b for b in BucketBatchSampler(lengths, 64, shuffle=True, pool=3) if len(b) >= world]  # too small to share
+    assert {len(r) for r in ranks} == {len(BucketBatchSampler(lengths, 64, world_size=world))}  # no rank waits alone
+    for step, batch in enumerate(ranks[0]):
+        together = sorted(i for r in ranks for i in r[step])
+        assert together == sorted(single[step])  # the ranks' slices make up the single-process batch
+        assert len(batch) == math.ceil(len(single[step]) / world) or len(batch) == len(single[step]) // world
+    seen = {i for r in ranks for b in r for i in b}
+    assert len(seen) >= rows - world + 1  # only a last batch too small to share is left out
+
+
+def test_default_threads_share_half_the_cores_among_the_ranks_of_a_node(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads() == max(1, min(4, cores // 2))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert default_threads() == 1
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_the_same_model_as_one_process(tmp_path, tiny_run):
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sentiment_rnn", "train",
+         "--config", str(TINY), "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("Training tiny") == 1  # rank 0 alone prints
+    assert rundir.is_complete(out) and not (out / rundir.CHECKPOINT).exists()
+
+    ddp = json.loads((out / rundir.METRICS).read_text())
+    single = json.loads((tiny_run / rundir.METRICS).read_text())
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert 0.0 <= ddp["test"]["accuracy"] <= 1.0 and ddp["test"]["n"] == single["test"]["n"]
+    # Each rank takes half of every batch and DDP averages the gradients: the same optimizer steps as one
+    # process (tiny.yaml has no dropout), so the same losses up to float summation order.
+    for d, s in zip(ddp["history"], single["history"], strict=True):
+        assert d["train_loss"] == pytest.approx(s["train_loss"], abs=1e-4)
+        assert d["val_loss"] == pytest.approx(s["val_loss"], abs=1e-4)
+    assert ddp["test"]["accuracy"] == pytest.approx(single["test"]["accuracy"], abs=1 / ddp["test"]["n"])
+
+    records = Predictor.from_dir(out, threads=1).predict(["a moving and funny film", "dull and lifeless"])
+    assert all(r["label"] in ("negative", "positive") for r in records)

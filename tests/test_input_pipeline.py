@@ -1,0 +1,104 @@
+"""The fast input pipeline gives exactly what the plain one gives: ids, splits, batches; and it caches."""
+
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from sentiment_rnn import data as data_lib
+from sentiment_rnn.config import DataConfig, TokenizerConfig
+from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.tokenizer import encode_ids, train_tokenizer
+
+TRICKY = [
+    "a " * 40,  # many short tokens: the cut text alone has enough
+    "word " * 3 + "x" * 200 + " end",  # one token longer than the cut
+    "nice!!<br /><br />then more words after the break " * 3,  # the cut can split '<br />' after punctuation
+    " " * 300 + "late start of the text",  # nothing but spaces before the cut
+    "Ünïcödé ÇAFÉ naïve façade ½ " * 10,
+    "short",
+]
+
+
+@pytest.mark.parametrize("max_length", [1, 2, 5, 9, 64])
+def test_encode_ids_equals_tokenizing_the_whole_text_then_truncating(max_length):
+    tok = train_tokenizer(iter([TRICKY]), TokenizerConfig(min_frequency=1))
+    texts = TRICKY + [t[:k] for t in TRICKY for k in range(1, 120, 7)]  # cuts landing anywhere
+    full = [e.ids[:max_length] or [1] for e in tok.encode_batch(texts, add_special_tokens=False)]
+    assert encode_ids(tok, texts, max_length) == full
+
+
+def test_stratified_split_picks_the_rows_datasets_train_test_split_picks():
+    labels = np.random.default_rng(1).integers(0, 3, 500)
+    features = datasets.Features({"label": datasets.ClassLabel(names=["a", "b", "c"]), "row": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"label": labels, "row": np.arange(500)}, features=features)
+    ref = ds.train_test_split(test_size=0.2, stratify_by_column="label", seed=7)
+    train, test = data_lib._stratified_split(ds, 0.2, seed=7)
+    assert list(train["row"]) == list(ref["train"]["row"]) and list(test["row"]) == list(ref["test"]["row"])
+
+
+def test_a_label_with_a_single_row_is_a_one_line_error(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"film number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+                    + "odd one out,meh\n")
+    with pytest.raises(SentimentRNNError, match="label 'meh' has a single row"):
+        data_lib.load_splits(DataConfig(source=str(path)), seed=0)
+
+
+def test_column_numpy_reads_a_selection_of_rows_in_its_order():
+    ds = datasets.Dataset.from_dict({"x": np.arange(100) * 3})
+    picked = ds.shuffle(seed=0).select(range(10, 60))
+    assert data_lib.column_numpy(picked, "x").tolist() == list(picked["x"])
+
+
+def test_arrow_batches_equal_pad_sequence_for_flat_and_selected_datasets():
+    splits = data_lib.load_splits(DataConfig(limit=300, max_length=12), seed=0)
+    tok = train_tokenizer((b["text"] for b in splits.train.iter(100)), TokenizerConfig(min_frequency=1))
+    enc = data_lib.encode(splits.train, tok, 12)
+    for ds in (enc, enc.select(np.random.default_rng(0).permutation(len(enc))[:100])):
+        idx = [7, 0, 31, 3, 42, 99]
+        input_ids, lengths, labels = data_lib.EncodedBatches(ds)[idx]
+        rows = [ds[i] for i in idx]
+        assert torch.equal(input_ids, torch.nn.utils.rnn.pad_sequence([torch.tensor(r["input_ids"]) for r in rows]))
+        assert lengths.tolist() == [len(r["input_ids"]) for r in rows]
+        assert labels.tolist() == [r["label"] for r in rows]
+
+
+ENCODE_IN_A_NEW_PROCESS = """
+import json, sys, time
+from pathlib import Path
+from sentiment_rnn import data as data_lib
+from sentiment_rnn.config import DataConfig
+from sentiment_rnn.tokenizer import load_tokenizer
+splits = data_lib.load_splits(DataConfig(limit=300), seed=0)
+before = set(Path(sys.argv[1]).rglob("*.arrow"))
+data_lib.encode(splits.train, load_tokenizer(Path(sys.argv[2])), 64)
+print(json.dumps(len(set(Path(sys.argv[1]).rglob("*.arrow")) - before)))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_run_reads_the_encoding_cache_instead_of_tokenizing_again(tmp_path):
+    cache = tmp_path / "hf"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache)}
+    splits_tok = subprocess.run([sys.executable, "-c", """
+import sys
+from sentiment_rnn import data as data_lib
+from sentiment_rnn.config import DataConfig, TokenizerConfig
+from sentiment_rnn.tokenizer import train_tokenizer
+splits = data_lib.load_splits(DataConfig(limit=300), seed=0)
+train_tokenizer((b["text"] for b in splits.train.iter(100)), TokenizerConfig()).save(sys.argv[1])
+""", str(tmp_path / "tok.json")], env=env, capture_output=True, text=True)
+    assert splits_tok.returncode == 0, splits_tok.stderr
+    written = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", ENCODE_IN_A_NEW_PROCESS, str(cache), str(tmp_path / "tok.json")],
+                             env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        written.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert written == [1, 0]  # the first run writes the encoded split; the second finds it by fingerprint
