@@ -51,7 +51,6 @@ from sentiment_rnn.config import DataConfig, TokenizerConfig, load_config  # noq
 from sentiment_rnn.distributed import default_threads  # noqa: E402
 from sentiment_rnn.models.rnn import RNN_LAYERS  # noqa: E402
 from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
-from sentiment_rnn.train import build_optimizer  # noqa: E402
 from sentiment_rnn.train import train as train_product  # noqa: E402
 
 SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads")
@@ -133,7 +132,8 @@ def reference_scores(model: ReferenceRNN, ids: torch.Tensor, lengths: torch.Tens
 
 
 def train_reference(cfg, epochs: int) -> dict:
-    """The same model sizes, optimizer, clipping, epochs and best-validation-epoch choice as the product."""
+    """The same model sizes, AdamW settings, clipping, epochs and best-validation-epoch choice as the product;
+    the optimizer is torch's plain AdamW, as a straightforward loop would write it (the product's is fused)."""
     splits = data_lib.load_splits(cfg.data, cfg.seed)  # the very same rows
     texts = {k: getattr(splits, k).with_format("arrow")[:]["text"].to_pylist() for k in ("train", "validation", "test")}
     labels = {k: torch.tensor(data_lib.column_numpy(getattr(splits, k), "label"), dtype=torch.long) for k in texts}
@@ -142,7 +142,10 @@ def train_reference(cfg, epochs: int) -> dict:
     tensors = {k: padded(vocab, texts[k], cfg.data.max_length, longest) for k in texts}
     torch.manual_seed(cfg.seed)
     model = ReferenceRNN(len(vocab), len(splits.label_names), cfg.model)
-    optimizer = build_optimizer(model, cfg.train)
+    decay = {n for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("embedding")}
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": cfg.train.weight_decay},
+         {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0}], lr=cfg.train.lr)
     ids, lengths = tensors["train"]
     dataset = torch.utils.data.TensorDataset(ids.T, lengths, labels["train"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)

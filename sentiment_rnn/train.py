@@ -71,7 +71,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
             continue
         (no_decay if param.ndim < 2 or name.startswith("embedding") else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    # The fused kernel updates all parameters in one pass: on CPU the per-tensor default spent about a
+    # third of each step updating the 2M-value embedding.
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
 
 
 def check_pretrained(config: Config) -> None:
