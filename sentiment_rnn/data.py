@@ -7,7 +7,6 @@ memory trains with flat RSS; batches are fetched by index, one gather of Arrow r
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -426,6 +425,3 @@ def make_loader(ds: datasets.Dataset, batch_size: int, shuffle: bool, seed: int 
     return torch.utils.data.DataLoader(EncodedBatches(ds), sampler=sampler, batch_size=None,
                                        pin_memory=pin_memory, num_workers=workers, generator=torch.Generator())
 
-
-def save_record(record: dict, path: Path) -> None:
-    path.write_text(json.dumps(record), encoding="utf-8")
