@@ -13,7 +13,6 @@ backward, so the copies take identical optimizer steps. Rank 0 alone prints and 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 from collections.abc import Iterator
 
@@ -36,33 +35,6 @@ def local_rank() -> int:
 def is_main() -> bool:
     """Rank 0: the one process that reports progress and writes the run directory."""
     return rank() == 0
-
-
-def default_threads() -> int:
-    """Intra-op threads per process: half the cores this process may use, at most 4, shared by its node's ranks.
-
-    Small RNN matmuls gain little from more threads, and an OpenMP thread that spins while another
-    process holds its core stalls every op: on a busy 2-core machine a training step ran 20x slower
-    with 2 threads than with 1 (scripts/bench.py measures 1 against 2).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(4, cores // (2 * ranks_here)))
-
-
-def bound_malloc_heap() -> None:
-    """Keep freed tensor memory from piling up inside the process (glibc only; elsewhere nothing to do).
-
-    glibc gives a block back to the system on free only if it was mmap'ed, and after each such free it
-    raises its mmap threshold to that block's size (up to 32 MB): from then on batch-sized tensors come
-    from the heap, and what they leave there stays. Scoring the 400,000 held-out rows of a 2-million-row
-    CSV grew RSS by ~400 MB that way; a fixed 1 MB threshold kept it flat, at the same speed.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, in bytes
 
 
 def setup(device: torch.device) -> torch.device:

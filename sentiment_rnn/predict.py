@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from sentiment_rnn.distributed import bound_malloc_heap, default_threads
+from sentiment_rnn import runtime
 from sentiment_rnn.rundir import LoadedRun, load_run
 from sentiment_rnn.tokenizer import encode_ids
 
@@ -30,8 +30,7 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: Path | None, device: str = "cpu", threads: int | None = None) -> Predictor:
         """Load a run; intra-op threads as in training: half the cores, at most 4, unless given."""
-        torch.set_num_threads(threads or default_threads())
-        bound_malloc_heap()  # --file streams any number of lines: memory stays flat
+        runtime.configure_threads(threads)
         return cls(load_run(model_dir, device))
 
     @torch.inference_mode()

@@ -21,6 +21,7 @@ from sentiment_rnn import checkpoint
 from sentiment_rnn import data as data_lib
 from sentiment_rnn import distributed
 from sentiment_rnn import rundir
+from sentiment_rnn import runtime
 from sentiment_rnn.config import Config, TrainConfig, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 from sentiment_rnn.metrics import classification_metrics
@@ -43,13 +44,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def configure_threads(threads: int | None) -> int:
-    """Intra-op threads: train.threads, or half the cores (at most 4) shared by this node's DDP ranks."""
-    n = threads or distributed.default_threads()
-    torch.set_num_threads(n)
-    return n
 
 
 def seed_everything(seed: int) -> None:
@@ -109,13 +103,14 @@ def predict_batches(model: nn.Module, loader, device: torch.device) -> dict:
     """Loss, predictions and probabilities over a loader, in the loader's order."""
     model.eval()
     total_loss, preds, labels, probs = 0.0, [], [], []
-    for batch in loader:
-        input_ids, lengths, y = to_device(batch, device)
-        logits = model(input_ids, lengths).float()  # [B, C]
-        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        probs.append(logits.softmax(-1).cpu())
-        preds.append(logits.argmax(-1).cpu())
-        labels.append(y.cpu())
+    with runtime.flat_heap():  # a held-out split may have hundreds of thousands of rows
+        for batch in loader:
+            input_ids, lengths, y = to_device(batch, device)
+            logits = model(input_ids, lengths).float()  # [B, C]
+            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            probs.append(logits.softmax(-1).cpu())
+            preds.append(logits.argmax(-1).cpu())
+            labels.append(y.cpu())
     y_true, y_pred = torch.cat(labels), torch.cat(preds)
     return {"loss": total_loss / max(1, len(y_true)), "accuracy": (y_true == y_pred).float().mean().item(),
             "y_true": y_true.tolist(), "y_pred": y_pred.tolist(), "probs": torch.cat(probs)}
@@ -198,8 +193,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         check_output(output, overwrite)
     check_pretrained(config)
     device = distributed.setup(resolve_device(config.train.device))  # joins torchrun's process group, if any
-    threads = configure_threads(config.train.threads)
-    distributed.bound_malloc_heap()
+    threads = runtime.configure_threads(config.train.threads)  # train.threads, or half the cores (at most 4)
     seed_everything(config.seed)
 
     reporter.stage("Loading data")

@@ -12,7 +12,7 @@ import pytest
 
 from sentiment_rnn import rundir
 from sentiment_rnn.data import BucketBatchSampler
-from sentiment_rnn.distributed import default_threads
+from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent

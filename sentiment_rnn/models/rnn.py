@@ -11,6 +11,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.models import fast
 
 RNN_LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -56,7 +57,7 @@ class LayerEncoder(nn.Module):
         out = x
         for layer in range(self.rnn.num_layers):
             if layer > 0:
-                out = nn.functional.dropout(out, self.rnn.dropout, self.training)  # as nn.RNN between layers
+                out = fast.dropout(out, self.rnn.dropout, self.training)  # as nn.RNN between layers
             index = reverse.unsqueeze(-1).expand(-1, -1, out.shape[2])  # [T, B, in]
             forward = self._direction(layer, "", out)  # [T, B, H]
             backward = self._direction(layer, "_reverse", out.gather(0, index))  # [T, B, H], reversed time
@@ -83,7 +84,10 @@ class LayerEncoder(nn.Module):
             forward_end = out[:, :, :hidden].gather(0, last).squeeze(0)  # [B, H] fwd state at last real token
             backward_end = out[0, :, hidden:]  # [B, H] bwd state after reading back to the first token
             return out, torch.cat([forward_end, backward_end], dim=1)  # [B, 2H]
-        out, _ = self.rnn(x)  # [T, B, H]; h0 defaults to zeros [num_layers, B, H]
+        if fast.supports(self.rnn, x):
+            out = fast.rnn_forward(self.rnn, x)  # [T, B, H], the same maths in fewer ops (models/fast.py)
+        else:
+            out, _ = self.rnn(x)  # [T, B, H]; h0 defaults to zeros [num_layers, B, H]
         last = (lengths - 1).to(x.device).view(1, -1, 1).expand(1, -1, out.shape[2])  # [1, B, H]
         return out, out.gather(0, last).squeeze(0)  # [B, H]
 
@@ -95,9 +99,9 @@ class RNNClassifier(nn.Module):
                  embedding_dropout: float = 0.0, head_dropout: float = 0.0):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.embedding_dropout = fast.Dropout(embedding_dropout)
         self.encoder = encoder
-        self.head_dropout = nn.Dropout(head_dropout)
+        self.head_dropout = fast.Dropout(head_dropout)
         self.head = nn.Linear(encoder.output_size, num_classes)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, return_outputs: bool = False):

@@ -1,0 +1,83 @@
+"""The CPU fast paths (models/fast.py) compute what nn.RNN and nn.Dropout compute."""
+
+import pytest
+import torch
+from torch import nn
+
+from sentiment_rnn.models import fast
+from sentiment_rnn.models.rnn import LayerEncoder
+
+SEQ_LEN, INPUT_SIZE, HIDDEN_SIZE = 9, 100, 20
+LENGTHS = torch.tensor([9, 4, 6, 1, 9])
+
+
+def final_state_loss(out: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A loss on each sentence's state at its last real token, as the classifier reads it."""
+    last = (lengths - 1).view(1, -1, 1).expand(1, -1, out.shape[2])
+    return (out.gather(0, last).squeeze(0) * weights).sum()
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_fast_rnn_matches_nn_rnn_outputs_and_every_gradient(nonlinearity, num_layers):
+    torch.manual_seed(0)
+    rnn = nn.RNN(INPUT_SIZE, HIDDEN_SIZE, num_layers=num_layers, nonlinearity=nonlinearity).double()
+    x = torch.randn(SEQ_LEN, len(LENGTHS), INPUT_SIZE, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(len(LENGTHS), HIDDEN_SIZE, dtype=torch.float64)
+
+    expected, _ = rnn(x)
+    final_state_loss(expected, LENGTHS, weights).backward()
+    expected_grads = [p.grad.clone() for p in rnn.parameters()] + [x.grad.clone()]
+    rnn.zero_grad()
+    x.grad = None
+
+    assert fast.supports(rnn, x)
+    got = fast.rnn_forward(rnn, x)
+    final_state_loss(got, LENGTHS, weights).backward()
+    got_grads = [p.grad for p in rnn.parameters()] + [x.grad]
+
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    assert len(got_grads) == len(expected_grads) == 4 * num_layers + 1
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("tanh", [True, False], ids=["tanh", "relu"])
+def test_fast_rnn_layer_backward_passes_gradcheck(tanh):
+    torch.manual_seed(0)
+    args = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+            for shape in [(5, 3, 4), (6, 4), (6, 6), (6,), (6,)]]
+    assert torch.autograd.gradcheck(lambda *a: fast.RNNLayer.apply(*a, tanh), args)
+
+
+def test_layer_encoder_takes_the_fast_path_on_cpu_and_nn_rnn_otherwise(monkeypatch):
+    encoder = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, cell="rnn")
+    x = torch.randn(SEQ_LEN, len(LENGTHS), INPUT_SIZE)
+    calls = []
+    monkeypatch.setattr(fast, "rnn_forward", lambda rnn, x: calls.append(1) or rnn(x)[0])
+    encoder(x, LENGTHS)
+    assert calls == [1]
+    gru = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, cell="gru")
+    gru(x, LENGTHS)
+    assert calls == [1]  # GRU/LSTM and bidirectional encoders keep torch's kernels
+    assert not fast.supports(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, bidirectional=True).rnn, x)
+
+
+def test_fast_dropout_keeps_each_value_with_probability_1_minus_p_and_rescales_it():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    dropped = fast.dropout(x, 0.3, training=True)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.002  # 1M draws: the standard error is 0.00046
+    torch.testing.assert_close(dropped[kept], torch.full_like(dropped[kept], 1 / 0.7))
+    dropped.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)  # the gradient flows through kept values only
+
+
+def test_fast_dropout_is_the_identity_in_eval_mode_and_at_p_0():
+    x = torch.randn(4, 5)
+    assert fast.dropout(x, 0.3, training=False) is x
+    assert fast.dropout(x, 0.0, training=True) is x
+    layer = fast.Dropout(0.5).eval()
+    assert layer(x) is x
+    assert layer.state_dict() == {}
