@@ -19,6 +19,7 @@ import torch
 from datasets.utils.stratify import approximate_mode
 
 from sentiment_rnn.config import DataConfig
+from sentiment_rnn.batching import pad_time_major
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.tokenizer import encode_ids
 
@@ -406,11 +407,7 @@ class EncodedBatches(torch.utils.data.Dataset):
         batch = self.ds[indices]
         ids = batch.column("input_ids").combine_chunks()
         lengths = ids.value_lengths().to_numpy().astype(np.int64)  # [B]
-        values = ids.flatten().to_numpy()  # [N] every token of the batch, sentence after sentence
-        column = np.repeat(np.arange(len(lengths)), lengths)  # [N] which sentence each token belongs to
-        time = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # [N] its position
-        input_ids = np.zeros((lengths.max(initial=1), len(lengths)), dtype=np.int64)  # [T, B], time-major
-        input_ids[time, column] = values
+        input_ids = pad_time_major(ids.flatten().to_numpy(), lengths)  # [T, B], time-major
         labels = batch.column("label").to_numpy().astype(np.int64)  # [B]
         return torch.from_numpy(input_ids), torch.from_numpy(lengths), torch.from_numpy(labels)
 

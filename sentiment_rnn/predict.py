@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from sentiment_rnn import runtime
+from sentiment_rnn.batching import pad_lists
 from sentiment_rnn.rundir import LoadedRun, load_run
 from sentiment_rnn.tokenizer import encode_ids
 
@@ -42,9 +43,8 @@ class Predictor:
         out = torch.empty(len(ids), len(self.labels))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            seqs = [torch.tensor(ids[i]) for i in chunk]
-            input_ids = torch.nn.utils.rnn.pad_sequence(seqs).to(self.device)  # [T, B], time-major
-            lengths = torch.tensor([len(s) for s in seqs], device=self.device)  # [B]
+            input_ids, lengths = pad_lists([ids[i] for i in chunk])  # [T, B] time-major, [B]
+            input_ids, lengths = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(lengths).to(self.device)
             out[chunk] = self.run.model(input_ids, lengths).float().softmax(-1).cpu()  # [B, C]
         return out
 

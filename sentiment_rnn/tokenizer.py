@@ -7,6 +7,8 @@ or `BertPreTokenizer` split the same text about 1.7x slower.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,11 +67,29 @@ def encode_ids(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[
     """
     cap = max_length * CHARS_PER_TOKEN
     unk = tokenizer.token_to_id(UNK)
-    # encode_batch_fast skips the character offsets we never read.
-    encodings = tokenizer.encode_batch_fast([t[:cap] for t in texts], add_special_tokens=False)
-    ids = [e.ids for e in encodings]
-    redo = [i for i, t in enumerate(texts) if len(t) > cap and len(ids[i]) < max_length + CUT_TOKENS]
-    if redo:
-        for i, e in zip(redo, tokenizer.encode_batch_fast([texts[i] for i in redo], add_special_tokens=False)):
-            ids[i] = e.ids
-    return [x[:max_length] or [unk] for x in ids]
+    with gc_paused():
+        # encode_batch_fast skips the character offsets we never read.
+        encodings = tokenizer.encode_batch_fast([t[:cap] for t in texts], add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        redo = [i for i, t in enumerate(texts) if len(t) > cap and len(ids[i]) < max_length + CUT_TOKENS]
+        if redo:
+            for i, e in zip(redo, tokenizer.encode_batch_fast([texts[i] for i in redo], add_special_tokens=False)):
+                ids[i] = e.ids
+        return [x[:max_length] or [unk] for x in ids]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection while a batch's encodings are made.
+
+    Tens of thousands of new objects trigger full collections that walk everything the process holds
+    (torch, datasets) and free nothing, since lists of ids hold no cycles: 40% of the calls that
+    tokenize the 8,530 Rotten Tomatoes sentences took 0.21 s instead of 0.08 s.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

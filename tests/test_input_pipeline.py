@@ -102,3 +102,28 @@ train_tokenizer((b["text"] for b in splits.train.iter(100)), TokenizerConfig()).
         assert run.returncode == 0, run.stderr
         written.append(json.loads(run.stdout.strip().splitlines()[-1]))
     assert written == [1, 0]  # the first run writes the encoded split; the second finds it by fingerprint
+
+
+def test_pad_lists_equals_pad_sequence_time_major():
+    from sentiment_rnn.batching import pad_lists
+
+    seqs = [[5, 6, 7], [8], [9, 10, 11, 12], [13, 14]]
+    ids, lengths = pad_lists(seqs)
+    expected = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s in seqs])  # [T, B], zeros after each end
+    assert torch.equal(torch.from_numpy(ids), expected)
+    assert lengths.tolist() == [3, 1, 4, 2]
+
+
+def test_encode_ids_restores_the_garbage_collector_as_it_found_it():
+    import gc
+
+    tok = train_tokenizer(iter([TRICKY]), TokenizerConfig(min_frequency=1))
+    assert gc.isenabled()
+    encode_ids(tok, TRICKY, 5)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        encode_ids(tok, TRICKY, 5)
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
