@@ -9,8 +9,9 @@ and reference run in the same process (or alternate as subprocesses) with the sa
 
 - training: tokens/s of the config's model against a straightforward correct reference (Python regex
   tokenization, every batch padded to the longest sentence of the whole dataset, pack_padded_sequence
-  for the final states, plain shuffled batches), same sizes, epochs and seeds (--seeds, default 3); test
-  accuracy of both as the mean over the seeds, since one seed alone moves it by about 2 points.
+  for the final states, plain shuffled batches), same sizes, seeds (--seeds, default 3), epochs and early
+  stopping (the config's; --epochs N for a fixed number); test accuracy of both as the mean over the
+  seeds, since one seed alone moves it by about 2 points, and each side's training-loop seconds.
 - inference: sentences/s from raw text to probabilities at batch 256, same two models.
 - cold-start: wall time of `sentiment-rnn predict "text"` against `python -c "import torch"` (medians).
 - tokenization: data.encode on the 25,000 IMDB reviews against re.findall + a dict lookup, and a second
@@ -132,9 +133,10 @@ def reference_scores(model: ReferenceRNN, ids: torch.Tensor, lengths: torch.Tens
     return (logits.argmax(-1) == labels).float().mean().item(), nn.functional.cross_entropy(logits, labels).item()
 
 
-def train_reference(cfg, epochs: int) -> dict:
-    """The same model sizes, AdamW settings, clipping, epochs and best-validation-epoch choice as the product;
-    the optimizer is torch's plain AdamW, as a straightforward loop would write it (the product's is fused)."""
+def train_reference(cfg) -> dict:
+    """The same model sizes, AdamW settings, clipping, epochs, early stopping (train.patience) and
+    best-validation-epoch choice as the product; the optimizer is torch's plain AdamW, as a straightforward
+    loop would write it (the product's is fused)."""
     splits = data_lib.load_splits(cfg.data, cfg.seed)  # the very same rows
     texts = {k: getattr(splits, k).with_format("arrow")[:]["text"].to_pylist() for k in ("train", "validation", "test")}
     labels = {k: torch.tensor(data_lib.column_numpy(getattr(splits, k), "label"), dtype=torch.long) for k in texts}
@@ -150,8 +152,8 @@ def train_reference(cfg, epochs: int) -> dict:
     ids, lengths = tensors["train"]
     dataset = torch.utils.data.TensorDataset(ids.T, lengths, labels["train"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
-    seconds, tokens, best = 0.0, 0, (-1.0, 0.0, None)
-    for _ in range(epochs):
+    seconds, tokens, best, stale = 0.0, 0, (-1.0, 0.0, None), 0
+    for _ in range(cfg.train.epochs):
         model.train()
         start = time.perf_counter()
         for x, n, y in loader:
@@ -164,10 +166,14 @@ def train_reference(cfg, epochs: int) -> dict:
         seconds += time.perf_counter() - start
         acc, loss = reference_scores(model, *tensors["validation"], labels["validation"])
         if (acc, -loss) > best[:2]:
-            best = (acc, -loss, {k: v.clone() for k, v in model.state_dict().items()})
+            best, stale = (acc, -loss, {k: v.clone() for k, v in model.state_dict().items()}), 0
+        else:
+            stale += 1
+            if stale >= cfg.train.patience:
+                break
     model.load_state_dict(best[2])
     test_acc, _ = reference_scores(model, *tensors["test"], labels["test"])
-    return {"tokens_per_s": tokens / seconds, "test_accuracy": test_acc, "model": model, "vocab": vocab,
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "test_accuracy": test_acc, "model": model, "vocab": vocab,
             "longest": longest, "texts": texts["train"] + texts["validation"] + texts["test"]}
 
 
@@ -178,10 +184,13 @@ def bench_training(args, threads: int, show: bool = True) -> tuple[Path, dict]:
     One seed's test accuracy moves by about 2 points with the seed alone, so a single pair of runs
     cannot show accuracy "within 1 point"; the means over --seeds runs can (their spread is printed).
     """
-    base = args.overrides + [f"train.epochs={args.epochs}", f"train.patience={args.epochs}", f"train.threads={threads}"]
+    base = args.overrides + [f"train.threads={threads}"]
+    if args.epochs:  # a fixed number of epochs, no early stopping, on both sides
+        base += [f"train.epochs={args.epochs}", f"train.patience={args.epochs}"]
     if args.limit:
         base.append(f"data.limit={args.limit}")
     speeds: dict[str, list[float]] = {"product": [], "reference": []}
+    seconds: dict[str, list[float]] = {"product": [], "reference": []}
     accuracies: dict[str, list[float]] = {"product": [], "reference": []}
     kept = None
     for seed in range(args.seeds):
@@ -189,7 +198,9 @@ def bench_training(args, threads: int, show: bool = True) -> tuple[Path, dict]:
         run = WORK / f"run-seed{seed}"
         metrics = train_product(cfg, run, overwrite=True)
         torch.set_num_threads(threads)
-        ref = train_reference(cfg, args.epochs)
+        ref = train_reference(cfg)
+        seconds["product"].append(metrics["train_seconds"])
+        seconds["reference"].append(ref["seconds"])
         speeds["product"].append(metrics["tokens_per_s"])
         speeds["reference"].append(ref["tokens_per_s"])
         accuracies["product"].append(metrics["test"]["accuracy"] * 100)
@@ -205,7 +216,9 @@ def bench_training(args, threads: int, show: bool = True) -> tuple[Path, dict]:
            f"test accuracy, mean of {args.seeds} seed(s): {product_acc:.1f} +- {spread['product']:.1f} vs "
            f"{ref_acc:.1f} +- {spread['reference']:.1f} (diff {diff:.1f} pt, bar <= 1: {'PASS' if diff <= 1 else 'FAIL'}); "
            f"per seed {[round(a, 1) for a in accuracies['product']]} vs {[round(a, 1) for a in accuracies['reference']]}; "
-           f"{args.epochs} epochs, {threads} thread(s), reference padded to {kept[1]['longest']}")
+           f"training loop {statistics.mean(seconds['product']):.1f} s vs {statistics.mean(seconds['reference']):.1f} s "
+           f"per seed; {f'{args.epochs} epochs' if args.epochs else 'the config epochs and early stopping'}, "
+           f"{threads} thread(s), reference padded to {kept[1]['longest']}")
     return kept
 
 
@@ -404,7 +417,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="config for training/inference")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override KEY=VALUE for training/inference, e.g. --set model.cell=lstm")
-    parser.add_argument("--epochs", type=int, help="epochs for product and reference (default 10; --quick 2)")
+    parser.add_argument("--epochs", type=int, help="fixed epochs for product and reference, no early stopping "
+                        "(default: the config's epochs and patience; --quick 2)")
     parser.add_argument("--seeds", type=int, help="training seeds for product and reference (default 3; --quick 1)")
     parser.add_argument("--rows", type=int, help="rows of the generated CSV (default 2,000,000; --quick 200,000)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -416,7 +430,7 @@ def main() -> None:
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(sections) - set(SECTIONS):
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
-    args.epochs = args.epochs or (2 if args.quick else 10)
+    args.epochs = args.epochs or (2 if args.quick else None)
     args.seeds = args.seeds or (1 if args.quick else 3)
     args.limit = 2000 if args.quick else None
     rows = args.rows or (200_000 if args.quick else 2_000_000)

@@ -13,6 +13,9 @@ so walking t = T..1 with dh_{T+1} contribution = 0:
     dx_t   = dz_t W_xh       dh_0  = dz_1 W_hh
 Each step multiplies by W_hh and by tanh' <= 1, which is why ||dh_t|| shrinks
 (vanishes) or grows (explodes) geometrically as t moves away from the loss.
+
+This version is for reading and for checking the gradient probe. Training runs the same equations
+in models/fast.py (RNNLayer), which moves every weight gradient out of the loop into one matmul.
 """
 
 from __future__ import annotations
