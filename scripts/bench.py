@@ -421,6 +421,7 @@ def main() -> None:
                         "(default: the config's epochs and patience; --quick 2)")
     parser.add_argument("--seeds", type=int, help="training seeds for product and reference (default 3; --quick 1)")
     parser.add_argument("--rows", type=int, help="rows of the generated CSV (default 2,000,000; --quick 200,000)")
+    parser.add_argument("--threads", type=int, help="intra-op threads for both sides (default: the product's default)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--encode-again", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -435,7 +436,7 @@ def main() -> None:
     args.limit = 2000 if args.quick else None
     rows = args.rows or (200_000 if args.quick else 2_000_000)
     WORK.mkdir(parents=True, exist_ok=True)
-    threads = default_threads()
+    threads = args.threads or default_threads()
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {threads} intra-op thread(s) for both sides"
           f"{', QUICK sizes' if args.quick else ''}", flush=True)
     try:

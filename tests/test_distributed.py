@@ -12,7 +12,6 @@ import pytest
 
 from sentiment_rnn import rundir
 from sentiment_rnn.data import BucketBatchSampler
-from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,14 +30,6 @@ def test_ranks_split_every_batch_and_all_take_the_same_number_of_steps(rows, wor
         assert len(batch) == math.ceil(len(single[step]) / world) or len(batch) == len(single[step]) // world
     seen = {i for r in ranks for b in r for i in b}
     assert len(seen) >= rows - world + 1  # only a last batch too small to share is left out
-
-
-def test_default_threads_share_half_the_cores_among_the_ranks_of_a_node(monkeypatch):
-    cores = len(os.sched_getaffinity(0))
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert default_threads() == max(1, min(4, cores // 2))
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
-    assert default_threads() == 1
 
 
 @pytest.mark.slow
