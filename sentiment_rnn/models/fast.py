@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -62,6 +63,7 @@ class RNNLayer(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # first derivatives only: a second backward through this one is refused, not wrong
     def backward(ctx, grad_out):
         x, w_ih, w_hh, out = ctx.saved_tensors
         steps, batch, hidden = out.shape
