@@ -13,6 +13,7 @@ import torch
 
 from sentiment_rnn import runtime
 from sentiment_rnn.batching import pad_lists
+from sentiment_rnn.models.fast import FrozenClassifier
 from sentiment_rnn.rundir import LoadedRun, load_run
 from sentiment_rnn.tokenizer import encode_ids
 
@@ -27,6 +28,8 @@ class Predictor:
         self.labels: list[str] = list(run.meta["label_names"])
         self.max_length = int(run.meta["max_length"])
         self.device = next(run.model.parameters()).device
+        # A one-directional vanilla RNN on CPU: the first layer's input matmul becomes a table lookup.
+        self.forward = FrozenClassifier(run.model) if FrozenClassifier.applies(run.model) else run.model
 
     @classmethod
     def from_dir(cls, model_dir: Path | None, device: str = "cpu", threads: int | None = None) -> Predictor:
@@ -45,7 +48,7 @@ class Predictor:
             chunk = order[start:start + self.batch_size]
             input_ids, lengths = pad_lists([ids[i] for i in chunk])  # [T, B] time-major, [B]
             input_ids, lengths = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(lengths).to(self.device)
-            out[chunk] = self.run.model(input_ids, lengths).float().softmax(-1).cpu()  # [B, C]
+            out[chunk] = self.forward(input_ids, lengths).float().softmax(-1).cpu()  # [B, C]
         return out
 
     def predict(self, texts: list[str]) -> list[dict]:

@@ -81,3 +81,35 @@ def test_fast_dropout_is_the_identity_in_eval_mode_and_at_p_0():
     layer = fast.Dropout(0.5).eval()
     assert layer(x) is x
     assert layer.state_dict() == {}
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_frozen_classifier_gives_the_models_own_eval_logits(nonlinearity, num_layers):
+    from sentiment_rnn.models.rnn import RNNClassifier
+
+    torch.manual_seed(0)
+    encoder = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, num_layers=num_layers, nonlinearity=nonlinearity, dropout=0.5)
+    model = RNNClassifier(50, 3, INPUT_SIZE, encoder, embedding_dropout=0.5, head_dropout=0.5).double().eval()
+    input_ids = torch.randint(1, 50, (SEQ_LEN, len(LENGTHS)))
+    input_ids[torch.arange(SEQ_LEN).unsqueeze(1) >= LENGTHS] = 0  # right-padded
+    assert fast.FrozenClassifier.applies(model)
+    with torch.no_grad():
+        expected = model(input_ids, LENGTHS)
+    torch.testing.assert_close(fast.FrozenClassifier(model)(input_ids, LENGTHS), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_frozen_classifier_applies_only_to_a_one_directional_vanilla_rnn_in_eval_mode():
+    from sentiment_rnn.models.baseline import PerWordLinear
+    from sentiment_rnn.models.cells import CellEncoder
+    from sentiment_rnn.models.rnn import RNNClassifier
+
+    def classifier(encoder):
+        return RNNClassifier(50, 2, INPUT_SIZE, encoder).eval()
+
+    assert fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE)))
+    assert not fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE)).train())
+    assert not fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, cell="gru")))
+    assert not fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, bidirectional=True)))
+    assert not fast.FrozenClassifier.applies(classifier(CellEncoder(INPUT_SIZE, [HIDDEN_SIZE])))
+    assert not fast.FrozenClassifier.applies(PerWordLinear(50, 2, INPUT_SIZE, 8).eval())

@@ -33,6 +33,24 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def _scale(tanh: bool) -> float:
+    """tanh(a) = 2 sigmoid(2a) - 1: the recurrence computes 2a, the sigmoid, then 2s - 1."""
+    return 2.0 if tanh else 1.0
+
+
+def recur(out: torch.Tensor, w_hh: torch.Tensor, tanh: bool) -> torch.Tensor:
+    """The time loop, in place: out [T, B, H] holds each step's input term (times _scale) and leaves with h_t."""
+    w_hh_t = w_hh.t() * _scale(tanh)  # [H, H]
+    for t in range(out.shape[0]):
+        if t:
+            out[t].addmm_(out[t - 1], w_hh_t)  # [B, H]
+        if tanh:
+            out[t].sigmoid_().mul_(2.0).sub_(1.0)
+        else:
+            out[t].relu_()
+    return out
+
+
 class RNNLayer(torch.autograd.Function):
     """One layer, one direction of a vanilla RNN from h_0 = 0:
 
@@ -46,18 +64,9 @@ class RNNLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, tanh: bool):
         steps, batch, _ = x.shape
-        hidden = w_hh.shape[0]
-        scale = 2.0 if tanh else 1.0  # tanh(a) = 2 sigmoid(2a) - 1: compute 2a, the sigmoid, then 2s - 1
+        scale = _scale(tanh)
         out = torch.addmm(b_ih + b_hh, x.reshape(steps * batch, -1), w_ih.t(), alpha=scale, beta=scale)
-        out = out.view(steps, batch, hidden)  # [T, B, H]: every step's input term at once, then in place
-        w_hh_t = w_hh.t() * scale  # [H, H]
-        for t in range(steps):
-            if t:
-                out[t].addmm_(out[t - 1], w_hh_t)  # [B, H]
-            if tanh:
-                out[t].sigmoid_().mul_(2.0).sub_(1.0)
-            else:
-                out[t].relu_()
+        out = recur(out.view(steps, batch, -1), w_hh, tanh)  # [T, B, H]
         ctx.tanh = tanh
         ctx.save_for_backward(x, w_ih, w_hh, out)
         return out
@@ -97,3 +106,38 @@ def supports(rnn: nn.Module, x: torch.Tensor) -> bool:
     """RNNLayer covers one-directional vanilla RNNs with biases, on CPU, in float32 or float64."""
     return (type(rnn) is nn.RNN and not rnn.bidirectional and rnn.bias and not x.is_cuda
             and x.dtype in (torch.float32, torch.float64) and not rnn.batch_first)
+
+
+class FrozenClassifier:
+    """Inference for a trained classifier with a one-directional vanilla RNN (predict's fast path).
+
+    With the weights fixed and no dropout, the embedding followed by the first layer's input matmul,
+    x_t W_ih^T + b_ih + b_hh, depends on the word alone: one [vocab, H] table, computed once, turns
+    that matmul into a lookup (about a fifth of predict's time on Rotten Tomatoes).
+    """
+
+    def __init__(self, model: nn.Module):
+        rnn = model.encoder.rnn
+        self.model, self.rnn, self.tanh = model, rnn, rnn.nonlinearity == "tanh"
+        with torch.no_grad():
+            bias = rnn.bias_ih_l0 + rnn.bias_hh_l0
+            scale = _scale(self.tanh)
+            self.table = torch.addmm(bias, model.embedding.weight, rnn.weight_ih_l0.t(), alpha=scale, beta=scale)  # [V, H]
+
+    @staticmethod
+    def applies(model: nn.Module) -> bool:
+        encoder = getattr(model, "encoder", None)
+        rnn = getattr(encoder, "rnn", None)
+        return (rnn is not None and hasattr(model, "embedding") and supports(rnn, model.embedding.weight)
+                and not model.training)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """input_ids [T, B], lengths [B] -> logits [B, C], as model(input_ids, lengths) in eval mode."""
+        rnn = self.rnn
+        out = recur(nn.functional.embedding(input_ids, self.table), rnn.weight_hh_l0, self.tanh)  # [T, B, H]
+        for layer in range(1, rnn.num_layers):
+            out = RNNLayer.apply(out, getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
+                                 getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"), self.tanh)
+        last = (lengths - 1).view(1, -1, 1).expand(1, -1, out.shape[2])  # [1, B, H]
+        return self.model.head(out.gather(0, last).squeeze(0))  # [B, C]
