@@ -42,6 +42,7 @@ ROWS = [
     ("tokens_per_s", "training tokens/s", "higher", "rate"),
     ("probe_accuracy", "context probe accuracy", "higher", "fraction"),
     ("probe_flip_rate", "probe pairs flipped right", "higher", "fraction"),
+    ("probe_mean_gap", "probe P(pos) gap, positive minus negative", "higher", "fraction"),
     ("word_order_sensitivity", "mean |ΔP(positive)|, words shuffled", None, "fraction"),
 ]
 
@@ -59,12 +60,14 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
     prepare_output(output_dir, overwrite)
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {kind: [] for kind in RUN_PREFIX}
+    split_seed = config.data.split_seed if config.data.split_seed is not None else config.seed
     for i in range(seeds):
         seed = config.seed + i
         runs = {}
         for kind, prefix in RUN_PREFIX.items():
             cfg = config.model_copy(deep=True)
             cfg.seed, cfg.name, cfg.model.kind = seed, f"{config.name}-{prefix}-seed{seed}", kind
+            cfg.data.split_seed = split_seed  # every seed on the same rows: the spread is the models' own
             run = output_dir / f"{prefix}-seed{seed}"
             reporter.stage(f"Seed {seed} ({i + 1}/{seeds}): training {LABELS[kind]} -> {run}")
             runs[kind] = (run, train(cfg, run, reporter))
@@ -73,7 +76,7 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
         for kind, (run, metrics) in runs.items():
             per_seed[kind].append(measure_run(run, metrics, pairs, shuffled))
     result = summarize(per_seed, [config.seed + i for i in range(seeds)])
-    result.update(config=config.name, output=str(output_dir), probe=str(probe_path or DEFAULT_PROBE),
+    result.update(config=config.name, split_seed=split_seed, output=str(output_dir), probe=str(probe_path or DEFAULT_PROBE),
                   probe_pairs=len(pairs), lengths=list(LENGTHS), seconds=time.perf_counter() - started,
                   figure=str(output_dir / FIGURE),
                   runs={kind: [str(output_dir / f"{prefix}-seed{config.seed + i}") for i in range(seeds)]

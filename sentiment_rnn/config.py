@@ -31,6 +31,7 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
     limit: int | None = Field(None, ge=10)  # use only this many source rows (tiny runs, tests)
+    split_seed: int | None = Field(None, ge=0)  # seed of the carving (and of limit's sample); None: the run's seed
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:

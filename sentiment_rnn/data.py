@@ -243,7 +243,11 @@ def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: in
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Load, validate and split a data source; the record says how to rebuild the exact same parts."""
+    """Load, validate and split a data source; the record says how to rebuild the exact same parts.
+
+    The carving is drawn with data.split_seed when set, else with the run's seed.
+    """
+    seed = cfg.split_seed if cfg.split_seed is not None else seed
     raw = load_raw(cfg)
     if cfg.train_split not in raw:
         raise SentimentRNNError(

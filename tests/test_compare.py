@@ -117,7 +117,7 @@ def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
     assert comparison["probe_pairs"] >= 40
     keys = {"params_total", "params_without_embedding", "params_L16", "params_L1024", "test_accuracy",
             "test_macro_f1", "train_seconds", "tokens_per_s", "probe_accuracy", "probe_flip_rate",
-            "word_order_sensitivity"}
+            "probe_mean_gap", "word_order_sensitivity"}
     for kind in ("rnn", "per_word_linear"):
         model = comparison["models"][kind]
         assert len(model["per_seed"]) == 2
@@ -127,6 +127,10 @@ def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
     assert rnn["params_L16"] == rnn["params_L1024"] == rnn["params_without_embedding"]
     assert baseline["params_L1024"] > baseline["params_L16"]
     assert all(row["verdict"] for row in comparison["rows"])
+    assert comparison["split_seed"] == 0  # every seed trained and scored on the same rows
+    held_out = {json.dumps(json.loads((out / f"{p}-seed{s}" / "split.json").read_text())["rows"])
+                for p in ("rnn", "baseline") for s in (0, 1)}
+    assert len(held_out) == 1
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     predicted = cli("predict", "--model", str(out / "baseline-seed1"), "--format", "json", "a fine film")

@@ -97,3 +97,10 @@ def test_one_class_only_is_refused(tmp_path):
     path = write(tmp_path / "one.csv", "csv", rows=[(t, "pos") for t, _ in ROWS])
     with pytest.raises(SentimentRNNError, match="one class only"):
         load_splits(DataConfig(source=str(path), text_column="review", label_column="sentiment"), seed=0)
+
+
+def test_split_seed_fixes_the_carving_whatever_the_runs_seed():
+    fixed = DataConfig(limit=200, split_seed=7)
+    a, b = load_splits(fixed, seed=0), load_splits(fixed, seed=1)
+    assert a.record["rows"] == b.record["rows"] and a.record["seed"] == 7
+    assert load_splits(DataConfig(limit=200), seed=0).record["rows"] != load_splits(DataConfig(limit=200), seed=1).record["rows"]
