@@ -42,11 +42,12 @@ def test_fast_rnn_matches_nn_rnn_outputs_and_every_gradient(nonlinearity, num_la
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("tanh", [True, False], ids=["tanh", "relu"])
-def test_fast_rnn_layer_backward_passes_gradcheck(tanh):
+def test_fast_rnn_layer_backward_passes_gradcheck(tanh, steps):
     torch.manual_seed(0)
     args = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-            for shape in [(5, 3, 4), (6, 4), (6, 6), (6,), (6,)]]
+            for shape in [(steps, 3, 4), (6, 4), (6, 6), (6,), (6,)]]
     assert torch.autograd.gradcheck(lambda *a: fast.RNNLayer.apply(*a, tanh), args)
 
 
