@@ -265,15 +265,18 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.limit is not None and cfg.limit < len(train):
         # Seeded sample: the embedded CSV lists every positive row before the negatives.
         train = train.shuffle(seed=seed).select(range(cfg.limit))
-    carved = _carve(train, cfg.split, seed)
-    parts = {"train": carved[0], "validation": carved[1], "test": carved[2]}
-    for part, split in (("validation", cfg.validation_split), ("test", cfg.test_split)):
-        if split is not None:
-            if split not in data:
-                raise SentimentRNNError(f"'{cfg.source}' has no split '{split}' (splits: {', '.join(data)}); set data.{part}_split")
-            parts[part] = data[split]
-    if cfg.validation_split is None and cfg.test_split is not None:
-        parts["train"] = datasets.concatenate_datasets([carved[0], carved[2]])
+    given = {part: split for part, split in (("validation", cfg.validation_split), ("test", cfg.test_split))
+             if split is not None}
+    for part, split in given.items():
+        if split not in data:
+            raise SentimentRNNError(f"'{cfg.source}' has no split '{split}' (splits: {', '.join(data)}); set data.{part}_split")
+    if len(given) == 2:  # nothing to carve: every training row trains
+        parts = {"train": train, **{part: data[split] for part, split in given.items()}}
+    else:
+        carved = dict(zip(("train", "validation", "test"), _carve(train, cfg.split, seed)))
+        parts = {**carved, **{part: data[split] for part, split in given.items()}}
+        if given:  # the carved part that a given split replaces goes back to training
+            parts["train"] = datasets.concatenate_datasets([carved["train"], *(carved[p] for p in given)])
     record = {
         "source": cfg.source,
         "seed": seed,

@@ -47,6 +47,25 @@ def test_folder_with_one_file_per_split_uses_its_own_test_split(tmp_path):
     assert splits.record["splits"]["test"] == "test"
 
 
+def test_given_validation_and_test_splits_leave_every_training_row_to_train(tmp_path):
+    write(tmp_path / "train.csv", "csv")
+    write(tmp_path / "validation.csv", "csv", rows=ROWS[:10])
+    write(tmp_path / "test.csv", "csv", rows=ROWS[10:20])
+    splits = load_splits(DataConfig(source=str(tmp_path), text_column="review", label_column="sentiment",
+                                    validation_split="validation", test_split="test"), seed=0)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (60, 10, 10)
+
+
+def test_a_given_validation_split_returns_the_carved_validation_rows_to_training(tmp_path):
+    write(tmp_path / "train.csv", "csv")
+    write(tmp_path / "validation.csv", "csv", rows=ROWS[:10])
+    splits = load_splits(DataConfig(source=str(tmp_path), text_column="review", label_column="sentiment",
+                                    validation_split="validation"), seed=0)
+    assert len(splits.validation) == 10
+    assert len(splits.train) + len(splits.test) == 60  # no row is dropped
+    assert not set(splits.train["text"]) & set(splits.test["text"])
+
+
 def test_hub_layout_folder_loads_through_the_hub_code_path(tmp_path):
     # The Hub's parquet layout: data/<split>-00000-of-00001.parquet; `hf:` takes a Hub id or such a folder.
     (tmp_path / "data").mkdir()
