@@ -1,6 +1,6 @@
 """Speed and memory of sentiment-rnn, each figure a ratio against a reference measured side by side.
 
-    python scripts/bench.py                  # every figure at full size (about 6 minutes on 2 idle cores)
+    python scripts/bench.py                  # every figure at full size (about 12 minutes on 2 idle cores)
     python scripts/bench.py --quick          # the same figures on small sizes, a few minutes
     python scripts/bench.py --only tokenization,cold-start
 
