@@ -38,29 +38,29 @@ def test_every_local_format_loads_with_string_labels_mapped_to_ids(tmp_path, fmt
     assert set(splits.train["label"]) == {0, 1}
 
 
+def split_folder(folder, **named):
+    """train.csv (all ROWS) plus one 10-row file per named split; load it with those splits named."""
+    write(folder / "train.csv", "csv")
+    for k, part in enumerate(named):
+        write(folder / f"{part}.csv", "csv", rows=ROWS[10 * k:10 * k + 10])
+    cfg = DataConfig(source=str(folder), text_column="review", label_column="sentiment",
+                     **{f"{part}_split": part for part in named})
+    return load_splits(cfg, seed=0)
+
+
 def test_folder_with_one_file_per_split_uses_its_own_test_split(tmp_path):
-    write(tmp_path / "train.csv", "csv")
-    write(tmp_path / "test.csv", "csv", rows=ROWS[:10])
-    splits = load_splits(DataConfig(source=str(tmp_path), text_column="review", label_column="sentiment",
-                                    test_split="test"), seed=0)
+    splits = split_folder(tmp_path, test=True)
     assert len(splits.test) == 10
     assert splits.record["splits"]["test"] == "test"
 
 
 def test_given_validation_and_test_splits_leave_every_training_row_to_train(tmp_path):
-    write(tmp_path / "train.csv", "csv")
-    write(tmp_path / "validation.csv", "csv", rows=ROWS[:10])
-    write(tmp_path / "test.csv", "csv", rows=ROWS[10:20])
-    splits = load_splits(DataConfig(source=str(tmp_path), text_column="review", label_column="sentiment",
-                                    validation_split="validation", test_split="test"), seed=0)
+    splits = split_folder(tmp_path, validation=True, test=True)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (60, 10, 10)
 
 
 def test_a_given_validation_split_returns_the_carved_validation_rows_to_training(tmp_path):
-    write(tmp_path / "train.csv", "csv")
-    write(tmp_path / "validation.csv", "csv", rows=ROWS[:10])
-    splits = load_splits(DataConfig(source=str(tmp_path), text_column="review", label_column="sentiment",
-                                    validation_split="validation"), seed=0)
+    splits = split_folder(tmp_path, validation=True)
     assert len(splits.validation) == 10
     assert len(splits.train) + len(splits.test) == 60  # no row is dropped
     assert not set(splits.train["text"]) & set(splits.test["text"])
