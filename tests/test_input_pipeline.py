@@ -50,6 +50,22 @@ def test_a_label_with_a_single_row_is_a_one_line_error(tmp_path):
         data_lib.load_splits(DataConfig(source=str(path)), seed=0)
 
 
+def test_encode_keeps_every_rows_label_and_row_number_with_its_ids_after_a_shuffled_select():
+    texts = [f"{'good' if i % 3 else 'bad'} film number{i}" for i in range(90)]
+    ds = datasets.Dataset.from_dict({"text": texts, "label": [int(i % 3 > 0) for i in range(90)],
+                                     data_lib.ROW: list(range(90))},
+                                    features=datasets.Features({"text": datasets.Value("string"),
+                                                                "label": datasets.ClassLabel(names=["neg", "pos"]),
+                                                                data_lib.ROW: datasets.Value("int64")}))
+    picked = ds.shuffle(seed=1).select(range(5, 80))  # rows reach map one Arrow chunk per row
+    tok = train_tokenizer(iter([texts]), TokenizerConfig(min_frequency=1))
+    encoded = data_lib.encode(picked, tok, max_length=8)
+    assert encoded.features["label"] == ds.features["label"]
+    for row, label, ids in zip(encoded[data_lib.ROW], encoded["label"], encoded["input_ids"]):
+        assert label == int(row % 3 > 0)
+        assert ids == tok.encode(texts[row], add_special_tokens=False).ids
+
+
 def test_column_numpy_reads_a_selection_of_rows_in_its_order():
     ds = datasets.Dataset.from_dict({"x": np.arange(100) * 3})
     picked = ds.shuffle(seed=0).select(range(10, 60))
