@@ -80,7 +80,8 @@ def encode_ids(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """No garbage collection while a batch's encodings are made.
+    """No garbage collection while many long-lived, acyclic objects are made: a batch's encodings, or
+    `predict`'s imports of torch and the run.
 
     Tens of thousands of new objects trigger full collections that walk everything the process holds
     (torch, datasets) and free nothing, since lists of ids hold no cycles: 40% of the calls that

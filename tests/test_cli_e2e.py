@@ -45,6 +45,28 @@ def test_predict_answers_with_a_label_and_a_probability(cli_run):
     assert record["probability"] == max(record["probabilities"].values())
 
 
+COUNT_COLLECTIONS = """
+import gc, json, sys
+starts = []
+gc.callbacks.append(lambda phase, info: phase == "start" and starts.append(info["generation"]))
+from sentiment_rnn.cli import app
+try:
+    app(["predict", "good film", "--model", sys.argv[1], "--format", "json"], standalone_mode=False)
+except SystemExit:
+    pass
+print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count(), "collections": len(starts)}))
+"""
+
+
+def test_predict_loads_torch_and_the_run_without_garbage_collections_and_freezes_what_they_made(cli_run):
+    result = subprocess.run([sys.executable, "-c", COUNT_COLLECTIONS, str(cli_run)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert counts["enabled"] and counts["frozen"] > 10_000
+    assert counts["collections"] < 150  # about 60 here; importing torch with the collector on runs about 370
+
+
 def test_predict_jsonl_keeps_one_line_per_input_line_in_order(cli_run, tmp_path):
     lines = ["a wonderful film", "", "a dreadful bore", "   ", "fine"]
     result = run("predict", "--model", cli_run, "--format", "jsonl", "-", stdin="\n".join(lines) + "\n")
