@@ -82,7 +82,7 @@ def _heavy_imports() -> Iterator[None]:
     collection walked its hundreds of thousands of objects again (80 to 230 ms each, 0.8 s over a short
     training). Frozen objects are still freed by reference counting; only the cycle collector skips them.
     """
-    from sentiment_rnn.tokenizer import gc_paused
+    from sentiment_rnn.runtime import gc_paused
 
     with gc_paused():
         yield

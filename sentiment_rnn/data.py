@@ -21,7 +21,8 @@ from datasets.utils.stratify import approximate_mode
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.batching import pad_time_major
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.tokenizer import encode_ids, gc_paused
+from sentiment_rnn.runtime import gc_paused
+from sentiment_rnn.tokenizer import encode_ids
 
 datasets.disable_progress_bars()  # the CLI shows its own progress; datasets' bars would interleave
 datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader errors reach the user as our one line

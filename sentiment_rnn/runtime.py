@@ -1,13 +1,14 @@
-"""Process-wide runtime settings shared by training and prediction: intra-op threads and the malloc heap."""
+"""Process-wide runtime settings shared by training and prediction: intra-op threads, the malloc heap and
+the garbage collector. torch is imported where it is used, so gc_paused can run before it is.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 from collections.abc import Iterator
-
-import torch
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 SCORING_MMAP_THRESHOLD = 1 << 20  # blocks over 1 MB are mmap'ed, so freeing them gives the memory back
@@ -28,6 +29,8 @@ def default_threads() -> int:
 
 def configure_threads(threads: int | None) -> int:
     """Set torch's intra-op threads: the given number, or default_threads()."""
+    import torch
+
     n = threads or default_threads()
     torch.set_num_threads(n)
     return n
@@ -56,3 +59,21 @@ def flat_heap() -> Iterator[None]:
         yield
     finally:
         _set_mmap_threshold(TRAINING_MMAP_THRESHOLD)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection while many long-lived, acyclic objects are made: a batch's encodings, or
+    the command line's imports of torch and a run.
+
+    Tens of thousands of new objects trigger full collections that walk everything the process holds
+    (torch, datasets) and free nothing, since lists of ids hold no cycles: 40% of the calls that
+    tokenize the 8,530 Rotten Tomatoes sentences took 0.21 s instead of 0.08 s.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
