@@ -60,7 +60,7 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
     prepare_output(output_dir, overwrite)
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {kind: [] for kind in RUN_PREFIX}
-    split_seed = config.data.split_seed if config.data.split_seed is not None else config.seed
+    split_seed = config.data.carving_seed(config.seed)
     for i in range(seeds):
         seed = config.seed + i
         runs = {}

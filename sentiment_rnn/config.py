@@ -33,6 +33,10 @@ class DataConfig(_Strict):
     limit: int | None = Field(None, ge=10)  # use only this many source rows (tiny runs, tests)
     split_seed: int | None = Field(None, ge=0)  # seed of the carving (and of limit's sample); None: the run's seed
 
+    def carving_seed(self, run_seed: int) -> int:
+        """The seed that carves the splits (and draws limit's sample): split_seed, else the run's seed."""
+        return self.split_seed if self.split_seed is not None else run_seed
+
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:
         if any(s <= 0 for s in self.split) or abs(sum(self.split) - 1.0) > 1e-6:

@@ -248,7 +248,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
 
     The carving is drawn with data.split_seed when set, else with the run's seed.
     """
-    seed = cfg.split_seed if cfg.split_seed is not None else seed
+    seed = cfg.carving_seed(seed)
     raw = load_raw(cfg)
     if cfg.train_split not in raw:
         raise SentimentRNNError(
