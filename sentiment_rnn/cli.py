@@ -131,6 +131,26 @@ class Format(str, Enum):
     jsonl = "jsonl"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PrecisionOpt = Annotated[Precision, typer.Option(
+    help="fp32 runs the model as trained; bf16 is about 1.6x faster on CPUs with native bf16 (AVX512-BF16, AMX), "
+         "with probabilities within about 0.02.")]
+
+
+def _warn_if_emulated(precision: Precision) -> None:
+    from sentiment_rnn.runtime import native_bf16
+
+    if precision is Precision.bf16 and not native_bf16():
+        from sentiment_rnn.console import err_console
+
+        err_console.print("[yellow]warning:[/yellow] this CPU has no native bf16; --precision bf16 may be slower "
+                          "than fp32 here")
+
+
 def _read_lines(source) -> Iterator[str]:
     """Decode line by line so one bad line becomes one error record, not a crash."""
     for raw in source:
@@ -168,6 +188,7 @@ def predict(
     model: ModelOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output: table, json (one array) or jsonl (one line per input).")] = Format.table,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 256,
+    precision: PrecisionOpt = Precision.fp32,
 ) -> None:
     """Classify texts: label and class probabilities."""
     texts = texts or []
@@ -180,7 +201,8 @@ def predict(
     with _heavy_imports():
         from sentiment_rnn.predict import Predictor
 
-        predictor = Predictor.from_dir(model)
+        predictor = Predictor.from_dir(model, precision=precision.value)
+    _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0
     records = _records(predictor, texts, file)
@@ -229,18 +251,21 @@ def evaluate(
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data, if not the run's.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of --data, if not the run's.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    precision: PrecisionOpt = Precision.fp32,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run."""
     with _heavy_imports():
         from sentiment_rnn.evaluate import evaluate_run
 
-    metrics = evaluate_run(model, data, split, text_column, label_column)
+    _warn_if_emulated(precision)
+    metrics = evaluate_run(model, data, split, text_column, label_column, precision.value)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return
     from sentiment_rnn.console import confusion_table, console, metrics_table
 
-    console.print(metrics_table(metrics, f"{metrics['run']} on {metrics['source']} [{metrics['split']}]"))
+    in_bf16 = ", in bf16" if metrics["precision"] == "bf16" else ""  # (rich would read "[test]" as markup)
+    console.print(metrics_table(metrics, f"{metrics['run']} on {metrics['source']}, {metrics['split']} split{in_bf16}"))
     console.print(confusion_table(metrics))
 
 

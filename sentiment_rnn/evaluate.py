@@ -14,9 +14,10 @@ from sentiment_rnn.train import predict_batches
 
 
 def evaluate_run(model_dir: Path | None, source: str | None = None, split: str = "test",
-                 text_column: str | None = None, label_column: str | None = None) -> dict:
-    """Metrics of a run on `split`: its recorded held-out rows by default, or a whole split of `source`."""
-    run = rundir.load_run(model_dir)
+                 text_column: str | None = None, label_column: str | None = None, precision: str = "fp32") -> dict:
+    """Metrics of a run on `split`: its recorded held-out rows by default, or a whole split of `source`.
+    precision "bf16" scores the model as `predict --precision bf16` runs it."""
+    run = rundir.load_run(model_dir, precision=precision)
     cfg = run.config.data
     if source is None:
         if split not in ("test", "validation"):
@@ -37,5 +38,5 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str =
     loader = data_lib.make_loader(encoded, 256, shuffle=False)
     result = predict_batches(run.model, loader, torch.device("cpu"))
     metrics = classification_metrics(result["y_true"], result["y_pred"], expected)
-    metrics.update(run=str(run.path), split=split, source=source or cfg.source, loss=result["loss"])
+    metrics.update(run=str(run.path), split=split, source=source or cfg.source, loss=result["loss"], precision=precision)
     return metrics

@@ -34,10 +34,12 @@ class Predictor:
         self.forward = FrozenClassifier(run.model) if FrozenClassifier.applies(run.model) else run.model
 
     @classmethod
-    def from_dir(cls, model_dir: Path | None, device: str = "cpu", threads: int | None = None) -> Predictor:
-        """Load a run; intra-op threads as in training: half the cores, at most 4, unless given."""
+    def from_dir(cls, model_dir: Path | None, device: str = "cpu", threads: int | None = None,
+                 precision: str = "fp32") -> Predictor:
+        """Load a run; intra-op threads as in training: half the cores, at most 4, unless given.
+        precision: fp32 (as trained) or bf16 (faster where the hardware has it; see rundir.load_run)."""
         runtime.configure_threads(threads)
-        return cls(load_run(model_dir, device))
+        return cls(load_run(model_dir, device, precision))
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:

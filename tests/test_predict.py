@@ -1,9 +1,13 @@
-"""Predictor: blocks tokenized on a worker thread come back in input order."""
+"""Predictor: blocks tokenized on a worker thread come back in input order; bf16 stays close to fp32."""
 
+import pytest
 import torch
 
 from sentiment_rnn import predict
+from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.evaluate import evaluate_run
 from sentiment_rnn.predict import Predictor
+from sentiment_rnn.rundir import load_run
 
 WORDS = "a film so dull and lifeless yet moving funny and wonderful in parts not bad at all".split()
 
@@ -24,3 +28,25 @@ def test_probabilities_come_back_in_input_order_across_tokenizer_blocks(tiny_run
     assert together.shape == (40, 2)
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
     assert predictor.probabilities([]).shape == (0, 2)
+
+
+def test_bf16_probabilities_stay_within_bf16_rounding_of_fp32(tiny_run):
+    texts = texts_of_mixed_lengths(64)
+    fp32 = Predictor.from_dir(tiny_run, threads=1).probabilities(texts)
+    bf16 = Predictor.from_dir(tiny_run, threads=1, precision="bf16").probabilities(texts)
+    assert next(load_run(tiny_run, precision="bf16").model.parameters()).dtype == torch.bfloat16
+    assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.03
+    clear = (fp32[:, 1] - 0.5).abs() > 0.03  # labels may differ only where fp32 itself is nearly undecided
+    assert torch.equal(fp32.argmax(1)[clear], bf16.argmax(1)[clear])
+
+
+def test_evaluate_in_bf16_says_so_and_scores_the_same_rows_close_to_fp32(tiny_run):
+    fp32, bf16 = evaluate_run(tiny_run), evaluate_run(tiny_run, precision="bf16")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert sum(map(sum, bf16["confusion_matrix"])) == sum(map(sum, fp32["confusion_matrix"]))
+    assert abs(bf16["accuracy"] - fp32["accuracy"]) <= 0.05
+
+
+def test_an_unknown_precision_is_a_one_line_error_naming_the_choices(tiny_run):
+    with pytest.raises(SentimentRNNError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
+        load_run(tiny_run, precision="fp16")
