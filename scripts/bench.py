@@ -12,7 +12,8 @@ and reference run in the same process (or alternate as subprocesses) with the sa
   for the final states, plain shuffled batches), same sizes, seeds (--seeds, default 3), epochs and early
   stopping (the config's; --epochs N for a fixed number); test accuracy of both as the mean over the
   seeds, since one seed alone moves it by about 2 points, and each side's training-loop seconds.
-- inference: sentences/s from raw text to probabilities at batch 256, same two models.
+- inference: sentences/s from raw text to probabilities at batch 256, same two models; the product in fp32
+  and with --precision bf16, whose agreement with fp32 (labels, probabilities, test accuracy) is printed.
 - cold-start: wall time of `sentiment-rnn predict "text"` against `python -c "import torch"` (medians).
 - tokenization: data.encode on the 25,000 IMDB reviews against re.findall + a dict lookup, and a second
   encode in a new process, which must read the cache (no new cache file).
@@ -223,26 +224,43 @@ def bench_training(args, threads: int, show: bool = True) -> tuple[Path, dict]:
 
 
 def bench_inference(run: Path, ref: dict, threads: int) -> None:
+    """The product in fp32 (as trained) and with --precision bf16 against the reference, each timed three
+    times, interleaved, best of three; then how far bf16 moves the probabilities and the test accuracy."""
+    from sentiment_rnn.evaluate import evaluate_run
     from sentiment_rnn.predict import Predictor
+    from sentiment_rnn.runtime import native_bf16
 
     texts = ref["texts"]
-    predictor = Predictor.from_dir(run, threads=threads)
-    predictor.batch_size = 256
-    predictor.probabilities(texts[:256])  # warm-up, both sides
-    start = time.perf_counter()
-    predictor.probabilities(texts)
-    product = len(texts) / (time.perf_counter() - start)
-
+    product = {precision: Predictor.from_dir(run, threads=threads, precision=precision) for precision in ("fp32", "bf16")}
     model, vocab, longest = ref["model"].eval(), ref["vocab"], ref["longest"]
-    max_length = int(predictor.max_length)
-    with torch.inference_mode():
-        model(*padded(vocab, texts[:256], max_length, longest))
-        start = time.perf_counter()
-        for i in range(0, len(texts), 256):
-            model(*padded(vocab, texts[i:i + 256], max_length, longest)).softmax(-1)
-    reference = len(texts) / (time.perf_counter() - start)
-    report("inference sentences/s (batch 256)", product, reference, "sentences/s", ">= 3x", product >= 3 * reference,
-           f"{len(texts):,} sentences, raw text to probabilities")
+    max_length = int(product["fp32"].max_length)
+
+    @torch.inference_mode()
+    def reference(batch: list[str]) -> torch.Tensor:
+        return torch.cat([model(*padded(vocab, batch[i:i + 256], max_length, longest)).softmax(-1)
+                          for i in range(0, len(batch), 256)])
+
+    sides = {"fp32": product["fp32"].probabilities, "bf16": product["bf16"].probabilities, "reference": reference}
+    for predictor in product.values():
+        predictor.batch_size = 256
+    for side in sides.values():
+        side(texts[:256])  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(3):
+        for name, side in sides.items():
+            start = time.perf_counter()
+            side(texts)
+            seconds[name].append(time.perf_counter() - start)
+    rate = {name: len(texts) / min(times) for name, times in seconds.items()}
+    report("inference sentences/s (batch 256)", rate["fp32"], rate["reference"], "sentences/s", ">= 3x",
+           rate["fp32"] >= 3 * rate["reference"], f"{len(texts):,} sentences, raw text to probabilities, fp32, best of 3")
+    p32, p16 = product["fp32"].probabilities(texts), product["bf16"].probabilities(texts)
+    agree = (p32.argmax(1) == p16.argmax(1)).float().mean().item()
+    acc32, acc16 = (evaluate_run(run, precision=precision)["accuracy"] for precision in ("fp32", "bf16"))
+    report("inference, --precision bf16", rate["bf16"], rate["reference"], "sentences/s", ">= 3x",
+           rate["bf16"] >= 3 * rate["reference"],
+           f"native bf16: {native_bf16()}; labels equal to fp32's for {agree:.2%} of sentences, max |dP| "
+           f"{(p32 - p16).abs().max().item():.3f}; test accuracy {acc16:.2%} vs {acc32:.2%} in fp32")
 
 
 def bench_cold_start(run: Path, repeats: int) -> None:

@@ -20,7 +20,7 @@ def test_bench_quick_training_and_inference_print_ratios_and_both_accuracies(tmp
                            "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = {row["figure"]: row for row in json.loads(out.read_text())}
-    assert set(figures) == {"training tokens/s", "inference sentences/s (batch 256)"}
+    assert set(figures) == {"training tokens/s", "inference sentences/s (batch 256)", "inference, --precision bf16"}
     for row in figures.values():
         assert row["product"] > 0 and row["reference"] > 0
         assert row["ratio"] == pytest.approx(row["product"] / row["reference"])
@@ -28,3 +28,4 @@ def test_bench_quick_training_and_inference_print_ratios_and_both_accuracies(tmp
     note = figures["training tokens/s"]["note"]
     assert "mean of 2 seed(s)" in note and "1 epochs" in note and "1 thread(s)" in note
     assert "training tokens/s" in proc.stdout
+    assert "labels equal to fp32's for" in figures["inference, --precision bf16"]["note"]
