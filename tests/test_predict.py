@@ -6,8 +6,9 @@ import torch
 from sentiment_rnn import predict
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
+from sentiment_rnn.cli import Precision
 from sentiment_rnn.predict import Predictor
-from sentiment_rnn.rundir import load_run
+from sentiment_rnn.rundir import PRECISIONS, load_run
 
 WORDS = "a film so dull and lifeless yet moving funny and wonderful in parts not bad at all".split()
 
@@ -50,3 +51,4 @@ def test_evaluate_in_bf16_says_so_and_scores_the_same_rows_close_to_fp32(tiny_ru
 def test_an_unknown_precision_is_a_one_line_error_naming_the_choices(tiny_run):
     with pytest.raises(SentimentRNNError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
         load_run(tiny_run, precision="fp16")
+    assert [p.value for p in Precision] == list(PRECISIONS)  # the command line offers what load_run accepts
