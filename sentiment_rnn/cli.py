@@ -265,7 +265,7 @@ def evaluate(
         return
     from sentiment_rnn.console import confusion_table, console, metrics_table
 
-    in_bf16 = ", in bf16" if metrics["precision"] == "bf16" else ""  # (rich would read "[test]" as markup)
+    in_bf16 = ", in bf16" if metrics["numeric_precision"] == "bf16" else ""  # (rich would read "[test]" as markup)
     console.print(metrics_table(metrics, f"{metrics['run']} on {metrics['source']}, {metrics['split']} split{in_bf16}"))
     console.print(confusion_table(metrics))
 

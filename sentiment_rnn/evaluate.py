@@ -38,5 +38,6 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str =
     loader = data_lib.make_loader(encoded, 256, shuffle=False)
     result = predict_batches(run.model, loader, torch.device("cpu"))
     metrics = classification_metrics(result["y_true"], result["y_pred"], expected)
-    metrics.update(run=str(run.path), split=split, source=source or cfg.source, loss=result["loss"], precision=precision)
+    metrics.update(run=str(run.path), split=split, source=source or cfg.source, loss=result["loss"],
+                   numeric_precision=precision)  # not "precision": that names a per-class metric here
     return metrics

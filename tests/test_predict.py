@@ -43,7 +43,7 @@ def test_bf16_probabilities_stay_within_bf16_rounding_of_fp32(tiny_run):
 
 def test_evaluate_in_bf16_says_so_and_scores_the_same_rows_close_to_fp32(tiny_run):
     fp32, bf16 = evaluate_run(tiny_run), evaluate_run(tiny_run, precision="bf16")
-    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert (fp32["numeric_precision"], bf16["numeric_precision"]) == ("fp32", "bf16")
     assert sum(map(sum, bf16["confusion_matrix"])) == sum(map(sum, fp32["confusion_matrix"]))
     assert abs(bf16["accuracy"] - fp32["accuracy"]) <= 0.05
 
