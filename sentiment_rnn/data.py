@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import torch
 from datasets.utils.stratify import approximate_mode
 
-from sentiment_rnn.config import DataConfig
 from sentiment_rnn.batching import pad_time_major
+from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.runtime import gc_paused
 from sentiment_rnn.tokenizer import encode_ids
