@@ -27,8 +27,9 @@ from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 app = typer.Typer(help="Train, evaluate and serve recurrent (RNN) sentiment classifiers.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file, e.g. configs/default.yaml.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file, or a shipped config's name: default, gru, tutorial, ... (configs/NAME.yaml works from any folder).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override KEY=VALUE, repeatable: --set model.hidden_size=256.")]
+DEFAULT_CONFIG = "default"  # the shipped config every command starts from when --config is not given
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory; default: the most recent complete run under runs/.")]
 
 
@@ -98,7 +99,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint, with its own config.yaml; --set may change only train.lr and train.clip_grad_norm.")] = None,
 ) -> None:
-    """Train a classifier from a YAML config (default configs/default.yaml) and save the run directory."""
+    """Train a classifier from a YAML config (default: the shipped `default`) and save the run directory."""
     with _heavy_imports():
         from sentiment_rnn.config import load_config
         from sentiment_rnn.console import RichReporter, console, metrics_table
@@ -112,7 +113,7 @@ def train(
             raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
         cfg, out = resume_config(resume, config, set_), resume
     else:
-        cfg = load_config(config or Path("configs/default.yaml"), set_)
+        cfg = load_config(config or DEFAULT_CONFIG, set_)
         out = output or Path("runs") / cfg.name
     if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
         console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
@@ -273,7 +274,7 @@ def evaluate(
 @app.command("compare-baseline")
 @handle_errors
 def compare_baseline(
-    config: ConfigOpt = Path("configs/default.yaml"),
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Comparison directory; default runs/compare-<config name>/.")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Train both models with this many seeds (config seed, +1, ...); report mean ± std.")] = 1,
@@ -286,7 +287,7 @@ def compare_baseline(
         from sentiment_rnn.config import load_config
         from sentiment_rnn.console import RichReporter, comparison_table, console
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config or DEFAULT_CONFIG, set_)
     out = output or Path("runs") / f"compare-{cfg.name}"
     console.print(f"[bold]Comparing[/bold] {cfg.name}'s RNN with the per-word linear baseline, "
                   f"{seeds} seed(s), on {cfg.data.source} -> {out}")
@@ -308,9 +309,9 @@ def inspect(
 ) -> None:
     """Every parameter in the tutorial's terms (W_xh, W_hh, ...) and every tensor shape of a forward pass.
 
-    With --config (default configs/default.yaml) nothing is loaded: the vocabulary is tokenizer.max_vocab.
+    With --config (default: the shipped `default`) nothing is loaded: the vocabulary is tokenizer.max_vocab.
     """
-    from sentiment_rnn.inspect import describe_config, describe_run
+    from sentiment_rnn.shapes import describe_config, describe_run
 
     if config is not None and model is not None:
         raise SentimentRNNError("give either --config or --model, not both")
@@ -319,7 +320,7 @@ def inspect(
             raise SentimentRNNError("--set applies to --config only; a run is inspected as it was trained")
         description = describe_run(model, batch, seq_len)
     else:
-        description = describe_config(config or Path("configs/default.yaml"), set_, batch, seq_len)
+        description = describe_config(config or DEFAULT_CONFIG, set_, batch, seq_len)
     if as_json:
         sys.stdout.write(json.dumps(description, indent=2) + "\n")
         return
@@ -336,7 +337,7 @@ def pretrain_embeddings(
     dim: Annotated[int, typer.Option("--dim", min=1, help="Vector width; must equal model.embedding_dim of the configs using it.")] = 100,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes of word2vec over the corpus.")] = 5,
     sources: Annotated[str, typer.Option("--sources", help="Comma-separated embedded corpora whose training rows are read.")] = "rotten_tomatoes,imdb",
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config whose seed and data.split decide the held-out rows left out (default configs/default.yaml).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config whose seed and data.split decide the held-out rows left out (default: the shipped `default`).")] = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing vectors file.")] = False,
 ) -> None:
@@ -350,8 +351,7 @@ def pretrain_embeddings(
     check_output(output, overwrite)
     names = [s.strip() for s in sources.split(",") if s.strip()]
     check_sources(names)
-    default = Path("configs/default.yaml")
-    cfg = load_config(config or (default if default.is_file() else None), set_)
+    cfg = load_config(config or DEFAULT_CONFIG, set_)
     console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of {', '.join(names)} "
                   f"(seed {cfg.seed}, split {list(cfg.data.split)}) -> {output}")
     with Progress(TextColumn("[bold]word2vec epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -7,6 +7,8 @@ suggested), so a typo never silently trains the wrong model.
 from __future__ import annotations
 
 import difflib
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,26 +164,54 @@ def _apply_override(raw: dict, item: str) -> None:
         node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when path is None) and apply dotted KEY=VALUE overrides."""
+def packaged_configs() -> dict[str, Traversable]:
+    """The configs shipped inside the package, by name (`default`, `gru`, ...)."""
+    folder = resources.files("sentiment_rnn").joinpath("configs")
+    return {item.name.rsplit(".", 1)[0]: item for item in folder.iterdir() if item.name.endswith(".yaml")}
+
+
+def resolve_config(spec: str | Path) -> Path | Traversable:
+    """A config file on disk, else a packaged config named by `spec`.
+
+    `default`, `default.yaml` and `configs/default.yaml` all name the shipped config when no such file
+    exists where the command runs, so the commands work from any folder after `pip install`.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = packaged_configs()
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if path.parent in (Path("."), Path("configs")) and name in shipped:
+        return shipped[name]
+    if path.is_dir():
+        raise SentimentRNNError(f"config '{path}' is a directory; pass a YAML file or a shipped config name "
+                                f"({', '.join(sorted(shipped))})")
+    raise SentimentRNNError(f"config file '{path}' not found; pass an existing YAML file or a shipped config name "
+                            f"({', '.join(sorted(shipped))})")
+
+
+def _read_yaml(source: Path | Traversable, origin: str) -> Any:
+    try:
+        return yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise SentimentRNNError(f"{origin}: not UTF-8 text; save the config as UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SentimentRNNError(f"{origin}: YAML syntax error{where}: {problem}; fix the file's syntax") from None
+
+
+def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (see resolve_config; the schema's defaults when None) and apply KEY=VALUE overrides."""
     raw: Any = {}
     origin = "defaults"
-    if path is not None:
-        path = Path(path)
-        origin = str(path)
-        if not path.is_file():
-            raise SentimentRNNError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/default.yaml")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise SentimentRNNError(f"{path}: not UTF-8 text; save the config as UTF-8 YAML") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise SentimentRNNError(f"{path}: YAML syntax error{where}: {problem}; fix the file's syntax") from None
+    if spec is not None:
+        source = resolve_config(spec)
+        origin = str(spec) if isinstance(source, Path) else f"{source.name} (shipped)"
+        raw = _read_yaml(source, origin)
         if isinstance(raw, dict) and "name" not in raw:
-            raw["name"] = path.stem
+            raw["name"] = source.name.rsplit(".", 1)[0]
     for item in overrides or []:
         if not isinstance(raw, dict):
             break

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sentiment_rnn.inspect import describe_config
+from sentiment_rnn.shapes import describe_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "configs" / "tutorial.yaml"
@@ -77,7 +77,7 @@ def test_cells_encoder_shows_one_state_per_layer_with_its_own_width():
 
 
 def test_inspecting_a_config_loads_no_data():
-    code = ("import sys; from sentiment_rnn.inspect import describe_config; describe_config('configs/tutorial.yaml');"
+    code = ("import sys; from sentiment_rnn.shapes import describe_config; describe_config('configs/tutorial.yaml');"
             "sys.exit('datasets' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
 
