@@ -87,7 +87,7 @@ def build_loss() -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def build_model_for(config: Config, vocab_size: int, num_classes: int, device: torch.device) -> nn.Module:
+def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch.device) -> nn.Module:
     """The config's model on the device; train.fast_cpu switches it onto the speed opt-in's kernels."""
     seed_everything(config.seed)  # the same initial weights whatever ran before
     model = build_model(config.model, vocab_size, num_classes, config.data.max_length).to(device)
@@ -309,7 +309,7 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     tokenizer = setup_tokenizer(config, output, splits, reporter, resume)
     reporter.stage("Tokenizing")
     loaders = setup_data(config, splits, tokenizer, device)
-    model = build_model_for(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
+    model = setup_model(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
     coverage = load_pretrained(model, config, tokenizer)
     optimizer = build_optimizer(model, config.train)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.train.amp_bf16 and device.type == "cuda")

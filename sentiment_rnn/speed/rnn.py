@@ -1,6 +1,6 @@
 """Hand-written CPU kernels for the vanilla RNN: the same maths as `nn.RNN` and `nn.Dropout` in fewer, larger ops.
 
-Why each one is faster on CPU (the README's benchmark section has the figures):
+Why each one is faster on CPU:
 - `dropout` draws its Bernoulli(1 - p) mask with `rand` and a comparison, cheaper than `bernoulli_`.
 - `torch.tanh` is slower than `torch.sigmoid` on CPU, and tanh(a) = 2 sigmoid(2a) - 1: the factor 2 goes
   into the weights once per call.
