@@ -31,11 +31,12 @@ class Predictor:
         self.device = next(run.model.parameters()).device
         self.forward = run.model
         if fast:  # the speed opt-in (sentiment_rnn/speed): same probabilities, hand-written CPU kernels
-            from sentiment_rnn.speed import enable_fast_cpu
             from sentiment_rnn.speed.rnn import FrozenClassifier
 
-            enable_fast_cpu(run.model)
-            if FrozenClassifier.applies(run.model):  # vanilla RNN: the first input matmul becomes a lookup
+            # Only the vanilla RNN has an inference kernel: its first input matmul becomes a table lookup.
+            # The other models keep the plain route, which the unpacked bidirectional route does not beat
+            # without a backward pass.
+            if FrozenClassifier.applies(run.model):
                 self.forward = FrozenClassifier(run.model)
 
     @classmethod
@@ -43,7 +44,7 @@ class Predictor:
                  precision: str = "fp32", fast: bool = False) -> Predictor:
         """Load a run; intra-op threads as in training: half the cores, at most 4, unless given.
         precision: fp32 (as trained) or bf16 (faster where the hardware has it; see rundir.load_run).
-        fast: the speed opt-in's CPU kernels (sentiment_rnn/speed)."""
+        fast: the speed opt-in's inference kernel for vanilla RNNs on CPU (sentiment_rnn/speed)."""
         runtime.configure_threads(threads)
         return cls(load_run(model_dir, device, precision), fast=fast)
 
