@@ -79,11 +79,11 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 def _heavy_imports() -> Iterator[None]:
     """Import torch and friends with the garbage collector paused, then freeze what they made.
 
-    Importing torch alone ran about 370 collections (0.1 s) that freed nothing, and each later full
-    collection walked its hundreds of thousands of objects again (80 to 230 ms each, 0.8 s over a short
-    training). Frozen objects are still freed by reference counting; only the cycle collector skips them.
+    Importing torch alone runs hundreds of collections that free nothing, and each later full collection
+    would walk its hundreds of thousands of objects again. Frozen objects are still freed by reference
+    counting; only the cycle collector skips them. The trick itself lives in sentiment_rnn/speed/process.py.
     """
-    from sentiment_rnn.runtime import gc_paused
+    from sentiment_rnn.speed.process import gc_paused
 
     with gc_paused():
         yield

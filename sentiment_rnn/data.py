@@ -21,7 +21,7 @@ from datasets.utils.stratify import approximate_mode
 from sentiment_rnn.batching import pad_time_major
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.runtime import gc_paused
+from sentiment_rnn.speed.process import gc_paused
 from sentiment_rnn.tokenizer import encode_ids
 
 datasets.disable_progress_bars()  # the CLI shows its own progress; datasets' bars would interleave
@@ -337,7 +337,7 @@ def encode(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset
         return {**{k: batch[k] for k in kept}, "input_ids": ids, "length": [len(x) for x in ids]}
 
     # Paused for the whole map, not only while tokenizing: until datasets has turned a batch's lists of ids
-    # into Arrow, every young-generation collection walks their millions of ints (0.1 s at 400 tokens).
+    # into Arrow, every young-generation collection walks their millions of ints.
     with gc_paused():
         return ds.map(batch_encode, batched=True, batch_size=10_000, writer_batch_size=10_000,
                       new_fingerprint=digest, remove_columns=ds.column_names,

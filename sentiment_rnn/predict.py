@@ -14,7 +14,6 @@ import torch
 
 from sentiment_rnn import runtime
 from sentiment_rnn.batching import pad_lists
-from sentiment_rnn.models.fast import FrozenClassifier
 from sentiment_rnn.rundir import LoadedRun, load_run
 from sentiment_rnn.tokenizer import encode_ids
 
@@ -25,29 +24,36 @@ FIRST_BLOCK, BLOCK = 512, 2048  # texts per tokenizer call: a small first one, s
 class Predictor:
     """A loaded run that turns texts into labels and class probabilities."""
 
-    def __init__(self, run: LoadedRun, batch_size: int = 256):
+    def __init__(self, run: LoadedRun, batch_size: int = 256, fast: bool = False):
         self.run, self.batch_size = run, batch_size
         self.labels: list[str] = list(run.meta["label_names"])
         self.max_length = int(run.meta["max_length"])
         self.device = next(run.model.parameters()).device
-        # A one-directional vanilla RNN on CPU: the first layer's input matmul becomes a table lookup.
-        self.forward = FrozenClassifier(run.model) if FrozenClassifier.applies(run.model) else run.model
+        self.forward = run.model
+        if fast:  # the speed opt-in (sentiment_rnn/speed): same probabilities, hand-written CPU kernels
+            from sentiment_rnn.speed.rnn import FrozenClassifier
+
+            # Only the vanilla RNN has an inference kernel: its first input matmul becomes a table lookup.
+            # The other models keep the plain route, which the unpacked bidirectional route does not beat
+            # without a backward pass.
+            if FrozenClassifier.applies(run.model):
+                self.forward = FrozenClassifier(run.model)
 
     @classmethod
     def from_dir(cls, model_dir: Path | None, device: str = "cpu", threads: int | None = None,
-                 precision: str = "fp32") -> Predictor:
+                 precision: str = "fp32", fast: bool = False) -> Predictor:
         """Load a run; intra-op threads as in training: half the cores, at most 4, unless given.
-        precision: fp32 (as trained) or bf16 (faster where the hardware has it; see rundir.load_run)."""
+        precision: fp32 (as trained) or bf16 (faster where the hardware has it; see rundir.load_run).
+        fast: the speed opt-in's inference kernel for vanilla RNNs on CPU (sentiment_rnn/speed)."""
         runtime.configure_threads(threads)
-        return cls(load_run(model_dir, device, precision))
+        return cls(load_run(model_dir, device, precision), fast=fast)
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """[N, C] class probabilities for non-empty texts, in input order.
 
         Texts go shortest first (by characters) in blocks. A worker thread tokenizes the next block while
-        the model reads this one (the tokenizer and torch both release the GIL). On 2 cores the 8,530 Rotten
-        Tomatoes sentences took 0.31 s instead of 0.35 s in fp32, and 0.21 s instead of 0.25 s in bf16.
+        the model reads this one: the tokenizer and torch both release the GIL, so the two overlap.
         Within a block, batches are cut from the texts sorted by token count, so they carry little padding.
         """
         cap = self.max_length * CHARS_PER_TOKEN_CAP  # a 10 MB line must not cost a 10 MB tokenization

@@ -17,7 +17,7 @@ from pathlib import Path
 from sentiment_rnn.config import Config, DataConfig
 from sentiment_rnn.data import EMBEDDED, load_splits
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.tokenizer import build_tokenizer
+from sentiment_rnn.tokenizer import untrained_tokenizer
 
 DEFAULT_OUTPUT = Path("vectors/movie-reviews-100d.txt")
 DEFAULT_SOURCES = ("rotten_tomatoes", "imdb")
@@ -50,7 +50,7 @@ def training_texts(sources: list[str], config: Config) -> dict[str, list[str]]:
 
 def tokenize(texts: list[str], config: Config) -> list[list[str]]:
     """Words as the tokenizer sees them: same normalizer (<br /> removed, lowercase) and pre-tokenizer."""
-    tok = build_tokenizer(config.tokenizer)
+    tok = untrained_tokenizer(config.tokenizer)
     normalize, split = tok.normalizer.normalize_str, tok.pre_tokenizer.pre_tokenize_str
     return [[word for word, _ in split(normalize(text))] for text in texts]
 

@@ -1,26 +1,20 @@
-"""Process-wide runtime settings shared by training and prediction: intra-op threads, the malloc heap and
-the garbage collector. torch is imported where it is used, so gc_paused can run before it is.
+"""Process-wide runtime settings shared by training and prediction: intra-op threads and bf16 support.
+
+torch is imported where it is used, so the CLI can import this module before torch. The heap and
+garbage-collector tricks live in the speed opt-in (sentiment_rnn/speed/process.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import os
-from collections.abc import Iterator
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-SCORING_MMAP_THRESHOLD = 1 << 20  # blocks over 1 MB are mmap'ed, so freeing them gives the memory back
-TRAINING_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling: training's steady shapes reuse the heap
 
 
 def default_threads() -> int:
     """Intra-op threads per process: half the cores this process may use, at most 4, shared by its node's ranks.
 
     Small RNN matmuls gain little from more threads, and an OpenMP thread that spins while another
-    process holds its core stalls every op: on a busy 2-core machine a training step ran 20x slower
-    with 2 threads than with 1 (scripts/bench.py measures 1 against 2).
+    process holds its core stalls every op, which on a busy machine costs far more than the extra
+    thread gains (scripts/bench.py measures 1 against 2).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -45,46 +39,3 @@ def native_bf16(device: str = "cpu") -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return any(check() for check in checks if check is not None)
-
-
-def _set_mmap_threshold(nbytes: int) -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: nothing to tune
-    libc.mallopt(M_MMAP_THRESHOLD, nbytes)
-
-
-@contextlib.contextmanager
-def flat_heap() -> Iterator[None]:
-    """Score many rows without the heap keeping what they leave behind (glibc only).
-
-    glibc returns a freed block to the system only if it was mmap'ed, and it raises its mmap threshold
-    after each such free: scoring the 400,000 held-out rows of a 2-million-row CSV grew RSS by ~400 MB
-    that way, and a fixed 1 MB threshold kept it flat. That threshold must not outlive the scoring:
-    every step of training frees a multi-MB embedding gradient, and mmap'ing it anew each step (page
-    faults and zeroing) made training steps about 25% slower. Outside, the threshold is glibc's ceiling.
-    """
-    _set_mmap_threshold(SCORING_MMAP_THRESHOLD)
-    try:
-        yield
-    finally:
-        _set_mmap_threshold(TRAINING_MMAP_THRESHOLD)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No garbage collection while many long-lived, acyclic objects are made: a batch's encodings, or
-    the command line's imports of torch and a run.
-
-    Tens of thousands of new objects trigger full collections that walk everything the process holds
-    (torch, datasets) and free nothing, since lists of ids hold no cycles: 40% of the calls that
-    tokenize the 8,530 Rotten Tomatoes sentences took 0.21 s instead of 0.08 s.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

@@ -1,8 +1,8 @@
 """Word-level tokenizer on HF `tokenizers`: trained on the training split only, saved as tokenizer.json.
 
 [PAD] is id 0 (the embedding's padding_idx) and [UNK] id 1. The pre-tokenizer is `Whitespace`
-(`\\w+|[^\\w\\s]+`): it splits words from punctuation in one Rust pass; `Whitespace` + `Punctuation`
-or `BertPreTokenizer` split the same text about 1.7x slower.
+(`\\w+|[^\\w\\s]+`): it splits words from punctuation in one Rust pass, where `Whitespace` +
+`Punctuation` or `BertPreTokenizer` take two.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 
 from sentiment_rnn.config import TokenizerConfig
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.runtime import gc_paused
+from sentiment_rnn.speed.process import gc_paused
 
 PAD, UNK = "[PAD]", "[UNK]"
 CHARS_PER_TOKEN = 6  # characters read per kept token before falling back to the whole text (English: ~5)
 CUT_TOKENS = 3  # tokens a cut can spoil at the end: a split word, or '!<br /' read as '!<', 'br', '/'
 
 
-def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
+def untrained_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
     """An untrained word-level tokenizer: strip HTML line breaks (IMDB has them), lowercase, split."""
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     steps = [normalizers.Replace(Regex(r"<br\s*/?>"), " ")]
@@ -34,7 +34,7 @@ def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
 
 def train_tokenizer(texts: Iterator[list[str]], cfg: TokenizerConfig, total: int | None = None) -> Tokenizer:
     """Learn the vocabulary from batches of training texts."""
-    tok = build_tokenizer(cfg)
+    tok = untrained_tokenizer(cfg)
     trainer = trainers.WordLevelTrainer(vocab_size=cfg.max_vocab, min_frequency=cfg.min_frequency,
                                         special_tokens=[PAD, UNK], show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer, length=total)

@@ -1,8 +1,9 @@
 """Training: load config -> data -> tokenizer -> model -> optimizer -> explicit loop -> save the run.
 
-Reads top to bottom. The loop evaluates on the validation split every epoch, keeps the best epoch's
-weights and stops early after `patience` epochs without improvement; the test split is scored once,
-at the end, with the kept weights.
+Reads top to bottom: `train` checks the output and loads the data, `_train_into` builds each part with
+its own setup function, `train_epochs` is the loop. The loop evaluates on the validation split every
+epoch, keeps the best epoch's weights and stops early after `patience` epochs without improvement; the
+test split is scored once, at the end, with the kept weights.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,12 @@ from sentiment_rnn import data as data_lib
 from sentiment_rnn import distributed
 from sentiment_rnn import rundir
 from sentiment_rnn import runtime
+from sentiment_rnn.checkpoint import Progress
 from sentiment_rnn.config import Config, TrainConfig, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 from sentiment_rnn.metrics import classification_metrics
 from sentiment_rnn.models import build_model, count_parameters
+from sentiment_rnn.speed.process import flat_heap
 from sentiment_rnn.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -52,22 +55,51 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_tokenizer(splits: data_lib.Splits, config: Config):
+def train_tokenizer_on_split(splits: data_lib.Splits, config: Config):
+    """Learn the vocabulary from the training split's texts only."""
     texts = (batch["text"] for batch in splits.train.select_columns(["text"]).iter(batch_size=1000))
     return train_tokenizer(texts, config.tokenizer, total=len(splits.train))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and the embedding (decaying rare words' vectors to zero hurts)."""
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW's param groups: no weight decay on biases and the embedding (decaying rare words' vectors
+    to zero hurts). Per-layer learning rates would split these further (model.parameter_groups())."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or name.startswith("embedding") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel updates all parameters in one pass: on CPU the per-tensor default spent about a
-    # third of each step updating the 2M-value embedding.
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over parameter_groups. The fused kernel updates all parameters in one pass instead of one
+    kernel per tensor, which matters for the large embedding on CPU."""
+    return torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, fused=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """A torch.optim.lr_scheduler stepped once per batch, or None: the learning rate is constant today."""
+    return None
+
+
+def build_loss() -> nn.Module:
+    return nn.CrossEntropyLoss()
+
+
+def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch.device) -> nn.Module:
+    """The config's model on the device; train.fast_cpu switches it onto the speed opt-in's kernels."""
+    seed_everything(config.seed)  # the same initial weights whatever ran before
+    model = build_model(config.model, vocab_size, num_classes, config.data.max_length).to(device)
+    if config.train.fast_cpu:
+        from sentiment_rnn.speed import enable_fast_cpu
+
+        enable_fast_cpu(model)
+    return model
+
+
+def on_epoch_start(model: nn.Module, epoch: int, cfg: TrainConfig) -> None:
+    """Per-epoch changes to the model before its epoch trains (the place for gradual unfreezing)."""
 
 
 def check_pretrained(config: Config) -> None:
@@ -94,8 +126,8 @@ def load_pretrained(model: nn.Module, config: Config, tokenizer) -> float | None
 
 def to_device(batch, device: torch.device):
     input_ids, lengths, labels = batch
-    nb = device.type == "cuda"  # pinned host memory lets the copy overlap compute
-    return input_ids.to(device, non_blocking=nb), lengths.to(device, non_blocking=nb), labels.to(device, non_blocking=nb)
+    overlap = device.type == "cuda"  # pinned host memory lets the copy overlap compute
+    return tuple(t.to(device, non_blocking=overlap) for t in (input_ids, lengths, labels))
 
 
 @torch.no_grad()
@@ -103,7 +135,7 @@ def predict_batches(model: nn.Module, loader, device: torch.device) -> dict:
     """Loss, predictions and probabilities over a loader, in the loader's order."""
     model.eval()
     total_loss, preds, labels, probs = 0.0, [], [], []
-    with runtime.flat_heap():  # a held-out split may have hundreds of thousands of rows
+    with flat_heap():  # a held-out split may have hundreds of thousands of rows
         for batch in loader:
             input_ids, lengths, y = to_device(batch, device)
             logits = model(input_ids, lengths).float()  # [B, C]
@@ -211,146 +243,234 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         distributed.teardown()
 
 
-def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
-                reporter: Reporter, resume: bool = False) -> dict:
-    tcfg = config.train
+@dataclass
+class Loaders:
+    train: torch.utils.data.DataLoader  # shuffled length buckets; under DDP, this rank's slice of each batch
+    validation: torch.utils.data.DataLoader  # sorted by length, batch 256
+    test: torch.utils.data.DataLoader  # sorted by length, batch 256
+
+
+@dataclass
+class Parts:
+    """What the loop works with, each built by its own setup function in _train_into."""
+
+    config: Config
+    model: nn.Module  # evaluation, saving and clipping use the model itself
+    net: nn.Module  # what the loop calls: the model, or its DDP wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None  # a torch.optim.lr_scheduler stepped per batch, or None
+    loss_fn: nn.Module
+    loaders: Loaders
+    device: torch.device
+    autocast: torch.autocast  # bf16 on CUDA when train.amp_bf16, a no-op otherwise
+    output: Path
+    reporter: Reporter
+    probe_batch: tuple  # the validation batch the gradient probe reads
+
+
+def setup_tokenizer(config: Config, output: Path, splits: data_lib.Splits, reporter: Reporter, resume: bool):
+    """A resumed run reads its own tokenizer; a new one trains it (and writes the split record)."""
     main = distributed.is_main()
-    if main:
-        rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
     if resume:
         checkpoint.check_same_data(output, splits.record)
-        tokenizer = load_tokenizer(output / rundir.TOKENIZER)
-    else:
-        if main:
-            rundir.write_json(output / rundir.SPLIT, splits.record)
-        reporter.stage("Training tokenizer")
-        tokenizer = build_tokenizer(splits, config)  # deterministic: every rank builds the same one
-        if main:
-            tokenizer.save(str(output / rundir.TOKENIZER))
-    reporter.stage("Tokenizing")
-    max_length = config.data.max_length
-    with distributed.local_main_first():
-        encoded = data_lib.encode_splits(splits, tokenizer, max_length)  # also lets go of the text
+        return load_tokenizer(output / rundir.TOKENIZER)
+    if main:
+        rundir.write_json(output / rundir.SPLIT, splits.record)
+    reporter.stage("Training tokenizer")
+    tokenizer = train_tokenizer_on_split(splits, config)  # deterministic: every rank builds the same one
+    if main:
+        tokenizer.save(str(output / rundir.TOKENIZER))
+    return tokenizer
 
+
+def setup_data(config: Config, splits: data_lib.Splits, tokenizer, device: torch.device) -> Loaders:
+    with distributed.local_main_first():
+        encoded = data_lib.encode_splits(splits, tokenizer, config.data.max_length)  # also lets go of the text
     pin = device.type == "cuda"
     # Under DDP each rank takes its slice of every batch: train.batch_size stays the optimizer's batch.
-    train_loader = data_lib.make_loader(encoded["train"], tcfg.batch_size, True, config.seed, tcfg.bucket_pool,
-                                        rank=distributed.rank(), world_size=distributed.world_size(), pin_memory=pin)
-    val_loader = data_lib.make_loader(encoded["validation"], 256, False, pin_memory=pin)
-    test_loader = data_lib.make_loader(encoded["test"], 256, False, pin_memory=pin)
+    train_loader = data_lib.make_loader(encoded["train"], config.train.batch_size, True, config.seed,
+                                        config.train.bucket_pool, rank=distributed.rank(),
+                                        world_size=distributed.world_size(), pin_memory=pin)
+    return Loaders(train_loader, data_lib.make_loader(encoded["validation"], 256, False, pin_memory=pin),
+                   data_lib.make_loader(encoded["test"], 256, False, pin_memory=pin))
 
-    seed_everything(config.seed)
-    model = build_model(config.model, tokenizer.get_vocab_size(), len(splits.label_names), max_length).to(device)
+
+def longest_batch(loader: torch.utils.data.DataLoader):
+    """The batch of a length-sorted, unshuffled loader that reaches furthest back in time: its last one.
+    Only that batch's rows are read."""
+    *_, last = iter(loader.sampler)  # row indices only
+    return torch.utils.data.default_convert(loader.dataset[last])  # as the loader would hand it over
+
+
+def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
+                reporter: Reporter, resume: bool = False) -> dict:
+    if distributed.is_main():
+        rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
+    tokenizer = setup_tokenizer(config, output, splits, reporter, resume)
+    reporter.stage("Tokenizing")
+    loaders = setup_data(config, splits, tokenizer, device)
+    model = setup_model(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
     coverage = load_pretrained(model, config, tokenizer)
-    net = distributed.wrap(model, device)  # DDP under torchrun; evaluation and saving use `model` itself
-    optimizer = build_optimizer(model, tcfg)
-    probe_batch = deque(val_loader, maxlen=1)[0]  # the loader sorts by length: the last batch reaches furthest back
-    loss_fn = nn.CrossEntropyLoss()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tcfg.amp_bf16 and device.type == "cuda")
-
-    # Everything the loop carries lives in `p`, so a checkpoint (p + model + optimizer + RNG) restores it all.
-    ckpt_path = output / rundir.CHECKPOINT
-    p = checkpoint.Progress()
+    optimizer = build_optimizer(model, config.train)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.train.amp_bf16 and device.type == "cuda")
+    parts = Parts(config, model, distributed.wrap(model, device), optimizer, build_scheduler(optimizer, config.train),
+                  build_loss(), loaders, device, autocast, output, reporter, longest_batch(loaders.validation))
+    progress = Progress()
     if resume:
-        reporter.stage(f"Resuming from {ckpt_path}")
-        p = checkpoint.load(ckpt_path, model, optimizer, lr=tcfg.lr)
-    with checkpoint.StopOnInterrupt() as interrupt:
-        while p.epoch <= tcfg.epochs and not p.stopped:
-            epoch = p.epoch
-            train_loader.sampler.set_epoch(epoch, start=p.batches_done)  # skip what a resumed epoch already saw
-            steps = min(len(train_loader), tcfg.max_steps or len(train_loader))
-            reporter.epoch_start(epoch, tcfg.epochs, steps - p.batches_done)
-            net.train()
-            start = time.perf_counter() - p.seconds
-            for step, batch in enumerate(train_loader, start=p.batches_done + 1):
-                input_ids, lengths, y = to_device(batch, device)
-                with amp:
-                    logits = net(input_ids, lengths)  # [B, C]
-                loss = loss_fn(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise non_finite_loss(loss.item(), epoch, step, tcfg, ckpt_path)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # Gradients through time can explode: clip their global norm, and record it before clipping.
-                norm = nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm or float("inf"))
-                p.grad_norms.append(round(float(norm), 5))
-                optimizer.step()
-                n = y.shape[0]
-                p.batches_done, p.step = step, p.step + 1
-                p.seen, p.loss_sum = p.seen + n, p.loss_sum + loss.item() * n
-                p.correct += (logits.argmax(-1) == y).sum().item()
-                p.tokens += int(lengths.sum())
-                reporter.step(loss.item(), p.correct / p.seen, p.tokens)
-                if step >= steps:
-                    break  # the end-of-epoch checkpoint below covers the last step
-                if interrupt.requested or (tcfg.checkpoint_every and p.step % tcfg.checkpoint_every == 0):
-                    p.seconds = time.perf_counter() - start
-                    if main:
-                        checkpoint.save(ckpt_path, model, optimizer, p)
-                    if interrupt.requested:
-                        raise TrainingInterrupted(output, epoch, step)
-            seconds = time.perf_counter() - start
-            seen, loss_sum, correct, tokens = distributed.all_sum(p.seen, p.loss_sum, p.correct, p.tokens)  # all ranks'
-            p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + tokens
-            val = predict_batches(model, val_loader, device)  # every rank scores the whole validation split
-            val["accuracy"], val["loss"] = distributed.from_main(val["accuracy"], val["loss"])  # same stop everywhere
-            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                      "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": seconds,
-                      "tokens_per_s": tokens / seconds}
-            p.history.append(record)
-            if epoch in tcfg.grad_probe_epochs:
-                norms = gradient_probe(model, probe_batch, device)
-                if norms is not None:
-                    p.probes.append({"epoch": epoch, "norms": norms})
-            improved = (val["accuracy"], -val["loss"]) > (p.best["accuracy"], -p.best["loss"])
-            if improved:
-                p.best = {"accuracy": val["accuracy"], "loss": val["loss"], "epoch": epoch,
-                          "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                p.stale = 0
-            else:
-                p.stale += 1
-            record["best"] = improved
-            reporter.epoch_end(record)
-            p.stopped = p.stale >= tcfg.patience
-            p.next_epoch()
-            if main:
-                checkpoint.save(ckpt_path, model, optimizer, p)
-            if interrupt.requested:
-                raise TrainingInterrupted(output, p.epoch, 0)
+        reporter.stage(f"Resuming from {checkpoint_path(parts)}")
+        progress = checkpoint.load(checkpoint_path(parts), model, optimizer, lr=config.train.lr)
+    progress = train_epochs(parts, progress)
 
     reporter.stage("Scoring the test split")
-    best = p.best
-    model.load_state_dict(best["state"])
-    test = predict_batches(model, test_loader, device)
-    metrics = {
-        "history": p.history,
+    model.load_state_dict(progress.best["state"])
+    test = predict_batches(model, loaders.test, device)
+    metrics = run_metrics(progress, test, splits, model, coverage, device, threads)
+    if distributed.is_main():
+        save_run(output, model, tokenizer, splits, config, metrics)
+        checkpoint_path(parts).unlink(missing_ok=True)  # the run is complete: the checkpoint has served
+    return metrics
+
+
+def checkpoint_path(parts: Parts) -> Path:
+    return parts.output / rundir.CHECKPOINT
+
+
+def train_epochs(parts: Parts, progress: Progress) -> Progress:
+    """The loop: train on each batch (forward, loss, backward, clip, step), then validate every epoch.
+
+    Everything it carries lives in `progress`, so a checkpoint (progress + model + optimizer + RNG)
+    restores it all; a resumed epoch skips the batches it already trained on.
+    """
+    cfg, model = parts.config.train, parts.model
+    with checkpoint.StopOnInterrupt() as interrupt:
+        while progress.epoch <= cfg.epochs and not progress.stopped:
+            epoch = progress.epoch
+            steps = start_epoch(parts, progress)
+            parts.net.train()
+            start = time.perf_counter() - progress.seconds
+            for step, batch in enumerate(parts.loaders.train, start=progress.batches_done + 1):
+                input_ids, lengths, y = to_device(batch, parts.device)
+                with parts.autocast:
+                    logits = parts.net(input_ids, lengths)  # [B, C]
+                loss = parts.loss_fn(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise non_finite_loss(loss.item(), epoch, step, cfg, checkpoint_path(parts))
+                parts.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # Gradients through time can explode: clip their global norm, and record it before clipping.
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or float("inf"))
+                parts.optimizer.step()
+                if parts.scheduler is not None:
+                    parts.scheduler.step()  # schedules count batches, not epochs
+                record_step(progress, step, float(norm), loss.item(), logits, y, lengths)
+                parts.reporter.step(loss.item(), progress.correct / progress.seen, progress.tokens)
+                if step >= steps:
+                    break  # the end-of-epoch checkpoint below covers the last step
+                if interrupt.requested or checkpoint_due(cfg, progress):
+                    progress.seconds = time.perf_counter() - start
+                    save_checkpoint(parts, progress)
+                    if interrupt.requested:
+                        raise TrainingInterrupted(parts.output, epoch, step)
+            finish_epoch(parts, progress, time.perf_counter() - start)
+            save_checkpoint(parts, progress)
+            if interrupt.requested:
+                raise TrainingInterrupted(parts.output, progress.epoch, 0)
+    return progress
+
+
+def start_epoch(parts: Parts, progress: Progress) -> int:
+    """Position the sampler (a resumed epoch skips what it already saw) and return the epoch's last step."""
+    cfg, loader = parts.config.train, parts.loaders.train
+    loader.sampler.set_epoch(progress.epoch, start=progress.batches_done)
+    steps = min(len(loader), cfg.max_steps or len(loader))
+    on_epoch_start(parts.model, progress.epoch, cfg)
+    parts.reporter.epoch_start(progress.epoch, cfg.epochs, steps - progress.batches_done)
+    return steps
+
+
+def record_step(progress: Progress, step: int, grad_norm: float, loss: float, logits: torch.Tensor,
+                y: torch.Tensor, lengths: torch.Tensor) -> None:
+    batch = y.shape[0]
+    progress.grad_norms.append(round(grad_norm, 5))
+    progress.batches_done, progress.step = step, progress.step + 1
+    progress.seen, progress.loss_sum = progress.seen + batch, progress.loss_sum + loss * batch
+    progress.correct += (logits.argmax(-1) == y).sum().item()
+    progress.tokens += int(lengths.sum())
+
+
+def checkpoint_due(cfg: TrainConfig, progress: Progress) -> bool:
+    """train.checkpoint_every optimizer steps have passed since the last mid-epoch checkpoint."""
+    return bool(cfg.checkpoint_every) and progress.step % cfg.checkpoint_every == 0
+
+
+def save_checkpoint(parts: Parts, progress: Progress) -> None:
+    if distributed.is_main():  # under torchrun, rank 0 alone writes
+        checkpoint.save(checkpoint_path(parts), parts.model, parts.optimizer, progress)
+
+
+def finish_epoch(parts: Parts, progress: Progress, seconds: float) -> None:
+    """Sum the epoch over all ranks, validate, probe gradients, keep the best weights, decide to stop."""
+    epoch, cfg = progress.epoch, parts.config.train
+    seen, loss_sum, correct, tokens = distributed.all_sum(progress.seen, progress.loss_sum, progress.correct,
+                                                          progress.tokens)
+    progress.train_seconds, progress.train_tokens = progress.train_seconds + seconds, progress.train_tokens + tokens
+    val = predict_batches(parts.model, parts.loaders.validation, parts.device)  # every rank scores all of it
+    val["accuracy"], val["loss"] = distributed.from_main(val["accuracy"], val["loss"])  # same stop everywhere
+    record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+              "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": seconds,
+              "tokens_per_s": tokens / seconds}
+    progress.history.append(record)
+    if epoch in cfg.grad_probe_epochs:
+        norms = gradient_probe(parts.model, parts.probe_batch, parts.device)
+        if norms is not None:
+            progress.probes.append({"epoch": epoch, "norms": norms})
+    record["best"] = keep_if_best(progress, parts.model, val, epoch)
+    parts.reporter.epoch_end(record)
+    progress.stopped = progress.stale >= cfg.patience
+    progress.next_epoch()
+
+
+def keep_if_best(progress: Progress, model: nn.Module, val: dict, epoch: int) -> bool:
+    """Early stopping's bookkeeping: keep a copy of the weights of the best validation epoch so far."""
+    improved = (val["accuracy"], -val["loss"]) > (progress.best["accuracy"], -progress.best["loss"])
+    if improved:
+        progress.best = {"accuracy": val["accuracy"], "loss": val["loss"], "epoch": epoch,
+                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        progress.stale = 0
+    else:
+        progress.stale += 1
+    return improved
+
+
+def run_metrics(progress: Progress, test: dict, splits: data_lib.Splits, model: nn.Module, coverage: float | None,
+                device: torch.device, threads: int) -> dict:
+    """metrics.json's content: the history, the kept epoch's scores and how the run was made."""
+    best = progress.best
+    return {
+        "history": progress.history,
         "best_epoch": best["epoch"],
         "validation": {"accuracy": best["accuracy"], "loss": best["loss"]},
         "test": classification_metrics(test["y_true"], test["y_pred"], splits.label_names),
-        "train_seconds": p.train_seconds,
-        "tokens_per_s": p.train_tokens / max(p.train_seconds, 1e-9),
+        "train_seconds": progress.train_seconds,
+        "tokens_per_s": progress.train_tokens / max(progress.train_seconds, 1e-9),
         "parameters": count_parameters(model),
-        "grad_norm_per_step": p.grad_norms,
-        "grad_through_time": p.probes,
+        "grad_norm_per_step": progress.grad_norms,
+        "grad_through_time": progress.probes,
         "embedding_coverage": coverage,
         "device": str(device),
         "threads": threads,
         "sizes": splits.record["sizes"],
         "world_size": distributed.world_size(),
     }
-    if main:
-        save_run(output, model, tokenizer, splits, config, metrics)
-        ckpt_path.unlink(missing_ok=True)  # the run is complete: the checkpoint (optimizer state too) has served
-    return metrics
 
 
-def non_finite_loss(loss: float, epoch: int, step: int, tcfg: TrainConfig, ckpt_path: Path) -> SentimentRNNError:
+def non_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig, ckpt_path: Path) -> SentimentRNNError:
     """Name the step and what to try; say where the last good checkpoint is, if one was written."""
-    fix = f"lower train.lr (now {tcfg.lr:g}) or set a smaller train.clip_grad_norm (now {tcfg.clip_grad_norm})"
+    fix = f"lower train.lr (now {cfg.lr:g}) or set a smaller train.clip_grad_norm (now {cfg.clip_grad_norm})"
     if ckpt_path.is_file():
         return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}; {fix}. The last checkpoint with a "
                                  f"finite loss is kept: resume it with a lower rate (sentiment-rnn train --resume "
-                                 f"{ckpt_path.parent} --set train.lr={tcfg.lr / 10:g}) or train again with --overwrite")
+                                 f"{ckpt_path.parent} --set train.lr={cfg.lr / 10:g}) or train again with --overwrite")
     return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}, before the first checkpoint; {fix} "
                              "and train again")
 

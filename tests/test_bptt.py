@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.models.bptt import rnn_backward, rnn_forward
+from sentiment_rnn.models.bptt import backward_through_time, forward_through_time
 
 T, B, E, H = 6, 3, 5, 4
 
@@ -49,8 +49,8 @@ def test_manual_bptt_matches_autograd(loss_on):
         loss_weights[:-1] = 0  # a classifier reads only h_T
 
     hs_ref, expected = autograd_reference(inputs, loss_weights)
-    hs = rnn_forward(inputs["x"], inputs["W_xh"], inputs["b_xh"], inputs["W_hh"], inputs["b_hh"], inputs["h0"])
-    grads = rnn_backward(inputs["x"], hs, inputs["W_xh"], inputs["W_hh"], loss_weights)
+    hs = forward_through_time(inputs["x"], inputs["W_xh"], inputs["b_xh"], inputs["W_hh"], inputs["b_hh"], inputs["h0"])
+    grads = backward_through_time(inputs["x"], hs, inputs["W_xh"], inputs["W_hh"], loss_weights)
 
     torch.testing.assert_close(hs, hs_ref)
     assert set(grads) == {"W_xh", "b_xh", "W_hh", "b_hh", "x", "h0", "dh"}
@@ -60,7 +60,7 @@ def test_manual_bptt_matches_autograd(loss_on):
 
 def test_forward_keeps_h0_as_first_state():
     inputs = make_inputs()
-    hs = rnn_forward(inputs["x"], inputs["W_xh"], inputs["b_xh"], inputs["W_hh"], inputs["b_hh"], inputs["h0"])
+    hs = forward_through_time(inputs["x"], inputs["W_xh"], inputs["b_xh"], inputs["W_hh"], inputs["b_hh"], inputs["h0"])
     assert hs.shape == (T + 1, B, H)
     torch.testing.assert_close(hs[0], inputs["h0"])
 
@@ -68,14 +68,14 @@ def test_forward_keeps_h0_as_first_state():
 def test_gradient_norm_vanishes_going_back_in_time_with_small_recurrent_weights():
     inputs = make_inputs()
     W_hh = 0.1 * torch.eye(H, dtype=torch.float64)
-    hs = rnn_forward(inputs["x"], inputs["W_xh"], inputs["b_xh"], W_hh, inputs["b_hh"], inputs["h0"])
+    hs = forward_through_time(inputs["x"], inputs["W_xh"], inputs["b_xh"], W_hh, inputs["b_hh"], inputs["h0"])
     grad_out = torch.zeros(T, B, H, dtype=torch.float64)
     grad_out[-1] = 1.0
-    norms = rnn_backward(inputs["x"], hs, inputs["W_xh"], W_hh, grad_out)["dh"].norm(dim=(1, 2))  # [T]
+    norms = backward_through_time(inputs["x"], hs, inputs["W_xh"], W_hh, grad_out)["dh"].norm(dim=(1, 2))  # [T]
     assert torch.all(norms[:-1] < 0.1 * norms[1:])
 
 
 def test_mismatched_shapes_raise():
     inputs = make_inputs()
     with pytest.raises(SentimentRNNError, match="W_xh"):
-        rnn_forward(inputs["x"], inputs["W_xh"].T, inputs["b_xh"], inputs["W_hh"], inputs["b_hh"], inputs["h0"])
+        forward_through_time(inputs["x"], inputs["W_xh"].T, inputs["b_xh"], inputs["W_hh"], inputs["b_hh"], inputs["h0"])

@@ -11,7 +11,7 @@ from sentiment_rnn.models import build_model
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 
-def test_the_documented_configs_are_shipped():
+def test_every_documented_config_is_shipped():
     names = {p.stem for p in CONFIGS}
     assert {"default", "tiny", "gru", "lstm", "bilstm", "tutorial", "cells", "imdb"} <= names
 

@@ -1,11 +1,11 @@
-"""The CPU fast paths (models/fast.py) compute what nn.RNN and nn.Dropout compute."""
+"""The speed opt-in's CPU kernels (sentiment_rnn/speed/rnn.py) compute what nn.RNN and nn.Dropout compute."""
 
 import pytest
 import torch
 from torch import nn
 
-from sentiment_rnn.models import fast
-from sentiment_rnn.models.rnn import LayerEncoder
+from sentiment_rnn.speed import rnn as speed_rnn
+from sentiment_rnn.models.rnn import LayerEncoder, last_token_state
 
 SEQ_LEN, INPUT_SIZE, HIDDEN_SIZE = 9, 100, 20
 LENGTHS = torch.tensor([9, 4, 6, 1, 9])
@@ -13,8 +13,7 @@ LENGTHS = torch.tensor([9, 4, 6, 1, 9])
 
 def final_state_loss(out: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """A loss on each sentence's state at its last real token, as the classifier reads it."""
-    last = (lengths - 1).view(1, -1, 1).expand(1, -1, out.shape[2])
-    return (out.gather(0, last).squeeze(0) * weights).sum()
+    return (last_token_state(out, lengths) * weights).sum()
 
 
 @pytest.mark.parametrize("num_layers", [1, 3])
@@ -31,8 +30,8 @@ def test_fast_rnn_matches_nn_rnn_outputs_and_every_gradient(nonlinearity, num_la
     rnn.zero_grad()
     x.grad = None
 
-    assert fast.supports(rnn, x)
-    got = fast.rnn_forward(rnn, x)
+    assert speed_rnn.supports(rnn, x)
+    got = speed_rnn.fast_rnn_layers(rnn, x)
     final_state_loss(got, LENGTHS, weights).backward()
     got_grads = [p.grad for p in rnn.parameters()] + [x.grad]
 
@@ -48,26 +47,32 @@ def test_fast_rnn_layer_backward_passes_gradcheck(tanh, steps):
     torch.manual_seed(0)
     args = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
             for shape in [(steps, 3, 4), (6, 4), (6, 6), (6,), (6,)]]
-    assert torch.autograd.gradcheck(lambda *a: fast.RNNLayer.apply(*a, tanh), args)
+    assert torch.autograd.gradcheck(lambda *a: speed_rnn.RNNLayer.apply(*a, tanh), args)
 
 
-def test_layer_encoder_takes_the_fast_path_on_cpu_and_nn_rnn_otherwise(monkeypatch):
-    encoder = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, cell="rnn")
+def test_layer_encoder_takes_the_fast_kernel_only_when_switched_on_and_only_for_vanilla_rnns(monkeypatch):
+    from sentiment_rnn.speed import encoder as speed_encoder
+
     x = torch.randn(SEQ_LEN, len(LENGTHS), INPUT_SIZE)
     calls = []
-    monkeypatch.setattr(fast, "rnn_forward", lambda rnn, x: calls.append(1) or rnn(x)[0])
+    monkeypatch.setattr(speed_encoder, "fast_rnn_layers", lambda rnn, x: calls.append(1) or rnn(x)[0])
+    encoder = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, cell="rnn")
+    encoder(x, LENGTHS)
+    assert calls == []  # plain by default
+    encoder.fast_cpu = True
     encoder(x, LENGTHS)
     assert calls == [1]
     gru = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, cell="gru")
+    gru.fast_cpu = True
     gru(x, LENGTHS)
-    assert calls == [1]  # GRU/LSTM and bidirectional encoders keep torch's kernels
-    assert not fast.supports(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, bidirectional=True).rnn, x)
+    assert calls == [1]  # GRU/LSTM keep torch's kernels
+    assert not speed_rnn.supports(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, bidirectional=True).rnn, x)
 
 
 def test_fast_dropout_keeps_each_value_with_probability_1_minus_p_and_rescales_it():
     torch.manual_seed(0)
     x = torch.ones(1000, 1000, requires_grad=True)
-    dropped = fast.dropout(x, 0.3, training=True)
+    dropped = speed_rnn.dropout(x, 0.3, training=True)
     kept = dropped != 0
     assert abs(kept.float().mean().item() - 0.7) < 0.002  # 1M draws: the standard error is 0.00046
     torch.testing.assert_close(dropped[kept], torch.full_like(dropped[kept], 1 / 0.7))
@@ -77,9 +82,9 @@ def test_fast_dropout_keeps_each_value_with_probability_1_minus_p_and_rescales_i
 
 def test_fast_dropout_is_the_identity_in_eval_mode_and_at_p_0():
     x = torch.randn(4, 5)
-    assert fast.dropout(x, 0.3, training=False) is x
-    assert fast.dropout(x, 0.0, training=True) is x
-    layer = fast.Dropout(0.5).eval()
+    assert speed_rnn.dropout(x, 0.3, training=False) is x
+    assert speed_rnn.dropout(x, 0.0, training=True) is x
+    layer = speed_rnn.Dropout(0.5).eval()
     assert layer(x) is x
     assert layer.state_dict() == {}
 
@@ -94,10 +99,10 @@ def test_frozen_classifier_gives_the_models_own_eval_logits(nonlinearity, num_la
     model = RNNClassifier(50, 3, INPUT_SIZE, encoder, embedding_dropout=0.5, head_dropout=0.5).double().eval()
     input_ids = torch.randint(1, 50, (SEQ_LEN, len(LENGTHS)))
     input_ids[torch.arange(SEQ_LEN).unsqueeze(1) >= LENGTHS] = 0  # right-padded
-    assert fast.FrozenClassifier.applies(model)
+    assert speed_rnn.FrozenClassifier.applies(model)
     with torch.no_grad():
         expected = model(input_ids, LENGTHS)
-    torch.testing.assert_close(fast.FrozenClassifier(model)(input_ids, LENGTHS), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(speed_rnn.FrozenClassifier(model)(input_ids, LENGTHS), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_frozen_classifier_applies_only_to_a_one_directional_vanilla_rnn_in_eval_mode():
@@ -108,9 +113,9 @@ def test_frozen_classifier_applies_only_to_a_one_directional_vanilla_rnn_in_eval
     def classifier(encoder):
         return RNNClassifier(50, 2, INPUT_SIZE, encoder).eval()
 
-    assert fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE)))
-    assert not fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE)).train())
-    assert not fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, cell="gru")))
-    assert not fast.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, bidirectional=True)))
-    assert not fast.FrozenClassifier.applies(classifier(CellEncoder(INPUT_SIZE, [HIDDEN_SIZE])))
-    assert not fast.FrozenClassifier.applies(PerWordLinear(50, 2, INPUT_SIZE, 8).eval())
+    assert speed_rnn.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE)))
+    assert not speed_rnn.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE)).train())
+    assert not speed_rnn.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, cell="gru")))
+    assert not speed_rnn.FrozenClassifier.applies(classifier(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, bidirectional=True)))
+    assert not speed_rnn.FrozenClassifier.applies(classifier(CellEncoder(INPUT_SIZE, [HIDDEN_SIZE])))
+    assert not speed_rnn.FrozenClassifier.applies(PerWordLinear(50, 2, INPUT_SIZE, 8).eval())

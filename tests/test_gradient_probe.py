@@ -6,7 +6,7 @@ from torch import nn
 
 from sentiment_rnn.config import ModelConfig
 from sentiment_rnn.models import build_model
-from sentiment_rnn.models.bptt import rnn_backward, rnn_forward
+from sentiment_rnn.models.bptt import backward_through_time, forward_through_time
 from sentiment_rnn.train import gradient_probe
 
 CPU = torch.device("cpu")
@@ -29,12 +29,12 @@ def test_probe_equals_hand_written_bptt_for_one_tanh_layer():
     rnn = model.encoder.rnn
     with torch.no_grad():
         x = model.embedding(ids)  # [T, B, E]
-        hs = rnn_forward(x, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0, torch.zeros(3, 8).double())
+        hs = forward_through_time(x, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0, torch.zeros(3, 8).double())
     h_last = hs[-1].clone().requires_grad_()  # [B, H]
     nn.functional.cross_entropy(model.head(h_last), y).backward()
     grad_out = torch.zeros_like(hs[1:])  # [T, B, H]: the loss reads only the last state
     grad_out[-1] = h_last.grad
-    dh = rnn_backward(x, hs, rnn.weight_ih_l0, rnn.weight_hh_l0, grad_out)["dh"]  # [T, B, H]
+    dh = backward_through_time(x, hs, rnn.weight_ih_l0, rnn.weight_hh_l0, grad_out)["dh"]  # [T, B, H]
     expected = dh.norm(dim=-1).mean(dim=1).flip(0)  # [T], steps back from the end
 
     torch.testing.assert_close(torch.tensor(probe, dtype=torch.float64), expected)

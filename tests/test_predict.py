@@ -1,4 +1,5 @@
-"""Predictor: blocks tokenized on a worker thread come back in input order; bf16 stays close to fp32."""
+"""Predictor: blocks tokenized on a worker thread come back in input order; bf16 stays close to fp32; the
+fast opt-in gives the plain probabilities."""
 
 import pytest
 import torch
@@ -52,3 +53,13 @@ def test_an_unknown_precision_is_a_one_line_error_naming_the_choices(tiny_run):
     with pytest.raises(SentimentRNNError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
         load_run(tiny_run, precision="fp16")
     assert [p.value for p in Precision] == list(PRECISIONS)  # the command line offers what load_run accepts
+
+
+def test_fast_predictor_gives_the_plain_probabilities(tiny_run):
+    from sentiment_rnn.speed.rnn import FrozenClassifier
+
+    texts = texts_of_mixed_lengths(64)
+    plain = Predictor.from_dir(tiny_run, threads=1)
+    fast = Predictor.from_dir(tiny_run, threads=1, fast=True)
+    assert plain.forward is plain.run.model and isinstance(fast.forward, FrozenClassifier)  # tiny is a vanilla RNN
+    torch.testing.assert_close(fast.probabilities(texts), plain.probabilities(texts), rtol=0, atol=1e-5)

@@ -14,8 +14,9 @@ so walking t = T..1 with dh_{T+1} contribution = 0:
 Each step multiplies by W_hh and by tanh' <= 1, which is why ||dh_t|| shrinks
 (vanishes) or grows (explodes) geometrically as t moves away from the loss.
 
-This version is for reading and for checking the gradient probe. Training runs the same equations
-in models/fast.py (RNNLayer), which moves every weight gradient out of the loop into one matmul.
+This version is for reading and for checking the gradient probe. Training runs nn.RNN's autograd;
+the speed opt-in (sentiment_rnn/speed/rnn.py, RNNLayer) runs these equations with every weight
+gradient moved out of the loop into one matmul.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _check_shapes(x: torch.Tensor, W_xh: torch.Tensor, W_hh: torch.Tensor) -> No
         )
 
 
-def rnn_forward(
+def forward_through_time(
     x: torch.Tensor,
     W_xh: torch.Tensor,
     b_xh: torch.Tensor,
@@ -55,7 +56,7 @@ def rnn_forward(
 
 
 @torch.no_grad()
-def rnn_backward(
+def backward_through_time(
     x: torch.Tensor,
     hs: torch.Tensor,
     W_xh: torch.Tensor,
@@ -72,7 +73,7 @@ def rnn_backward(
     if hs.shape != (seq_len + 1, x.size(1), W_hh.size(0)) or grad_hs_out.shape != hs[1:].shape:
         raise SentimentRNNError(
             f"hs {tuple(hs.shape)} / grad_hs_out {tuple(grad_hs_out.shape)} do not fit x {tuple(x.shape)}: "
-            "pass hs from rnn_forward [T+1, B, H] and grad_hs_out [T, B, H]"
+            "pass hs from forward_through_time [T+1, B, H] and grad_hs_out [T, B, H]"
         )
     dW_xh = torch.zeros_like(W_xh)  # [H, E]
     dW_hh = torch.zeros_like(W_hh)  # [H, H]

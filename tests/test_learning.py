@@ -1,0 +1,111 @@
+"""Training learns, and the speed opt-in computes what the plain path computes.
+
+- the model can drive the loss on one batch to nearly zero (a broken backward pass or a gather at the
+  wrong token could not);
+- two epochs on a separable synthetic set beat chance by a wide margin, through `train()` itself;
+- `train.fast_cpu` (sentiment_rnn/speed) gives the same logits and the same gradients as the plain path.
+"""
+
+import csv
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from sentiment_rnn.config import Config, ModelConfig
+from sentiment_rnn.models import build_model
+from sentiment_rnn.speed import enable_fast_cpu
+from sentiment_rnn.train import build_optimizer, train
+
+VOCAB, CLASSES, MAX_LENGTH = 60, 2, 20
+
+
+def padded_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random word ids [T, B] with [PAD]=0 after each sentence's end, and lengths [B]."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths_t = torch.tensor(lengths)
+    ids = torch.randint(2, VOCAB, (max(lengths), len(lengths)), generator=gen)  # [T, B]
+    return ids.masked_fill(torch.arange(max(lengths)).unsqueeze(1) >= lengths_t, 0), lengths_t
+
+
+def test_the_default_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(cell="lstm", hidden_size=32), VOCAB, CLASSES, MAX_LENGTH)
+    input_ids, lengths = padded_batch([12, 3, 7, 9, 1, 15, 5, 8, 11, 4, 6, 2, 10, 13, 14, 9])
+    labels = torch.randint(0, CLASSES, (len(lengths),), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = nn.functional.cross_entropy(model(input_ids, lengths), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+def write_separable_csv(path, rows: int = 600) -> None:
+    """Sentences of neutral filler words with one positive or negative word at a random position."""
+    rng = random.Random(0)
+    filler = [f"w{i}" for i in range(40)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(rows):
+            label = i % 2
+            words = rng.choices(filler, k=rng.randint(3, 12))
+            words.insert(rng.randint(0, len(words)), rng.choice(["great", "lovely"] if label else ["awful", "dull"]))
+            writer.writerow([" ".join(words), label])
+
+
+def test_two_epochs_on_a_separable_set_beat_chance_by_far(tmp_path):
+    write_separable_csv(tmp_path / "separable.csv")
+    config = Config.model_validate({
+        "name": "separable", "data": {"source": str(tmp_path / "separable.csv"), "max_length": 16},
+        "tokenizer": {"min_frequency": 1}, "model": {"cell": "gru", "hidden_size": 16, "embedding_dim": 16},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "threads": 1, "device": "cpu"}})
+    metrics = train(config, tmp_path / "run")
+    assert metrics["test"]["accuracy"] >= 0.9, metrics["history"]
+
+
+PARITY = [("rnn", "tanh", False, 2), ("rnn", "relu", False, 1), ("gru", "tanh", True, 2), ("lstm", "tanh", True, 1),
+          ("lstm", "tanh", False, 1)]
+
+
+@pytest.mark.parametrize("cell,nonlinearity,bidirectional,num_layers", PARITY)
+def test_fast_cpu_gives_the_plain_paths_logits_and_gradients(cell, nonlinearity, bidirectional, num_layers):
+    def model_and_grads(fast: bool):
+        torch.manual_seed(0)
+        cfg = ModelConfig(cell=cell, nonlinearity=nonlinearity, bidirectional=bidirectional, num_layers=num_layers,
+                          hidden_size=12, embedding_dim=10, dropout=0.0, embedding_dropout=0.0, head_dropout=0.0)
+        model = build_model(cfg, VOCAB, CLASSES, MAX_LENGTH).double()
+        if fast:
+            enable_fast_cpu(model)
+        input_ids, lengths = padded_batch([7, 2, 5, 1, 7, 4])
+        logits = model(input_ids, lengths)  # [B, C], train mode: every route that training takes
+        nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1, 0, 1, 0])).backward()
+        return logits.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+    plain_logits, plain_grads = model_and_grads(fast=False)
+    fast_logits, fast_grads = model_and_grads(fast=True)
+    assert torch.allclose(fast_logits, plain_logits, rtol=1e-9, atol=1e-12)
+    assert plain_grads.keys() == fast_grads.keys()
+    for name, grad in plain_grads.items():
+        assert torch.allclose(fast_grads[name], grad, rtol=1e-9, atol=1e-12), name
+
+
+def test_fast_cpu_keeps_the_state_dict_and_the_optimizer_groups():
+    cfg = ModelConfig(cell="rnn", embedding_dropout=0.5, head_dropout=0.5)
+    plain = build_model(cfg, VOCAB, CLASSES, MAX_LENGTH)
+    fast = enable_fast_cpu(build_model(cfg, VOCAB, CLASSES, MAX_LENGTH))
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    assert isinstance(fast.embedding_dropout, nn.Dropout) and fast.embedding_dropout.p == 0.5
+    groups = [len(g["params"]) for g in build_optimizer(fast, Config().train).param_groups]
+    assert groups == [len(g["params"]) for g in build_optimizer(plain, Config().train).param_groups]
+
+
+def test_parameter_groups_cover_every_parameter_once_from_embedding_to_head():
+    model = build_model(ModelConfig(cell="lstm", num_layers=2, bidirectional=True), VOCAB, CLASSES, MAX_LENGTH)
+    groups = model.parameter_groups()
+    assert [name for name, _ in groups] == ["embedding", "encoder.0", "encoder.1", "head"]
+    ids = [id(p) for _, params in groups for p in params]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
