@@ -31,7 +31,7 @@ from sentiment_rnn.rundir import LoadedRun, load_run
 from sentiment_rnn.tokenizer import UNK
 
 README_PAIR = ("the flower is so beautiful", "i do not think the flower is beautiful")
-IG_STEPS = 50  # Captum's default; with its Gauss-Legendre rule the attributions' sum is then within about 1%
+IG_STEPS = 50  # Captum's default; the record's convergence delta says how far the sum is from exact
 READINGS = {
     "top_layer": "the top layer's output after each word, through the head (one forward pass)",
     "prefix": "each prefix of words 1..t re-read by the whole model, as if the text stopped there",
@@ -129,7 +129,7 @@ def occlusion(model: nn.Module, ids: torch.Tensor, drops: list[list[int]], targe
     word is read as [UNK] alone, as predict reads a text with no token.
     """
     full = model(ids.view(-1, 1), torch.tensor([ids.shape[0]])).softmax(-1)[0, target]
-    kept = [[int(w) for t, w in enumerate(ids) if t not in set(drop)] or [unk] for drop in drops if drop]
+    kept = [[int(w) for t, w in enumerate(ids) if t not in dropped] or [unk] for dropped in map(set, drops) if dropped]
     changes = iter([])
     if kept:
         width = max(len(k) for k in kept)
