@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from captum.attr import LayerIntegratedGradients
 from torch import nn
 
 from sentiment_rnn import runtime
@@ -102,8 +103,6 @@ def integrated_gradients(model: nn.Module, ids: torch.Tensor, target: int, steps
     Captum stacks the interpolated embeddings along dim 0, so the function it calls takes batch-first
     ids [B, T] and embeds them batch-first; the model itself is time-major.
     """
-    from captum.attr import LayerIntegratedGradients
-
     def probabilities(ids_bt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = model.embedding(ids_bt).transpose(0, 1)  # [B, T, E] -> [T, B, E]
         return logits_from_embedded(model, x, lengths).softmax(-1)  # [B, C]
