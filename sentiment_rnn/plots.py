@@ -99,9 +99,9 @@ def plot_explanations(grid: list[list[dict]], path: Path, row_titles: list[str] 
 
     plt = _pyplot()
     columns = max(len(row) for row in grid)
-    width = max(sum(max(4.0, 0.75 * len(r["tokens"])) for r in row) for row in grid)
-    fig = plt.figure(figsize=(width + 1.5, 5.2 * len(grid)), layout="constrained")
-    blocks = fig.subfigures(len(grid), columns, squeeze=False)
+    widths = max(([max(5.0, 0.75 * len(r["tokens"])) for r in row] for row in grid), key=len)  # inches per column
+    fig = plt.figure(figsize=(sum(widths) + 1.5, 5.4 * len(grid)), layout="constrained")
+    blocks = fig.subfigures(len(grid), columns, squeeze=False, width_ratios=widths)
     for i, row in enumerate(grid):
         for j, record in enumerate(row):
             _explanation_block(blocks[i][j], record, (row_titles[i] + ": ") if row_titles else "")
@@ -118,7 +118,7 @@ def _explanation_block(block, record: dict, prefix: str) -> None:
     target = record["target"]
     ax_p, ax_ig, ax_occ = block.subplots(3, 1, sharex=True)
     text = record["text"] if len(record["text"]) <= 70 else record["text"][:67] + "..."
-    block.suptitle(f"{prefix}\"{text}\" -> {record['label']} (P({target}) = {record['probabilities'][target]:.2f})",
+    block.suptitle(f"{prefix}\"{text}\"\n-> {record['label']} (P({target}) = {record['probabilities'][target]:.2f})",
                    fontsize=10)
     ax_p.plot(xs, [t["p_running"] for t in tokens], marker="o")
     ax_p.axhline(0.5, color="grey", lw=0.8, ls="--")
