@@ -60,8 +60,8 @@ def summary_line(record: dict) -> str:
     from rich.markup import escape
 
     p = record["probabilities"][record["target"]]
-    return (f"[bold]{escape(record['text'][:200])}[/bold] -> [bold]{record['label']}[/bold] "
-            f"(P({record['target']}) = {p:.3f}); running P: {escape(record['reading_means'])}")
+    return (f"[bold]{escape(record['text'][:200])}[/bold] -> [bold]{escape(record['label'])}[/bold] "
+            f"(P({escape(record['target'])}) = {p:.3f}); running P: {escape(record['reading_means'])}")
 
 
 def terminal(record: dict, width: int) -> list:

@@ -142,6 +142,14 @@ def test_a_text_longer_than_max_length_says_how_many_tokens_were_not_read(tiny_r
     assert "P(positive)" in result.stdout and "occlusion" in result.stdout
 
 
+def test_stdin_gives_one_explanation_per_line_and_refuses_an_undecodable_line(tiny_run):
+    argv = ["explain", "-m", str(tiny_run), "--format", "json", "--steps", "4", "-"]
+    result = CliRunner().invoke(app, argv, input="a fine film\nnot good at all\n")
+    assert result.exit_code == 0, result.output
+    assert [r["text"] for r in json.loads(result.stdout)] == ["a fine film", "not good at all"]
+    one_line_error(CliRunner().invoke(app, argv, input=b"a fine film\n\xff\xfe\n"), "line 2 of stdin is not valid UTF-8")
+
+
 def one_line_error(result, expected: str) -> None:
     assert result.exit_code == 1, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
