@@ -299,8 +299,8 @@ def bench_explain(run: Path, repeats: int) -> None:
             times[name].append(time.perf_counter() - start)
     e, p = statistics.median(times["explain"]), statistics.median(times["predict"])
     report("explain cold start (s)", e, p, "s", "<= 1.5x", e <= 1.5 * p,
-           f"vs predict; medians of {repeats}; explain {['%.2f' % x for x in times['explain']]}, "
-           f"predict {['%.2f' % x for x in times['predict']]}")
+           f"vs predict; medians of {repeats}; explain {[f'{x:.2f}' for x in times['explain']]}, "
+           f"predict {[f'{x:.2f}' for x in times['predict']]}")
 
 
 def cache_files() -> set[str]:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sentiment_rnn.cli import app
 from sentiment_rnn.config import ModelConfig
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.explain import (README_PAIR, Explainer, logits_from_embedded, reading_method, running_logits)
+from sentiment_rnn.explain import README_PAIR, Explainer, logits_from_embedded, reading_method, running_logits
 from sentiment_rnn.models import build_model
 from sentiment_rnn.predict import Predictor
 from sentiment_rnn.rundir import load_run
@@ -190,7 +190,7 @@ def written(tiny_run, tmp_path_factory) -> dict[str, Path]:
     texts.write_text("\n".join(README_PAIR) + "\n")
     paths = {suffix: folder / f"pair{suffix}" for suffix in (".png", ".html")}
     argv = ["explain", "--model", str(tiny_run), "--file", str(texts), "--steps", "8", "--output"]
-    proc = subprocess.run([CLI, *argv, str(paths[".html"])], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([CLI, *argv, str(paths[".html"])], check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = CliRunner().invoke(app, [*argv, str(paths[".png"])])
     assert result.exit_code == 0, result.output
@@ -209,7 +209,7 @@ def test_png_and_html_are_written_and_not_empty(written):
 def test_html_renders_in_headless_chromium(written, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
     url = written[".html"].resolve().as_uri()
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], check=False, capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-1000:]
     assert "<polyline" in dom.stdout and dom.stdout.count("<section>") == 2
     assert all(word in dom.stdout for word in ("flower", "beautiful", "think"))
