@@ -108,12 +108,14 @@ td.word{font-weight:bold}.unk{font-style:italic}svg{display:block;margin:.5em 0}
 def _trajectory_svg(record: dict) -> str:
     """Running P(target) as an inline SVG line over the words (0 at the bottom, 1 at the top)."""
     values = [t["p_running"] for t in record["tokens"]]
-    step, height = 60, 100
-    points = " ".join(f"{30 + i * step},{height - v * height:.1f}" for i, v in enumerate(values))
-    return (f'<svg width="{60 + step * max(len(values) - 1, 1)}" height="{height + 10}" role="img" '
-            f'aria-label="running P({html.escape(record["target"])})">'
-            f'<line x1="0" y1="{height / 2}" x2="100%" y2="{height / 2}" stroke="#bbb" stroke-dasharray="4"/>'
-            f'<polyline points="{points}" fill="none" stroke="#2060c0" stroke-width="2"/></svg>')
+    step, height, left = 60, 100, 40
+    points = " ".join(f"{left + i * step},{5 + height - v * height:.1f}" for i, v in enumerate(values))
+    axis = "".join(f'<text x="0" y="{9 + height - v * height}" font-size="11" fill="#777">{v}</text>'
+                   for v in (0, 0.5, 1))
+    return (f'<svg width="{2 * left + step * max(len(values) - 1, 1)}" height="{height + 10}" role="img" '
+            f'aria-label="running P({html.escape(record["target"])})">{axis}'
+            f'<line x1="{left - 10}" y1="{5 + height / 2}" x2="100%" y2="{5 + height / 2}" stroke="#bbb" '
+            f'stroke-dasharray="4"/><polyline points="{points}" fill="none" stroke="#2060c0" stroke-width="2"/></svg>')
 
 
 def _html_section(record: dict) -> str:
