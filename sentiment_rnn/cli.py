@@ -365,7 +365,6 @@ def pretrain_embeddings(
                   f"--set model.embedding.pretrained={output}")
 
 
-
 class ExplainFormat(str, Enum):
     table = "table"
     json = "json"
@@ -383,9 +382,12 @@ def _texts_to_explain(texts: list[str], file: Optional[Path]) -> list[str]:
         return texts
     if file is not None and not file.is_file():
         raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
+    if file is not None:
+        with file.open("rb") as fh:
+            lines = [line.rstrip("\r\n") for line in _read_lines(fh)]
+    else:
+        lines = [line.rstrip("\r\n") for line in _read_lines(sys.stdin.buffer)]
     where = f"line {{}} of '{file}'" if file is not None else "line {} of stdin"
-    with (file.open("rb") if file is not None else sys.stdin.buffer) as source:
-        lines = [line.rstrip("\r\n") for line in _read_lines(source)]
     for number, line in enumerate(lines, 1):
         if line == "\0undecodable":
             raise SentimentRNNError(f"{where.format(number)} is not valid UTF-8; save the file as UTF-8")
