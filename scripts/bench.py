@@ -20,6 +20,8 @@ and reference run in the same process (or alternate as subprocesses) with the sa
 - rss: peak RSS of `sentiment-rnn train` (one epoch, --max-steps) on a generated 2-million-row CSV
   against the 8,530-row Rotten Tomatoes data; the CSV is generated once into the temp folder.
 - threads: training tokens/s and inference sentences/s with 1 against 2 intra-op threads.
+- explain: wall time of `sentiment-rnn explain "text"` (one sentence) against `sentiment-rnn predict "text"`
+  (medians, interleaved).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from sentiment_rnn.models.rnn import RNN_LAYERS  # noqa: E402
 from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
 from sentiment_rnn.train import train as train_product  # noqa: E402
 
-SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads")
+SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads", "explain")
 RESULTS: list[dict] = []
 
 
@@ -283,6 +285,24 @@ def bench_cold_start(run: Path, repeats: int) -> None:
            f"{statistics.median(times['paused']):.2f} s ({p / statistics.median(times['paused']):.2f}x)")
 
 
+def bench_explain(run: Path, repeats: int) -> None:
+    """One sentence through `explain` (running reading, integrated gradients, occlusion) against `predict`."""
+    script = Path(sys.executable).with_name("sentiment-rnn")
+    cli = str(script) if script.exists() else shutil.which("sentiment-rnn")
+    text = "i do not think the flower is beautiful"
+    commands = {name: [cli, name, text, "--model", str(run)] for name in ("explain", "predict")}
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        for name, cmd in commands.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    e, p = statistics.median(times["explain"]), statistics.median(times["predict"])
+    report("explain cold start (s)", e, p, "s", "<= 1.5x", e <= 1.5 * p,
+           f"vs predict; medians of {repeats}; explain {[f'{x:.2f}' for x in times['explain']]}, "
+           f"predict {[f'{x:.2f}' for x in times['predict']]}")
+
+
 def cache_files() -> set[str]:
     return {str(p) for p in CACHE.rglob("*.arrow")}
 
@@ -462,7 +482,7 @@ def main() -> None:
           f"{', QUICK sizes' if args.quick else ''}", flush=True)
     try:
         run = ref = None
-        if {"training", "inference", "cold-start", "threads"} & set(sections):
+        if {"training", "inference", "cold-start", "threads", "explain"} & set(sections):
             if "training" not in sections:  # the other sections need trained models: train small ones silently
                 args.epochs, args.limit, args.seeds = 1, args.limit or 2000, 1
             run, ref = bench_training(args, threads, show="training" in sections)
@@ -476,6 +496,8 @@ def main() -> None:
             bench_rss(rows, 20 if args.quick else 100)
         if "threads" in sections:
             bench_threads(args, run)
+        if "explain" in sections:
+            bench_explain(run, 3 if args.quick else 7)
     finally:
         shutil.rmtree(CACHE, ignore_errors=True)
     if args.json:

@@ -365,5 +365,80 @@ def pretrain_embeddings(
                   f"--set model.embedding.pretrained={output}")
 
 
+class ExplainFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _texts_to_explain(texts: list[str], file: Optional[Path]) -> list[str]:
+    """TEXT arguments, or the lines of --file or stdin ('-'), read with predict's helper; all checked first."""
+    if texts and file is not None:
+        raise SentimentRNNError("give either TEXT arguments or --file, not both")
+    if file is None and texts != ["-"]:
+        if not texts:
+            raise SentimentRNNError("nothing to explain; give TEXT arguments, --file PATH or '-' for stdin")
+        if not all(t.strip() for t in texts):
+            raise SentimentRNNError("an empty text cannot be explained; pass a non-empty sentence")
+        return texts
+    if file is not None and not file.is_file():
+        raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
+    if file is not None:
+        with file.open("rb") as fh:
+            lines = [line.rstrip("\r\n") for line in _read_lines(fh)]
+    else:
+        lines = [line.rstrip("\r\n") for line in _read_lines(sys.stdin.buffer)]
+    where = f"line {{}} of '{file}'" if file is not None else "line {} of stdin"
+    for number, line in enumerate(lines, 1):
+        if line == "\0undecodable":
+            raise SentimentRNNError(f"{where.format(number)} is not valid UTF-8; save the file as UTF-8")
+        if not line.strip():
+            raise SentimentRNNError(f"{where.format(number)} is empty; explain needs one non-empty text per line")
+    if not lines:
+        raise SentimentRNNError("the input has no lines; nothing to explain")
+    return lines
+
+
+@app.command()
+@handle_errors
+def explain(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to explain; '-' reads one text per line from stdin.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
+    model: ModelOpt = None,
+    fmt: Annotated[ExplainFormat, typer.Option("--format", help="Output: table (coloured words) or json (every number).")] = ExplainFormat.table,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write a figure: FILE.png (matplotlib) or FILE.html (one self-contained page).")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=2, help="Integration steps of integrated gradients.")] = 50,
+) -> None:
+    """Watch the model read each text word by word: running P(positive), integrated gradients, occlusion."""
+    texts = _texts_to_explain(texts or [], file)
+    if output is not None:
+        from sentiment_rnn.explain_render import check_output
+
+        check_output(output, len(texts))
+    with _heavy_imports():
+        from sentiment_rnn.explain import Explainer
+
+        explainer = Explainer.from_dir(model)
+    records = [explainer.explain(text, steps) for text in texts]
+    from rich.markup import escape
+
+    from sentiment_rnn.console import console, err_console
+    from sentiment_rnn.explain_render import terminal, write_output
+
+    if output is not None:
+        write_output(records, output)
+    if fmt is ExplainFormat.json:
+        sys.stdout.write(json.dumps(records, ensure_ascii=False, indent=2) + "\n")
+    else:
+        for record in records:
+            for renderable in terminal(record, console.width):
+                console.print(renderable)
+    for record in records:
+        for note in record["notes"]:
+            err_console.print(f"[yellow]Note:[/yellow] {escape(note)} (text {escape(repr(record['text'][:40]))})",
+                              highlight=False, soft_wrap=True)
+    if output is not None:
+        err_console.print(f"Wrote {output}", highlight=False)
+
+
 def main() -> None:
     app()

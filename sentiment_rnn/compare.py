@@ -30,6 +30,7 @@ LENGTHS = (16, 64, 256, 1024)  # sentence lengths L at which parameters are coun
 RUN_PREFIX = {"rnn": "rnn", "per_word_linear": "baseline"}  # model kind -> run directory prefix
 LABELS = {"rnn": "RNN", "per_word_linear": "per-word linear"}
 COMPARISON, FIGURE = "comparison.json", "comparison.png"
+READINGS_FIGURE = "readings.png"  # both models' explain readings of the README pair, side by side
 
 # (key, what the row shows, which way is better, how to print it)
 ROWS = [
@@ -81,11 +82,24 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
                   figure=str(output_dir / FIGURE),
                   runs={kind: [str(output_dir / f"{prefix}-seed{config.seed + i}") for i in range(seeds)]
                         for kind, prefix in RUN_PREFIX.items()})
+    first_seed = {kind: output_dir / f"{prefix}-seed{config.seed}" for kind, prefix in RUN_PREFIX.items()}
+    result.update(readings=read_pair(first_seed, output_dir / READINGS_FIGURE),
+                  readings_figure=str(output_dir / READINGS_FIGURE))
     from sentiment_rnn.plots import plot_comparison
 
     plot_comparison(result, output_dir / FIGURE)
     rundir.write_json(output_dir / COMPARISON, result)
     return result
+
+
+def read_pair(runs: dict[str, Path], figure: Path) -> dict:
+    """explain's readings of the README pair by each model kind's run, and their figure (a row per model)."""
+    from sentiment_rnn.explain import README_PAIR, Explainer
+    from sentiment_rnn.plots import plot_explanations
+
+    readings = {kind: [Explainer.from_dir(run).explain(text) for text in README_PAIR] for kind, run in runs.items()}
+    plot_explanations(list(readings.values()), figure, [LABELS[kind] for kind in readings])
+    return {"texts": list(README_PAIR), "runs": {kind: str(run) for kind, run in runs.items()}, **readings}
 
 
 def parameters_by_length(run: rundir.LoadedRun, lengths=LENGTHS) -> dict[int, dict]:

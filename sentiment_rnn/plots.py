@@ -88,3 +88,48 @@ def plot_comparison(result: dict, path: Path) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write(path, buffer.getvalue())
+
+
+def plot_explanations(grid: list[list[dict]], path: Path, row_titles: list[str] | None = None) -> None:
+    """explain's figure: one block per text (grid[row][column]), words along x and three rows each:
+    the running P(target) after each word, integrated gradients and occlusion (both signed toward the target)."""
+    import io
+
+    from sentiment_rnn.rundir import atomic_write
+
+    plt = _pyplot()
+    columns = max(len(row) for row in grid)
+    widths = max(([max(5.0, 0.75 * len(r["tokens"])) for r in row] for row in grid), key=len)  # inches per column
+    fig = plt.figure(figsize=(sum(widths) + 1.5, 5.4 * len(grid)), layout="constrained")
+    blocks = fig.subfigures(len(grid), columns, squeeze=False, width_ratios=widths)
+    for i, row in enumerate(grid):
+        for j, record in enumerate(row):
+            _explanation_block(blocks[i][j], record, (row_titles[i] + ": ") if row_titles else "")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
+def _explanation_block(block, record: dict, prefix: str) -> None:
+    tokens = record["tokens"]
+    xs = range(len(tokens))
+    words = [t["word"] + ("\n[UNK]" if t["unknown"] else "") for t in tokens]
+    target = record["target"]
+    ax_p, ax_ig, ax_occ = block.subplots(3, 1, sharex=True)
+    text = record["text"] if len(record["text"]) <= 70 else record["text"][:67] + "..."
+    block.suptitle(f"{prefix}\"{text}\"\n-> {record['label']} (P({target}) = {record['probabilities'][target]:.2f})",
+                   fontsize=10)
+    ax_p.plot(xs, [t["p_running"] for t in tokens], marker="o")
+    ax_p.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax_p.set(ylim=(0, 1), ylabel=f"P({target})\nso far")
+    ax_p.set_title("running " + ("(top layer's output)" if record["reading"] == "top_layer" else "(prefixes re-read)"),
+                   fontsize=9)
+    for ax, key, label in ((ax_ig, "integrated_gradients", "integrated\ngradients"), (ax_occ, "occlusion", "occlusion")):
+        values = [t[key] for t in tokens]
+        ax.bar(xs, values, color=["tab:green" if v > 0 else "tab:red" for v in values])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel(label)
+    ax_occ.set_xticks(list(xs), words, rotation=45 if len(tokens) > 12 else 0, ha="right" if len(tokens) > 12 else "center")
+    for ax in (ax_p, ax_ig, ax_occ):
+        ax.grid(alpha=0.3)
