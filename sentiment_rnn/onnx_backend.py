@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from sentiment_rnn import rundir
 from sentiment_rnn.batching import pad_lists
@@ -76,7 +75,12 @@ def verify_export(path: Path) -> dict:
     return meta
 
 
-def make_session(model_path: Path, threads: int | None = None) -> ort.InferenceSession:
+def make_session(model_path: Path, threads: int | None = None):
+    """An onnxruntime.InferenceSession on the CPU; onnxruntime is imported here, so is_export costs nothing."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SentimentRNNError("onnxruntime is not installed; run: pip install 'sentiment-rnn[onnx]'") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1  # the graph is one chain of ops: nothing to run side by side
@@ -90,7 +94,7 @@ def make_session(model_path: Path, threads: int | None = None) -> ort.InferenceS
 class OnnxPredictor:
     """An export loaded into onnxruntime: texts in, labels and class probabilities out (as predict.Predictor)."""
 
-    def __init__(self, path: Path, session: ort.InferenceSession, tokenizer, meta: dict, batch_size: int = 256):
+    def __init__(self, path: Path, session, tokenizer, meta: dict, batch_size: int = 256):
         self.path, self.session, self.tokenizer, self.meta = path, session, tokenizer, meta
         self.labels: list[str] = list(meta["label_names"])
         self.max_length = int(meta["max_length"])
