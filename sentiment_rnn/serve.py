@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sentiment_rnn.errors import SentimentRNNError
 
@@ -169,6 +170,12 @@ def create_app(predictor, metadata: dict, limits: Limits | None = None) -> FastA
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(*_validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's own "error parsing the body": bytes that are not UTF-8 JSON
+            return _error(400, "the request body is not UTF-8 JSON; send {\"texts\": [\"...\"]}")
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
 
     @app.middleware("http")
     async def body_size(request: Request, call_next):
