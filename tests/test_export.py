@@ -70,9 +70,11 @@ def test_the_per_word_baseline_is_refused_in_one_line():
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory) -> Path:
+    """Written by the export command itself (conftest's tiny_export calls the library)."""
     out = tmp_path_factory.mktemp("export") / "tiny-onnx"
     result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(out)])
     assert result.exit_code == 0, result.output
+    assert "onnxruntime matches torch" in result.output
     return out
 
 
