@@ -3,7 +3,8 @@
     python scripts/loadtest.py --model runs/default/onnx                  # 2,000 requests, 16 clients
     python scripts/loadtest.py --model runs/default --requests 200 --concurrency 4
 
-Prints one JSON object: throughput, p50/p99 latency, errors, the server's RSS before and after. The
+Prints one JSON object: throughput, p50/p99 latency, errors (of the last round), the server's RSS before
+and after each round. The
 server runs on 127.0.0.1 with a port the OS picks, and gets SIGTERM at the end whatever happens.
 Each request carries 1 to --max-texts Rotten Tomatoes sentences.
 """
@@ -98,8 +99,9 @@ async def _load(url: str, jobs: list[list[str]], concurrency: int, timeout_s: fl
 
 
 def run_load(model: str, requests: int = 2000, concurrency: int = 16, max_texts: int = 4, seed: int = 0,
-             timeout_s: float = 600.0, serve_args: list[str] | None = None) -> dict:
-    """Start a server on `model`, send `requests` requests from `concurrency` clients, stop it; the figures."""
+             timeout_s: float = 600.0, serve_args: list[str] | None = None, rounds: int = 1) -> dict:
+    """Start a server on `model`, send `requests` requests from `concurrency` clients (`rounds` times, the
+    same requests again: RSS that still grows in a later round is a leak, not warm-up), stop it."""
     rng = random.Random(seed)
     pool = sentences()
     jobs = [rng.sample(pool, rng.randint(1, max_texts)) for _ in range(requests)]
@@ -107,11 +109,13 @@ def run_load(model: str, requests: int = 2000, concurrency: int = 16, max_texts:
     proc, url = start_server(model, serve_args or [])
     try:
         httpx.post(f"{url}/predict", json={"texts": pool[:8]}, timeout=30).raise_for_status()  # warm-up
-        rss_before = rss_mb(proc.pid)
-        result = asyncio.run(_load(url, jobs, concurrency, timeout_s))
+        rss_before, rss_after = rss_mb(proc.pid), []
+        for _ in range(rounds):
+            result = asyncio.run(_load(url, list(jobs), concurrency, timeout_s))
+            rss_after.append(round(rss_mb(proc.pid), 1))
         result.update(texts=texts_sent, texts_per_s=round(texts_sent / result["seconds"], 1),
                       concurrency=concurrency, rss_before_mb=round(rss_before, 1),
-                      rss_after_mb=round(rss_mb(proc.pid), 1), url=url, model=model)
+                      rss_after_mb=rss_after[-1], rss_after_each_round_mb=rss_after, url=url, model=model)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -130,9 +134,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-texts", type=int, default=4, help="texts per request: 1 to this many")
     parser.add_argument("--timeout", type=float, default=600.0, help="stop sending after this many seconds")
+    parser.add_argument("--rounds", type=int, default=1, help="send the same requests this many times")
     args, serve_args = parser.parse_known_args()
     print(json.dumps(run_load(args.model, args.requests, args.concurrency, args.max_texts,
-                              timeout_s=args.timeout, serve_args=serve_args), indent=2))
+                              timeout_s=args.timeout, serve_args=serve_args, rounds=args.rounds), indent=2))
 
 
 if __name__ == "__main__":

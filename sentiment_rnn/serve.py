@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -130,6 +131,9 @@ def load_predictor(model: Path | None):
         return predictor, {"backend": "onnx", "labels": predictor.labels, "model": meta.get("model"),
                            "source_run": meta.get("source_run"), "export": str(predictor.path),
                            "source_weights_sha256": meta.get("source_weights_sha256"), "versions": meta.get("versions")}
+    # oneDNN keeps a compiled kernel, with its buffers, for each (steps, batch) shape it has seen, up to 1,024
+    # of them: a server sees every shape, and its RSS grew with each new one. A user's own setting wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     from sentiment_rnn.predict import Predictor
 
     predictor = Predictor.from_dir(model)
