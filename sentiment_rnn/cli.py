@@ -441,7 +441,11 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: POST /predict {"texts": [...]}, GET /health, GET /metadata, docs at /docs."""
     from sentiment_rnn.console import console
-    from sentiment_rnn.serve import Limits, bind, create_app, load_predictor, run_server
+
+    try:
+        from sentiment_rnn.serve import Limits, bind, create_app, load_predictor, run_server
+    except ImportError as exc:
+        raise SentimentRNNError(f"{exc.name} is not installed; run: pip install 'sentiment-rnn[serve]'") from None
 
     predictor, metadata = load_predictor(model)
     limits = Limits(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms)

@@ -142,7 +142,10 @@ def write_onnx(module: ExportableClassifier, path: Path, vocab_size: int) -> Non
     """
     import warnings
 
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise SentimentRNNError("onnx is not installed; run: pip install 'sentiment-rnn[onnx]'") from None
 
     dynamic = {"input_ids": {0: "steps", 1: "batch"}, "lengths": {0: "batch"}, "probabilities": {0: "batch"}}
     try:
