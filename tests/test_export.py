@@ -98,7 +98,7 @@ def _cli(*args: str, python: str = sys.executable) -> subprocess.CompletedProces
 
 def test_predict_and_evaluate_on_an_export_equal_the_runs_and_never_import_torch(exported, tiny_run):
     texts = ["a moving, funny film", "dull", "the plot is a mess but the actors are great"]
-    on_run = json.loads(_cli("predict", "--model", str(tiny_run), "--format", "json", *texts).stdout)
+    on_run = json.loads(runner.invoke(app, ["predict", "--model", str(tiny_run), "--format", "json", *texts]).stdout)
     code = ("import sys; from sentiment_rnn.cli import main; sys.argv[0] = 'sentiment-rnn'\n"
             "try: main()\nexcept SystemExit as e: assert not e.code, e.code\n"
             "assert 'torch' not in sys.modules, 'torch was imported'")
@@ -111,7 +111,7 @@ def test_predict_and_evaluate_on_an_export_equal_the_runs_and_never_import_torch
             assert [r["label"] for r in on_export] == [r["label"] for r in on_run]
             assert max(abs(a["probability"] - b["probability"]) for a, b in zip(on_export, on_run)) <= 1e-5
         else:
-            run_metrics = json.loads(_cli("evaluate", "--model", str(tiny_run), "--json").stdout)
+            run_metrics = json.loads(runner.invoke(app, ["evaluate", "--model", str(tiny_run), "--json"]).stdout)
             assert json.loads(done.stdout)["confusion_matrix"] == run_metrics["confusion_matrix"]
 
 
