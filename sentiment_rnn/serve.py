@@ -36,6 +36,17 @@ class Limits:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
 
 
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What was wrong with the request and how to fix it.")
+
+
+ERROR_RESPONSES = {  # for the OpenAPI docs
+    400: {"model": ErrorResponse, "description": "Empty body, broken JSON or bytes that are not UTF-8."},
+    413: {"model": ErrorResponse, "description": "Too many texts, a text too long, or a body too large."},
+    422: {"model": ErrorResponse, "description": "A wrong type, an unknown field or an empty text."},
+}
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[StrictStr] = Field(min_length=1, description="Texts to classify, each non-empty.",
@@ -157,19 +168,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first.get('msg', 'invalid value')}; send {{\"texts\": [\"...\"]}} with non-empty strings"
 
 
-def create_app(predictor, metadata: dict, limits: Limits | None = None) -> FastAPI:
-    """The API over a loaded predictor: POST /predict, GET /health, GET /metadata, docs at /docs."""
-    limits = limits or Limits()
-    batcher = MicroBatcher(predictor.predict, limits.max_batch, limits.max_wait_ms)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        batcher.start()
-        yield
-        await batcher.stop()
-
-    app = FastAPI(title="sentiment-rnn", summary="Sentiment labels and probabilities from a trained RNN classifier.",
-                  lifespan=lifespan)
+def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
+    """Every bad request gets a status and a one-line message; none reaches the model or stops the server."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -188,7 +188,23 @@ def create_app(predictor, metadata: dict, limits: Limits | None = None) -> FastA
             return _error(413, f"the request body is over {limits.max_body_bytes:,} bytes; send fewer or shorter texts")
         return await call_next(request)
 
-    @app.post("/predict", response_model=PredictResponse)
+
+def create_app(predictor, metadata: dict, limits: Limits | None = None) -> FastAPI:
+    """The API over a loaded predictor: POST /predict, GET /health, GET /metadata, docs at /docs."""
+    limits = limits or Limits()
+    batcher = MicroBatcher(predictor.predict, limits.max_batch, limits.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="sentiment-rnn", summary="Sentiment labels and probabilities from a trained RNN classifier.",
+                  lifespan=lifespan)
+    _add_error_handlers(app, limits)
+
+    @app.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)
     async def predict(request: PredictRequest):
         texts = request.texts
         if len(texts) > limits.max_texts:
