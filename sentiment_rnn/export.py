@@ -25,7 +25,7 @@ from torch import nn
 
 from sentiment_rnn import rundir
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.onnx_backend import EXPORT_DIR, FILES, FORMAT, HELDOUT, LABELS, MODEL, sha256
+from sentiment_rnn.onnx_backend import EXPORT_DIR, FILES, FORMAT, HELDOUT, LABELS, MODEL, is_export, sha256
 
 OPSET = 17  # ONNX opset of the graph: RNN, GRU and LSTM ops, GatherElements, Softmax on the last axis
 PARITY_TOLERANCE = 1e-5  # max abs probability difference the export's self-check accepts
@@ -203,6 +203,8 @@ def export_run(model_dir: Path | None, output: Path | None = None, overwrite: bo
     out = Path(output) if output is not None else run_path / EXPORT_DIR
     if out.exists() and not overwrite:
         raise SentimentRNNError(f"'{out}' already exists; pass --overwrite to replace it or --output another folder")
+    if out.exists() and not (out.is_dir() and is_export(out)):  # --overwrite replaces exports, nothing else
+        raise SentimentRNNError(f"'{out}' exists and is not an export; pass an --output folder that is new or an export")
     run = rundir.load_run(run_path)
     module = ExportableClassifier(run.model)  # fails first, with one line, on a model it cannot export
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,14 @@ CHARS_PER_TOKEN_CAP = 64  # as predict.py: texts are cut at max_length * this ma
 
 
 def is_export(path: Path) -> bool:
-    """An export directory, complete or not: no run weights, but model.onnx or meta.json."""
+    """An export directory, complete or not: it has model.onnx, or a meta.json that says it is one."""
     path = Path(path)
-    return not (path / rundir.WEIGHTS).is_file() and ((path / MODEL).is_file() or (path / rundir.META).is_file())
+    if (path / MODEL).is_file():
+        return True
+    try:
+        return json.loads((path / rundir.META).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):  # no meta.json, or not an export's
+        return False
 
 
 def resolve_export(model: Path | None) -> Path:

@@ -151,6 +151,9 @@ def test_exporting_a_missing_or_unfinished_run_fails_in_one_line(tiny_run, tmp_p
 def test_export_refuses_to_overwrite_and_bad_option_pairs(exported, tiny_run, tmp_path):
     result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(exported)])
     assert result.exit_code == 1 and "--overwrite" in result.output
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(tiny_run), "--overwrite"])
+    assert result.exit_code == 1 and "is not an export" in result.output
+    assert (tiny_run / "model.safetensors").is_file()  # the run itself is never replaced
     assert runner.invoke(app, ["export", "--model", str(tiny_run), "--format", "tflite"]).exit_code == 1
     for args, words in ((["--backend", "torch"], "is an ONNX export"), (["--precision", "bf16"], "runs in fp32")):
         result = runner.invoke(app, ["predict", "--model", str(exported), *args, "fine"])
