@@ -22,6 +22,11 @@ and reference run in the same process (or alternate as subprocesses) with the sa
 - threads: training tokens/s and inference sentences/s with 1 against 2 intra-op threads.
 - explain: wall time of `sentiment-rnn explain "text"` (one sentence) against `sentiment-rnn predict "text"`
   (medians, interleaved).
+- onnx: the run exported to ONNX (sentiment-rnn export). Cold start of `sentiment-rnn predict` on the
+  export against `python -c "import torch"` (medians); sentences/s of onnxruntime against torch fp32 on
+  the 8,530 Rotten Tomatoes sentences (batch 256, best of 3, interleaved), with label agreement and the
+  max probability difference; then that difference for tiny trained runs of every recurrence (rnn, gru,
+  lstm, one- and bidirectional, the cells encoder) on the same 8,530 sentences.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from sentiment_rnn.models.rnn import RNN_LAYERS  # noqa: E402
 from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
 from sentiment_rnn.train import train as train_product  # noqa: E402
 
-SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads", "explain")
+SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads", "explain", "onnx")
 RESULTS: list[dict] = []
 
 
@@ -446,6 +451,75 @@ def bench_threads(args, run: Path) -> None:
     report("inference, 1 thread vs 2", rates[1], rates[2], "sentences/s", "info", None, "batch 256")
 
 
+PARITY_RUNS = {  # tiny trained runs (configs/tiny.yaml) of every recurrence the export carries
+    "rnn": [], "rnn, bidirectional": ["model.bidirectional=true"],
+    "gru": ["model.cell=gru"], "gru, bidirectional": ["model.cell=gru", "model.bidirectional=true"],
+    "lstm": ["model.cell=lstm"], "lstm, bidirectional": ["model.cell=lstm", "model.bidirectional=true"],
+    "cells lstm": ["model.encoder=cells", "model.cell=lstm"],
+    "cells gru, bidirectional": ["model.encoder=cells", "model.cell=gru", "model.bidirectional=true"],
+}
+
+
+def onnx_vs_torch(run: Path, texts: list[str], threads: int) -> tuple[float, float]:
+    """(max |P_onnx - P_torch|, share of equal labels) on texts, each side batching at 256."""
+    from sentiment_rnn.export import export_run
+    from sentiment_rnn.onnx_backend import OnnxPredictor
+    from sentiment_rnn.predict import Predictor
+
+    export_run(run, run / "onnx", overwrite=True)
+    p_torch = Predictor.from_dir(run, threads=threads).probabilities(texts).numpy()
+    p_onnx = OnnxPredictor.load(run / "onnx", threads=threads).probabilities(texts)
+    return float(abs(p_torch - p_onnx).max()), float((p_torch.argmax(1) == p_onnx.argmax(1)).mean())
+
+
+def bench_onnx(run: Path, threads: int, repeats: int, quick: bool) -> None:
+    """Cold start and throughput of the export against torch, and parity on the 8,530 RT sentences."""
+    from sentiment_rnn.onnx_backend import OnnxPredictor
+    from sentiment_rnn.predict import Predictor
+
+    texts = rotten_tomatoes_texts()
+    diff, agree = onnx_vs_torch(run, texts, threads)
+    export = run / "onnx"
+    script = Path(sys.executable).with_name("sentiment-rnn")
+    predict = [str(script) if script.exists() else shutil.which("sentiment-rnn"), "predict",
+               "a gripping, beautifully acted film", "--model", str(export)]
+    bare = [sys.executable, "-c", "import torch"]
+    times: dict[str, list[float]] = {"onnx": [], "torch": []}
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        for name, cmd in (("onnx", predict), ("torch", bare)):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    o, t = statistics.median(times["onnx"]), statistics.median(times["torch"])
+    report("onnx predict cold start (s)", o, t, "s", "<= 0.35x", o <= 0.35 * t,
+           f"medians of {repeats}; predict on the export {['%.2f' % x for x in times['onnx']]}, "
+           f"import torch {['%.2f' % x for x in times['torch']]}")
+    sides = {"onnx": OnnxPredictor.load(export, threads=threads), "torch": Predictor.from_dir(run, threads=threads)}
+    for side in sides.values():
+        side.batch_size = 256
+        side.probabilities(texts[:256])  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(3):
+        for name, side in sides.items():
+            start = time.perf_counter()
+            side.probabilities(texts)
+            seconds[name].append(time.perf_counter() - start)
+    rate = {name: len(texts) / min(times) for name, times in seconds.items()}
+    report("onnx sentences/s vs torch fp32", rate["onnx"], rate["torch"], "sentences/s", ">= 1x",
+           rate["onnx"] >= rate["torch"], f"{len(texts):,} sentences, batch 256, best of 3, {threads} thread(s); "
+           f"labels equal for {agree:.2%} (bar 100%: {'PASS' if agree == 1.0 else 'FAIL'}), max |dP| {diff:.1e}")
+    names = list(PARITY_RUNS)[:2] if quick else list(PARITY_RUNS)
+    worst: dict[str, float] = {}
+    for name in names:
+        cfg = load_config(ROOT / "configs" / "tiny.yaml", PARITY_RUNS[name] + ["data.max_length=64"])
+        parity_run = WORK / f"parity-{name.replace(', ', '-').replace(' ', '-')}"
+        train_product(cfg, parity_run, overwrite=True)
+        worst[name], _ = onnx_vs_torch(parity_run, texts, threads)
+    largest = max(worst.values())
+    report("onnx parity, max |dP| (8,530 RT)", largest, 1e-5, "probability", "<= 1x", largest <= 1e-5,
+           "tiny trained runs (configs/tiny.yaml, max_length 64): " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+
+
 def rotten_tomatoes_texts() -> list[str]:
     with data_lib.embedded_csv().open(encoding="utf-8", newline="") as fh:
         return [r["text"] for r in csv.DictReader(fh) if r["source"] == "rotten_tomatoes"]
@@ -482,7 +556,7 @@ def main() -> None:
           f"{', QUICK sizes' if args.quick else ''}", flush=True)
     try:
         run = ref = None
-        if {"training", "inference", "cold-start", "threads", "explain"} & set(sections):
+        if {"training", "inference", "cold-start", "threads", "explain", "onnx"} & set(sections):
             if "training" not in sections:  # the other sections need trained models: train small ones silently
                 args.epochs, args.limit, args.seeds = 1, args.limit or 2000, 1
             run, ref = bench_training(args, threads, show="training" in sections)
@@ -498,6 +572,8 @@ def main() -> None:
             bench_threads(args, run)
         if "explain" in sections:
             bench_explain(run, 3 if args.quick else 7)
+        if "onnx" in sections:
+            bench_onnx(run, threads, 3 if args.quick else 7, quick=args.quick)
     finally:
         shutil.rmtree(CACHE, ignore_errors=True)
     if args.json:

@@ -143,6 +143,30 @@ PrecisionOpt = Annotated[Precision, typer.Option(
          "with probabilities within about 0.02.")]
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
+BackendOpt = Annotated[Backend, typer.Option(
+    help="auto: onnx for an export directory (written by 'sentiment-rnn export'), torch for a run; "
+         "onnx runs onnxruntime without importing torch (for a run, its export in RUN/onnx).")]
+
+
+def _uses_onnx(backend: Backend, model: Optional[Path], precision: Precision) -> bool:
+    """Whether predict/evaluate go through onnx_backend, which never imports torch."""
+    from sentiment_rnn.onnx_backend import is_export
+
+    exported = model is not None and is_export(model)
+    if backend is Backend.torch and exported:
+        raise SentimentRNNError(f"'{model}' is an ONNX export; use --backend onnx, or pass its run directory")
+    onnx = backend is Backend.onnx or (backend is Backend.auto and exported)
+    if onnx and precision is not Precision.fp32:
+        raise SentimentRNNError("an ONNX export runs in fp32; drop --precision, or use the run directory for bf16")
+    return onnx
+
+
 def _warn_if_emulated(precision: Precision) -> None:
     from sentiment_rnn.runtime import native_bf16
 
@@ -191,6 +215,7 @@ def predict(
     fmt: Annotated[Format, typer.Option("--format", help="Output: table, json (one array) or jsonl (one line per input).")] = Format.table,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 256,
     precision: PrecisionOpt = Precision.fp32,
+    backend: BackendOpt = Backend.auto,
 ) -> None:
     """Classify texts: label and class probabilities."""
     texts = texts or []
@@ -200,11 +225,16 @@ def predict(
         raise SentimentRNNError("give either TEXT arguments or --file, not both")
     if file is None and texts != ["-"] and not all(t.strip() for t in texts):
         raise SentimentRNNError("an empty text cannot be classified; pass a non-empty sentence")
-    with _heavy_imports():
-        from sentiment_rnn.predict import Predictor
+    if _uses_onnx(backend, model, precision):
+        from sentiment_rnn.onnx_backend import OnnxPredictor, resolve_export
 
-        predictor = Predictor.from_dir(model, precision=precision.value)
-    _warn_if_emulated(precision)
+        predictor = OnnxPredictor.load(resolve_export(model))
+    else:
+        with _heavy_imports():
+            from sentiment_rnn.predict import Predictor
+
+            predictor = Predictor.from_dir(model, precision=precision.value)
+        _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0
     records = _records(predictor, texts, file)
@@ -254,13 +284,22 @@ def evaluate(
     label_column: Annotated[Optional[str], typer.Option(help="Label column of --data, if not the run's.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     precision: PrecisionOpt = Precision.fp32,
+    backend: BackendOpt = Backend.auto,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run."""
-    with _heavy_imports():
-        from sentiment_rnn.evaluate import evaluate_run
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run (or an ONNX export)."""
+    if _uses_onnx(backend, model, precision):
+        from sentiment_rnn.onnx_backend import evaluate_export
 
-    _warn_if_emulated(precision)
-    metrics = evaluate_run(model, data, split, text_column, label_column, precision.value)
+        if data is not None or text_column or label_column:
+            raise SentimentRNNError("an export holds only its run's test and validation rows; for --data, "
+                                    "evaluate the run directory (with torch) instead")
+        metrics = evaluate_export(model, split)
+    else:
+        with _heavy_imports():
+            from sentiment_rnn.evaluate import evaluate_run
+
+        _warn_if_emulated(precision)
+        metrics = evaluate_run(model, data, split, text_column, label_column, precision.value)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return
@@ -400,6 +439,30 @@ def _texts_to_explain(texts: list[str], file: Optional[Path]) -> list[str]:
 
 @app.command()
 @handle_errors
+def export(
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory to export; default: the most recent complete run under runs/.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export directory; default RUN/onnx/.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export directory.")] = False,
+) -> None:
+    """Export a run to ONNX (model.onnx, tokenizer, labels, meta.json) for predict, evaluate and serve without torch."""
+    if fmt != "onnx":
+        raise SentimentRNNError(f"unknown export format '{fmt}'; the one format is onnx")
+    with _heavy_imports():
+        from sentiment_rnn.export import export_run
+        from sentiment_rnn.onnx_backend import EXPORT_DIR
+        from sentiment_rnn.rundir import resolve_run
+    from sentiment_rnn.console import console
+
+    out = output or resolve_run(model) / EXPORT_DIR
+    meta = export_run(model, out, overwrite)
+    console.print(f"Exported {meta['source_run']} to [bold]{out}[/bold] (ONNX opset {meta['opset']}); onnxruntime "
+                  f"matches torch within {meta['parity_max_abs_diff']:.1e} on {meta['parity_rows']} test rows. "
+                  f"Use it with: sentiment-rnn predict --model {out} \"some text\"")
+
+
+@app.command()
+@handle_errors
 def explain(
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to explain; '-' reads one text per line from stdin.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
@@ -438,6 +501,36 @@ def explain(
                               highlight=False, soft_wrap=True)
     if output is not None:
         err_console.print(f"Wrote {output}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def serve(
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory (torch) or export directory (onnxruntime, no torch); default: the most recent complete run.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 answers this machine only, 0.0.0.0 every network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one (printed).")] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Texts the micro-batcher hands the model at once.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to share its batch.")] = 5.0,
+    max_texts: Annotated[int, typer.Option(min=1, help="Texts per request; more gets a 413.")] = 256,
+    max_chars: Annotated[int, typer.Option(min=1, help="Characters per text; more gets a 413.")] = 20_000,
+) -> None:
+    """Serve a model over HTTP: POST /predict {"texts": [...]}, GET /health, GET /metadata, docs at /docs."""
+    from sentiment_rnn.console import console
+
+    try:
+        from sentiment_rnn.serve import Limits, bind, create_app, load_predictor, run_server
+    except ImportError as exc:
+        raise SentimentRNNError(f"{exc.name} is not installed; run: pip install 'sentiment-rnn[serve]'") from None
+
+    predictor, metadata = load_predictor(model)
+    limits = Limits(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    console.print(f"Serving {metadata['source_run']} ({metadata['backend']}) on http://{shown}:{bound_port} "
+                  f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    run_server(create_app(predictor, metadata, limits), sock)
 
 
 def main() -> None:

@@ -20,3 +20,13 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "run"
     train(load_config(TINY), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory) -> Path:
+    """The ONNX export of tiny_run, written once per session; copy it before tampering with it."""
+    from sentiment_rnn.export import export_run
+
+    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
+    export_run(tiny_run, out)
+    return out

@@ -1,0 +1,171 @@
+"""Predict and evaluate with an ONNX export (see export.py) through onnxruntime and `tokenizers` only.
+
+This module never imports torch, directly or through the modules it uses: a machine without torch
+runs `predict` and `evaluate` on an export (tests/test_export.py runs them in a venv without torch).
+Loading checks that every file the export lists is there and unchanged (sha256 in meta.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sentiment_rnn import rundir
+from sentiment_rnn.batching import pad_lists
+from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.runtime import default_threads
+from sentiment_rnn.tokenizer import encode_ids, load_tokenizer
+
+MODEL, LABELS, HELDOUT = "model.onnx", "labels.json", "heldout.jsonl"
+FILES = (MODEL, rundir.TOKENIZER, LABELS, rundir.CONFIG, HELDOUT)  # each one's sha256 is in meta.json
+FORMAT = "sentiment-rnn-onnx"
+EXPORT_DIR = "onnx"  # where `export` writes inside a run by default
+CHARS_PER_TOKEN_CAP = 64  # as predict.py: texts are cut at max_length * this many characters first
+
+
+def is_export(path: Path) -> bool:
+    """An export directory, complete or not: it has model.onnx, or a meta.json that says it is one."""
+    path = Path(path)
+    if (path / MODEL).is_file():
+        return True
+    try:
+        return json.loads((path / rundir.META).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):  # no meta.json, or not an export's
+        return False
+
+
+def resolve_export(model: Path | None) -> Path:
+    """An export directory: `model` itself, the export inside run `model`, or inside the latest run."""
+    path = rundir.find_latest_run() if model is None else Path(model)
+    if not path.is_dir():
+        raise SentimentRNNError(f"'{path}' does not exist; pass an export directory written by 'sentiment-rnn export'")
+    if not is_export(path) and (path / EXPORT_DIR).is_dir():
+        path = path / EXPORT_DIR
+    if not is_export(path):
+        raise SentimentRNNError(f"'{path}' holds no ONNX export; write one with: sentiment-rnn export --model {path}")
+    return path
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_export(path: Path) -> dict:
+    """meta.json of a complete, untouched export; a missing or changed file is a one-line error."""
+    meta_path = path / rundir.META
+    if not meta_path.is_file():
+        raise SentimentRNNError(f"export '{path}' has no {rundir.META}: the export is incomplete; export the run again")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        files, labels = dict(meta["files"]), list(meta["label_names"])
+        int(meta["max_length"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise SentimentRNNError(f"'{meta_path}' is damaged; export the run again") from None
+    if meta.get("format") != FORMAT or not labels:
+        raise SentimentRNNError(f"'{meta_path}' was not written by 'sentiment-rnn export'; export the run again")
+    for name in FILES:
+        if not (path / name).is_file():
+            raise SentimentRNNError(f"export '{path}' has no {name}: the export is incomplete; export the run again")
+        if sha256(path / name) != files.get(name):
+            raise SentimentRNNError(f"'{path / name}' differs from the file that was exported (sha256 mismatch); "
+                                    "it was changed or damaged, export the run again")
+    return meta
+
+
+def make_session(model_path: Path, threads: int | None = None):
+    """An onnxruntime.InferenceSession on the CPU; onnxruntime is imported here, so is_export costs nothing."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SentimentRNNError("onnxruntime is not installed; run: pip install 'sentiment-rnn[onnx]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1  # the graph is one chain of ops: nothing to run side by side
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types are not public
+        raise SentimentRNNError(f"onnxruntime cannot load '{model_path}' ({str(exc).splitlines()[0][:120]}); "
+                                "export the run again") from None
+
+
+class OnnxPredictor:
+    """An export loaded into onnxruntime: texts in, labels and class probabilities out (as predict.Predictor)."""
+
+    def __init__(self, path: Path, session, tokenizer, meta: dict, batch_size: int = 256):
+        self.path, self.session, self.tokenizer, self.meta = path, session, tokenizer, meta
+        self.labels: list[str] = list(meta["label_names"])
+        self.max_length = int(meta["max_length"])
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, export_dir: Path, threads: int | None = None) -> OnnxPredictor:
+        """Load a verified export; intra-op threads as torch's predict: half the cores, at most 4, unless given."""
+        path = Path(export_dir)
+        meta = verify_export(path)
+        return cls(path, make_session(path / MODEL, threads), load_tokenizer(path / rundir.TOKENIZER), meta)
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """[N, C] class probabilities for non-empty texts, in input order; batches cut from the texts
+        sorted by token count, so they carry little padding."""
+        cap = self.max_length * CHARS_PER_TOKEN_CAP  # a 10 MB line must not cost a 10 MB tokenization
+        ids = encode_ids(self.tokenizer, [t[:cap] for t in texts], self.max_length)
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            input_ids, lengths = pad_lists([ids[i] for i in chunk])  # [T, B] time-major, [B]
+            out[chunk] = self.session.run(None, {"input_ids": input_ids, "lengths": lengths})[0]  # [B, C]
+        return out
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        """One record per text: label and probabilities, or an error for an empty text."""
+        records: list[dict] = [{"text": t} for t in texts]
+        usable = [i for i, t in enumerate(texts) if t.strip()]
+        probs = self.probabilities([texts[i] for i in usable]) if usable else np.empty((0, len(self.labels)))
+        for row, i in enumerate(usable):
+            p = probs[row]
+            records[i].update(label=self.labels[int(p.argmax())], probability=round(float(p.max()), 6),
+                              probabilities={n: round(float(v), 6) for n, v in zip(self.labels, p)})
+        for rec in records:
+            if "label" not in rec:
+                rec["error"] = "empty text: nothing to classify"
+        return records
+
+    def stream(self, lines: Iterable[str], chunk_size: int = 4096) -> Iterator[dict]:
+        """Predictions for any number of lines with flat memory: one chunk in flight at a time."""
+        chunk: list[str] = []
+        for line in lines:
+            chunk.append(line.rstrip("\r\n"))
+            if len(chunk) >= chunk_size:
+                yield from self.predict(chunk)
+                chunk = []
+        if chunk:
+            yield from self.predict(chunk)
+
+
+def evaluate_export(export_dir: Path | None, split: str = "test") -> dict:
+    """Metrics of an export on the run's own held-out rows (heldout.jsonl), as `evaluate` reports a run's."""
+    from sentiment_rnn.metrics import classification_metrics
+
+    if split not in ("test", "validation"):
+        raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'")
+    predictor = OnnxPredictor.load(resolve_export(export_dir))
+    rows = [json.loads(line) for line in (predictor.path / HELDOUT).read_text(encoding="utf-8").splitlines() if line]
+    rows = [r for r in rows if r["split"] == split]
+    if not rows:
+        raise SentimentRNNError(f"export '{predictor.path}' holds no {split} rows; evaluate the run directory instead")
+    y_true = np.array([r["label"] for r in rows])
+    probs = predictor.probabilities([r["text"] for r in rows])  # [N, C]
+    loss = float(-np.log(np.clip(probs[np.arange(len(rows)), y_true], 1e-12, None)).mean())  # cross-entropy
+    metrics = classification_metrics(y_true.tolist(), probs.argmax(1).tolist(), predictor.labels)
+    metrics.update(run=str(predictor.path), split=split, source=predictor.meta.get("source_run", ""), loss=loss,
+                   numeric_precision="fp32", backend="onnx")
+    return metrics

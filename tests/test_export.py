@@ -1,0 +1,184 @@
+"""ONNX export: the graph matches torch, an export predicts and evaluates without torch, bad exports fail in one line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sentiment_rnn.cli import app
+from sentiment_rnn.config import ModelConfig
+from sentiment_rnn.export import ExportableClassifier, write_onnx
+from sentiment_rnn.models import build_model
+from sentiment_rnn.onnx_backend import make_session
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+PARITY_MODELS = [  # every recurrence the export must carry: cells, directions, the cells encoder
+    dict(cell="rnn"),
+    dict(cell="rnn", nonlinearity="relu", bidirectional=True),
+    dict(cell="gru"),
+    dict(cell="gru", bidirectional=True),
+    dict(cell="lstm"),
+    dict(cell="lstm", bidirectional=True),
+    dict(cell="gru", encoder="cells", bidirectional=True),
+    dict(cell="lstm", encoder="cells", hidden_sizes=[12, 8]),
+]
+
+
+def _mixed_batch(vocab: int, steps: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A right-padded [T, B] batch whose lengths run from 1 to T (the longest one sets T)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=gen)
+    lengths[0] = steps
+    ids = torch.randint(2, vocab, (steps, batch), generator=gen)
+    ids[torch.arange(steps).view(-1, 1) >= lengths.view(1, -1)] = 0  # [PAD]
+    return ids, lengths
+
+
+@pytest.mark.parametrize("kwargs", PARITY_MODELS, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_onnx_probabilities_match_the_models_own_forward(kwargs, tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=10, hidden_size=12, num_layers=2, **kwargs)
+    model = build_model(cfg, 60, 3, 30).eval()
+    path = tmp_path / "model.onnx"
+    write_onnx(ExportableClassifier(model), path, 60)
+    session = make_session(path, threads=1)
+    worst = 0.0
+    for steps, batch, seed in ((1, 1, 0), (7, 5, 1), (30, 40, 2)):  # T and B other than the traced 5 and 3
+        ids, lengths = _mixed_batch(60, steps, batch, seed)
+        with torch.no_grad():
+            expected = model(ids, lengths).softmax(-1).numpy()  # [B, C]
+        got = session.run(None, {"input_ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+        worst = max(worst, float(np.abs(expected - got).max()))
+    assert worst <= 1e-5, worst
+
+
+def test_the_per_word_baseline_is_refused_in_one_line():
+    model = build_model(ModelConfig(kind="per_word_linear", embedding_dim=4), 20, 2, 8)
+    with pytest.raises(Exception, match="per-word baseline"):
+        ExportableClassifier(model)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory) -> Path:
+    """Written by the export command itself (conftest's tiny_export calls the library)."""
+    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime matches torch" in result.output
+    return out
+
+
+def test_export_writes_a_checked_hashed_directory(exported, tiny_run):
+    meta = json.loads((exported / "meta.json").read_text())
+    assert sorted(p.name for p in exported.iterdir()) == sorted(["meta.json", *meta["files"]])
+    assert meta["opset"] >= 17 and meta["parity_max_abs_diff"] <= 1e-5 and meta["parity_rows"] > 0
+    assert meta["source_run"] == str(tiny_run.resolve())
+    from sentiment_rnn.onnx_backend import sha256
+
+    assert meta["source_weights_sha256"] == sha256(tiny_run / "model.safetensors")
+    assert meta["versions"]["onnxruntime"] and meta["versions"]["torch"]
+    assert json.loads((exported / "labels.json").read_text()) == ["negative", "positive"]
+
+
+def _cli(*args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
+    code = "import sys; from sentiment_rnn.cli import main; sys.argv[0] = 'sentiment-rnn'; main()"
+    return subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_predict_and_evaluate_on_an_export_equal_the_runs_and_never_import_torch(exported, tiny_run):
+    texts = ["a moving, funny film", "dull", "the plot is a mess but the actors are great"]
+    on_run = json.loads(runner.invoke(app, ["predict", "--model", str(tiny_run), "--format", "json", *texts]).stdout)
+    code = ("import sys; from sentiment_rnn.cli import main; sys.argv[0] = 'sentiment-rnn'\n"
+            "try: main()\nexcept SystemExit as e: assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    for command in (["predict", "--format", "json", *texts], ["evaluate", "--json"]):
+        done = subprocess.run([sys.executable, "-c", code, command[0], "--model", str(exported), *command[1:]],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        if command[0] == "predict":
+            on_export = json.loads(done.stdout)
+            assert [r["label"] for r in on_export] == [r["label"] for r in on_run]
+            assert max(abs(a["probability"] - b["probability"]) for a, b in zip(on_export, on_run)) <= 1e-5
+        else:
+            run_metrics = json.loads(runner.invoke(app, ["evaluate", "--model", str(tiny_run), "--json"]).stdout)
+            assert json.loads(done.stdout)["confusion_matrix"] == run_metrics["confusion_matrix"]
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.onnx").unlink(), "has no model.onnx"),
+    (lambda d: (d / "meta.json").unlink(), "has no meta.json"),
+    (lambda d: (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text().replace('"great"', '"grate"')),
+     "tokenizer.json' differs from the file that was exported"),
+    (lambda d: (d / "labels.json").write_text('["positive", "negative"]'), "labels.json' differs"),
+    (lambda d: (d / "meta.json").write_text("{"), "meta.json' is damaged"),
+])
+def test_a_damaged_export_is_one_line_and_exit_1(exported, tmp_path, damage, message):
+    broken = _copy(exported, tmp_path)
+    damage(broken)
+    result = runner.invoke(app, ["predict", "--model", str(broken), "--backend", "onnx", "fine"])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and result.output.startswith("Error:")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_exporting_a_missing_or_unfinished_run_fails_in_one_line(tiny_run, tmp_path):
+    result = runner.invoke(app, ["export", "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    unfinished = _copy(tiny_run, tmp_path)
+    (unfinished / "metrics.json").unlink()
+    result = runner.invoke(app, ["export", "--model", str(unfinished)])
+    assert result.exit_code == 1 and "training did not finish" in result.output
+    assert not (unfinished / "onnx").exists()
+
+
+def test_export_refuses_to_overwrite_and_bad_option_pairs(exported, tiny_run, tmp_path):
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(exported)])
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(tiny_run), "--overwrite"])
+    assert result.exit_code == 1 and "is not an export" in result.output
+    assert (tiny_run / "model.safetensors").is_file()  # the run itself is never replaced
+    assert runner.invoke(app, ["export", "--model", str(tiny_run), "--format", "tflite"]).exit_code == 1
+    for args, words in ((["--backend", "torch"], "is an ONNX export"), (["--precision", "bf16"], "runs in fp32")):
+        result = runner.invoke(app, ["predict", "--model", str(exported), *args, "fine"])
+        assert result.exit_code == 1 and words in result.output, result.output
+    result = runner.invoke(app, ["evaluate", "--model", str(exported), "--data", "imdb"])
+    assert result.exit_code == 1 and "evaluate the run directory" in result.output
+    result = runner.invoke(app, ["predict", "--backend", "onnx", "--model", str(tmp_path), "fine"])
+    assert result.exit_code == 1 and "holds no ONNX export" in result.output
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_work_in_a_venv_without_torch(exported, tmp_path):
+    """A fresh venv with the runtime's needs but not torch; sentiment-rnn itself installed with --no-deps."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    packages = ["onnxruntime", "tokenizers", "typer", "rich", "numpy", "pyyaml", "pydantic", "scikit-learn"]
+    for args in (packages, ["--no-deps", "-e", str(ROOT)]):
+        done = subprocess.run([python, "-m", "pip", "install", "-q", "--no-compile", *args],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0
+    predicted = _cli("predict", "--model", str(exported), "--format", "json", "a fine film", python=python)
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout)[0]["label"] in ("negative", "positive")
+    evaluated = _cli("evaluate", "--model", str(exported), "--json", python=python)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert 0.0 <= json.loads(evaluated.stdout)["accuracy"] <= 1.0
