@@ -374,7 +374,7 @@ def main() -> None:
 def pretrain_lm(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/lm.yaml (default).")] = None,
     set_: SetOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/<config name>/.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/pretrained/<config name>/.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint; --set may change only train.lr and train.clip_grad_norm.")] = None,
 ) -> None:
@@ -392,7 +392,8 @@ def pretrain_lm(
         cfg, out = resume_config(resume, config, set_), resume
     else:
         cfg = load_config(config or Path("configs/lm.yaml"), set_)
-        out = output or Path("runs") / cfg.name
+        # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
+        out = output or Path("runs") / "pretrained" / cfg.name
     console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} language model "
                   f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
                   f"{cfg.lm.source} -> {out}")
