@@ -138,3 +138,22 @@ def test_cli_pretrains_a_tiny_lm_and_refuses_bad_input(tmp_path):
     bad = cli("--config", str(LM), *sets, "--set", f"lm.source={empty}", "--output", str(tmp_path / "nothing"))
     assert bad.returncode == 1 and bad.stderr.startswith("Error:") and "empty" in bad.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+def test_corpus_reads_a_text_file_or_a_data_file_s_text_column(tmp_path):
+    text, table = tmp_path / "reviews.txt", tmp_path / "reviews.csv"
+    text.write_text("a fine film\n\nbad acting\n", encoding="utf-8")
+    table.write_text('review,stars\n"a fine film",5\n"bad acting",1\n', encoding="utf-8")
+    assert sorted(lm_data.corpus_documents(tiny_config(f"lm.source={text}"))) == ["a fine film", "bad acting"]
+    docs = lm_data.corpus_documents(tiny_config(f"lm.source={table}", "data.text_column=review"))
+    assert sorted(docs) == ["a fine film", "bad acting"]
+
+
+def test_default_corpus_is_training_rows_only():
+    from sentiment_rnn.data import load_splits
+    from sentiment_rnn.config import DataConfig
+
+    config = tiny_config()
+    held = load_splits(DataConfig(source="rotten_tomatoes", limit=400), config.seed)
+    docs = set(lm_data.corpus_documents(config))
+    assert docs and not docs & (set(held.validation["text"]) | set(held.test["text"]))
