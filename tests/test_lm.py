@@ -133,6 +133,8 @@ def test_cli_pretrains_a_tiny_lm_and_refuses_bad_input(tmp_path):
     assert "checkpoint.pt" not in files
     again = cli("--config", str(LM), *sets, "--output", str(run))
     assert again.returncode == 1 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    finished = cli("--resume", str(run))
+    assert finished.returncode == 1 and "already finished" in finished.stderr
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
     bad = cli("--config", str(LM), *sets, "--set", f"lm.source={empty}", "--output", str(tmp_path / "nothing"))
