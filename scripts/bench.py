@@ -27,6 +27,11 @@ and reference run in the same process (or alternate as subprocesses) with the sa
   the 8,530 Rotten Tomatoes sentences (batch 256, best of 3, interleaved), with label agreement and the
   max probability difference; then that difference for tiny trained runs of every recurrence (rnn, gru,
   lstm, one- and bidirectional, the cells encoder) on the same 8,530 sentences.
+- pretrain-lm: tokens/s of pretrain-lm's training step (configs/lm.yaml's model and sizes, adaptive
+  softmax, AdamW) on Zipf-distributed token ids against the bare matmuls of the same shapes (each forward
+  matmul and its two backward ones, at the cluster sizes the same ids fill); then the same step with a
+  full nn.Linear softmax over the vocabulary. Tokens per CPU-second are printed too: on a shared machine
+  they say more about an idle core than tokens per wall second.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from sentiment_rnn.models.rnn import RNN_LAYERS  # noqa: E402
 from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
 from sentiment_rnn.train import train as train_product  # noqa: E402
 
-SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads", "explain", "onnx")
+SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads", "explain", "onnx", "pretrain-lm")
 RESULTS: list[dict] = []
 
 
@@ -520,6 +525,86 @@ def bench_onnx(run: Path, threads: int, repeats: int, quick: bool) -> None:
            "tiny trained runs (configs/tiny.yaml, max_length 64): " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
+# ---------------------------------------------------------------------------------------------- pretrain-lm
+def zipf_ids(vocab: int, count: int) -> torch.Tensor:
+    """Token ids whose frequency falls with their rank, as in the LM tokenizer's vocabulary (ids 3.. by frequency)."""
+    probs = 1.0 / torch.arange(1, vocab - 2, dtype=torch.float)
+    return torch.multinomial(probs, count, replacement=True) + 3
+
+
+def time_lm_steps(model, head, ids: torch.Tensor, bptt: int, steps: int) -> tuple[float, float]:
+    """Wall and CPU seconds of `steps` training steps (after 2 warm-up steps), state carried as pretrain-lm does."""
+    from sentiment_rnn.lm.model import detach
+
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    hidden = None
+    for step in range(steps + 2):
+        if step == 2:
+            wall, cpu = time.perf_counter(), time.process_time()
+        inputs, targets = ids[step * bptt:(step + 1) * bptt], ids[step * bptt + 1:(step + 1) * bptt + 1]  # [T, B]
+        if head is None:
+            loss, _, hidden = model.loss(inputs, targets, None if hidden is None else detach(hidden))
+        else:  # full softmax: every token scores every word
+            out, hidden = model(inputs, None if hidden is None else detach(hidden))  # [T, B, H]
+            loss = nn.functional.cross_entropy(head(out.reshape(-1, out.shape[-1])), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def lm_matmul_shapes(cfg, targets: torch.Tensor, cutoffs: list[int]) -> list[tuple[int, int, int, int]]:
+    """(repeats, rows, inner, cols) of every matmul in one LM forward pass: LSTM input and recurrent
+    projections per layer, the adaptive head, and each tail cluster at the rows its words fill."""
+    T, B, E, H = cfg.lm.bptt, cfg.train.batch_size, cfg.model.embedding_dim, cfg.model.hidden_size
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.model.cell] * H
+    shapes = []
+    for layer in range(cfg.model.num_layers):
+        shapes += [(1, T * B, E if layer == 0 else H, gates), (T, B, H, gates)]
+    bounds = [*cutoffs, cfg.tokenizer.max_vocab]
+    shapes.append((1, T * B, H, cutoffs[0] + len(cutoffs)))
+    for i in range(len(cutoffs)):
+        rows = int(((targets >= bounds[i]) & (targets < bounds[i + 1])).sum()) // max(1, targets.numel() // (T * B))
+        width = int(H // (cfg.lm.div_value ** (i + 1)))
+        shapes += [(1, rows, H, width), (1, rows, width, bounds[i + 1] - bounds[i])]
+    return shapes
+
+
+def time_matmuls(shapes: list[tuple[int, int, int, int]], steps: int) -> float:
+    """Seconds of `steps` x (each forward matmul and its two backward matmuls), on random tensors."""
+    operands = []
+    for repeats, rows, inner, cols in shapes:
+        a, w, g = torch.randn(max(rows, 1), inner), torch.randn(inner, cols), torch.randn(max(rows, 1), cols)
+        operands.append((repeats, a, w, g))
+    start = time.perf_counter()
+    for _ in range(steps):
+        for repeats, a, w, g in operands:
+            for _ in range(repeats):
+                torch.mm(a, w), torch.mm(g, w.t()), torch.mm(a.t(), g)  # forward, d/dinput, d/dweight
+    return time.perf_counter() - start
+
+
+def bench_pretrain_lm(steps: int) -> None:
+    from sentiment_rnn.lm.model import build_language_model
+
+    cfg = load_config(ROOT / "configs" / "lm.yaml")
+    vocab, T, B = cfg.tokenizer.max_vocab, cfg.lm.bptt, cfg.train.batch_size
+    torch.manual_seed(0)
+    ids = zipf_ids(vocab, (steps + 3) * T * B).view(-1, B)  # [N, B]
+    model = build_language_model(cfg.model, cfg.lm, vocab)
+    wall, cpu = time_lm_steps(model, None, ids, T, steps)
+    tokens = steps * T * B
+    matmul = time_matmuls(lm_matmul_shapes(cfg, ids, model.head.cutoffs[:-1]), steps)
+    shape = f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, batch {B}, bptt {T}, vocab {vocab:,}"
+    report("pretrain-lm tokens/s", tokens / wall, tokens / matmul, "tokens/s", "info", None,
+           f"{shape}; {tokens / cpu:,.0f} tokens per CPU-second; reference: bare matmuls of the same shapes")
+    full = nn.Linear(cfg.model.hidden_size, vocab)
+    full_wall, full_cpu = time_lm_steps(build_language_model(cfg.model, cfg.lm, vocab), full, ids, T, steps)
+    report("pretrain-lm, adaptive vs full softmax", tokens / wall, tokens / full_wall, "tokens/s", "info", None,
+           f"full softmax: {tokens / full_cpu:,.0f} tokens per CPU-second")
+
+
 def rotten_tomatoes_texts() -> list[str]:
     with data_lib.embedded_csv().open(encoding="utf-8", newline="") as fh:
         return [r["text"] for r in csv.DictReader(fh) if r["source"] == "rotten_tomatoes"]
@@ -574,6 +659,8 @@ def main() -> None:
             bench_explain(run, 3 if args.quick else 7)
         if "onnx" in sections:
             bench_onnx(run, threads, 3 if args.quick else 7, quick=args.quick)
+        if "pretrain-lm" in sections:
+            bench_pretrain_lm(5 if args.quick else 30)
     finally:
         shutil.rmtree(CACHE, ignore_errors=True)
     if args.json:

@@ -535,3 +535,37 @@ def serve(
 
 def main() -> None:
     app()
+
+
+@app.command("pretrain-lm")
+@handle_errors
+def pretrain_lm(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/lm.yaml (default).")] = None,
+    set_: SetOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/pretrained/<config name>/.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint; --set may change only train.lr and train.clip_grad_norm.")] = None,
+) -> None:
+    """Pretrain the classifier's embedding and encoder as a next-word language model on unlabeled text."""
+    with _heavy_imports():
+        from sentiment_rnn.config import load_config
+        from sentiment_rnn.console import LMReporter, console
+        from sentiment_rnn.lm.pretrain import pretrain_lm as run_pretraining
+
+    if resume is not None:
+        from sentiment_rnn.checkpoint import resume_config
+
+        if overwrite or (output is not None and output != resume):
+            raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
+        cfg, out = resume_config(resume, config, set_), resume
+    else:
+        cfg = load_config(config or Path("configs/lm.yaml"), set_)
+        # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
+        out = output or Path("runs") / "pretrained" / cfg.name
+    console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} language model "
+                  f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
+                  f"{cfg.lm.source} -> {out}")
+    metrics = run_pretraining(cfg, out, LMReporter(), overwrite=overwrite, resume=resume is not None)
+    console.print(f"Held-out perplexity {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
+                  f"epoch(s); trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s. "
+                  f"Run saved to [bold]{out}[/bold]")

@@ -103,6 +103,20 @@ class TrainConfig(_Strict):
     bucket_pool: int = Field(50, ge=1)  # batches per pool sorted by length (less padding)
 
 
+class LMConfig(_Strict):
+    """pretrain-lm's corpus and batching; its optimizer, epochs and threads are the train.* keys."""
+
+    source: str = "embedded"  # embedded: training rows of lm.corpora; else a .txt file (one document per line) or a data source whose data.text_column is read
+    corpora: list[str] = ["rotten_tomatoes", "imdb"]  # embedded corpora read (their training rows under seed and data.split)
+    held_out: float = Field(0.01, gt=0.0, lt=0.5)  # share of the corpus's documents kept aside for held-out perplexity
+    batching: Literal["stream", "documents"] = "stream"  # one continuous stream with state carried, or segments of single documents
+    bptt: int = Field(35, ge=2)  # tokens per truncated-BPTT segment
+    eval_batch_size: int = Field(10, ge=1)  # parallel streams when scoring the held-out text
+    cutoffs: list[int] = [2000, 10000]  # nn.AdaptiveLogSoftmaxWithLoss cluster boundaries, by word frequency rank
+    div_value: float = Field(4.0, ge=1.0)  # each tail cluster's projection is this many times narrower
+    time_limit_s: float | None = Field(None, gt=0)  # end each epoch's training after this many seconds (equal-time comparisons)
+
+
 class Config(_Strict):
     name: str = "default"  # run name; the run lands in runs/<name>/ unless --output says otherwise
     seed: int = 0
@@ -110,6 +124,7 @@ class Config(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    lm: LMConfig = LMConfig()  # pretrain-lm only
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:

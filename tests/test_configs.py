@@ -27,7 +27,8 @@ def test_config_validates_and_builds_a_model(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_starts_with_its_command_and_a_description(path):
     first, second = path.read_text(encoding="utf-8").splitlines()[:2]
-    assert first == f"# sentiment-rnn train --config configs/{path.name}"
+    command = "pretrain-lm" if path.stem == "lm" else "train"  # lm.yaml pretrains the encoder as a language model
+    assert first == f"# sentiment-rnn {command} --config configs/{path.name}"
     assert second.startswith("# ") and len(second) > 20
 
 
