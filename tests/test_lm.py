@@ -48,6 +48,7 @@ def test_special_tokens_come_first_and_words_follow_frequency():
 
 def test_language_model_overfits_one_batch():
     config = tiny_config()
+    torch.set_num_threads(1)  # as pretrain-lm runs with train.threads=1; a spinning second thread stalls a busy CPU
     torch.manual_seed(0)
     model = build_language_model(config.model, config.lm, vocab_size=50)
     ids = torch.randint(3, 50, (9, 2))  # [T+1, B]

@@ -140,6 +140,17 @@ def held_out_loss(model: LanguageModel, data: torch.Tensor, bptt: int) -> float:
     return total / count
 
 
+
+def finish_epoch(p: LMProgress, seconds: float, val_loss: float) -> dict:
+    """The epoch's record (losses, perplexities, speed), appended to the history."""
+    train_loss = p.loss_sum / max(1, p.tokens)
+    record = {"epoch": p.epoch, "train_loss": train_loss, "train_perplexity": math.exp(train_loss),
+              "held_out_loss": val_loss, "held_out_perplexity": math.exp(val_loss), "steps": p.batches_done,
+              "tokens": p.tokens, "seconds": seconds, "tokens_per_s": p.tokens / seconds}
+    p.history.append(record)
+    p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + p.tokens
+    return record
+
 def prepare_data(config: Config, output: Path, resume: bool, reporter: Reporter):
     """Corpus -> tokenizer -> encoded training batches and held-out stream, and the corpus record."""
     reporter.stage("Reading the corpus")
@@ -240,16 +251,7 @@ def _pretrain_into(config: Config, output: Path, tokenizer, batches, held: torch
                     save_checkpoint(ckpt_path, model, optimizer, p, hidden)
                     if interrupt.requested:
                         raise LMInterrupted(output, p.epoch, p.batches_done)
-            seconds = time.perf_counter() - start
-            val_loss = held_out_loss(model, held, bptt)
-            train_loss = p.loss_sum / max(1, p.tokens)
-            epoch_record = {"epoch": p.epoch, "train_loss": train_loss, "train_perplexity": math.exp(train_loss),
-                            "held_out_loss": val_loss, "held_out_perplexity": math.exp(val_loss),
-                            "steps": p.batches_done, "tokens": p.tokens, "seconds": seconds,
-                            "tokens_per_s": p.tokens / seconds}
-            p.history.append(epoch_record)
-            p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + p.tokens
-            reporter.epoch_end(epoch_record)
+            reporter.epoch_end(finish_epoch(p, time.perf_counter() - start, held_out_loss(model, held, bptt)))
             p.next_epoch()
             hidden = None  # each epoch reads the stream from its start
             save_checkpoint(ckpt_path, model, optimizer, p, hidden)
