@@ -238,3 +238,42 @@ def test_compare_baseline_reads_the_probe_as_the_given_positive_label(tmp_path):
                                       "-o", str(tmp_path / "cmp"), "--positive-label", "happy"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["positive_label"] == "happy"
+
+
+# --- smaller problems -------------------------------------------------------------------------------------
+def test_every_run_file_gets_the_same_mode_the_umask_allows(tiny_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_run.iterdir()}
+    assert modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_piped_training_output_keeps_each_epoch_on_one_line(tmp_path):
+    data = write(tmp_path / "d.csv", rows(["neg", "pos"]))
+    result = sentiment("train", "-c", TINY, "--set", f"data.source={data}", "--set", "train.epochs=2",
+                       "--set", "train.patience=2", "-o", tmp_path / "a-run-directory-with-a-long-name" / "run")
+    assert result.returncode == 0, result.stderr
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("val loss" in line and line.rstrip().endswith(("s", "best")) for line in epochs)
+    assert any(len(line) > 80 for line in result.stdout.splitlines())  # nothing was cut at 80 columns
+
+
+def test_predict_without_model_says_which_run_it_picked(tmp_path, tiny_run):
+    shutil.copytree(tiny_run, tmp_path / "runs" / "tiny")
+    result = sentiment("predict", "--format", "jsonl", "a great film", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"Using {Path('runs') / 'tiny'}, the most recent complete run" in result.stderr
+    assert len(result.stdout.splitlines()) == 1  # stdout holds only the predictions
+
+
+def test_predict_table_of_many_texts_prints_plain_aligned_rows(tmp_path, tiny_run):
+    texts = [f"a {'great' if i % 2 else 'dull'} film number {i}" for i in range(500)] + ["   "]
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-f", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["label", "probability", "text"] and len(lines) == 1 + len(texts)
+    assert lines[1].endswith("a dull film number 0") and lines[-1].startswith("error")
+    column = lines[0].index("text")
+    assert all(line[column:].startswith("a ") for line in lines[1:-1])  # the texts start in one column
