@@ -68,7 +68,7 @@ def encode_splits(splits: Splits, tokenizer, max_length: int) -> dict[str, datas
     """Encode train, validation and test; the splits then hold these encoded parts (ids, no text).
 
     Tokenizing reads every page of the source's text; once no dataset refers to it, its Arrow file is
-    unmapped and those pages leave the process's memory (hundreds of MB on a 2-million-row CSV).
+    unmapped and those pages leave the process's memory.
     """
     encoded = {name: encode(getattr(splits, name), tokenizer, max_length) for name in ("train", "validation", "test")}
     splits.train, splits.validation, splits.test = encoded["train"], encoded["validation"], encoded["test"]
@@ -124,10 +124,9 @@ class BucketBatchSampler(torch.utils.data.Sampler):
 class EncodedBatches(torch.utils.data.Dataset):
     """Fetches a whole batch by its row indices as one Arrow table and pads it time-major with numpy.
 
-    Arrow rows, not datasets' numpy rows: no Python object per row (over a 200,000-row validation split
-    those cost seconds and left 100+ MB behind). Not `pyarrow.Table.take` either: on a chunked column
-    it first concatenates every chunk (150 MB per batch of a 1.6-million-row split); datasets' row
-    lookup gathers one-row slices instead.
+    Arrow rows, not datasets' numpy rows: no Python object per row, which over a large validation split
+    costs seconds and memory. Not `pyarrow.Table.take` either: on a chunked column it first concatenates
+    every chunk, for every batch; datasets' row lookup gathers one-row slices instead.
     """
 
     def __init__(self, ds: datasets.Dataset):

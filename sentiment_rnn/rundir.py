@@ -133,8 +133,8 @@ class LoadedRun:
 def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32") -> LoadedRun:
     """Rebuild a trained model from its run directory; never unpickles anything.
 
-    precision "bf16" casts the weights, so the whole forward pass runs in bfloat16: on a CPU with
-    native bf16 the LSTM runs about 1.6x faster, and probabilities move by up to about 0.02.
+    precision "bf16" casts the weights, so the whole forward pass runs in bfloat16: faster on a CPU with
+    native bf16, with slightly different probabilities (README, benchmarks).
     """
     import torch
     from safetensors import SafetensorError
