@@ -1,6 +1,6 @@
 """A new user's own data, as they would bring it: every label style, every file format, a folder of named
 splits, evaluating from another folder, byte order marks, and compare-baseline's positive label. Each case
-trains the tiny config for real; the defects of issue 16 also run through the installed command."""
+trains the tiny config for real; each defect a user met also runs through the installed command (marked slow)."""
 
 import json
 import os
@@ -102,6 +102,7 @@ def test_every_format_with_the_embedded_corpus_label_names_trains_and_evaluates(
     assert json.loads(evaluated.stdout)["split"] == "test"
 
 
+@pytest.mark.slow
 def test_negative_positive_labels_train_and_evaluate_through_the_installed_command(tmp_path):
     data = write(tmp_path / "reviews.jsonl", rows(["negative", "positive"]))
     trained = sentiment("train", "-c", TINY, "--set", f"data.source={data}", *FAST, "-o", tmp_path / "run")
@@ -112,6 +113,7 @@ def test_negative_positive_labels_train_and_evaluate_through_the_installed_comma
 
 
 # --- named splits, other folders, byte order marks ----------------------------------------------------------
+@pytest.mark.slow
 def test_a_folders_validation_and_test_files_are_used_and_reported(tmp_path):
     write(tmp_path / "data" / "train.csv", rows(["neg", "pos"], 60))
     write(tmp_path / "data" / "validation.csv", rows(["neg", "pos"], 12))
@@ -132,6 +134,7 @@ def test_only_a_test_file_beside_train_carves_validation_and_says_so(tmp_path):
     assert json.loads((tmp_path / "run" / "split.json").read_text())["sizes"]["train"] == 54  # 48 kept + the 6 carved test rows back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["test", "validation"])
 def test_evaluate_scores_a_named_split_of_a_folder(split, tmp_path, tiny_run):
     write(tmp_path / "data" / "train.csv", rows(["negative", "positive"], 20))
@@ -141,6 +144,7 @@ def test_evaluate_scores_a_named_split_of_a_folder(split, tmp_path, tiny_run):
     assert json.loads(result.stdout)["n"] == 16
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_folder_holding_only_test_csv(tmp_path, tiny_run):
     write(tmp_path / "data" / "test.csv", rows(["negative", "positive"], 16))
     result = sentiment("evaluate", "-m", tiny_run, "--data", tmp_path / "data", "--split", "test", "--json")
@@ -148,6 +152,7 @@ def test_evaluate_scores_a_folder_holding_only_test_csv(tmp_path, tiny_run):
     assert json.loads(result.stdout)["n"] == 16
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_plain_file_without_naming_a_split(tmp_path, tiny_run):
     data = write(tmp_path / "other.csv", rows(["negative", "positive"], 30))
     result = sentiment("evaluate", "-m", tiny_run, "--data", data, "--json")
@@ -155,6 +160,7 @@ def test_evaluate_scores_a_plain_file_without_naming_a_split(tmp_path, tiny_run)
     assert json.loads(result.stdout)["n"] == 30
 
 
+@pytest.mark.slow
 def test_a_run_trained_on_a_relative_path_evaluates_from_another_folder(tmp_path):
     (tmp_path / "project").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -177,6 +183,7 @@ def test_a_training_file_with_a_byte_order_mark_reads_its_first_column(fmt, tmp_
     assert label_names(tmp_path / "run") == ["neg", "pos"]
 
 
+@pytest.mark.slow
 def test_a_byte_order_mark_is_not_part_of_the_first_text_to_predict(tmp_path, tiny_run):
     plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
     plain.write_text("a great film\nawful\n", encoding="utf-8")
@@ -214,6 +221,7 @@ def test_an_unclear_positive_label_is_a_one_line_error(labels, given, message):
         positive_label(labels, given)
 
 
+@pytest.mark.slow
 def test_compare_baseline_without_a_positive_label_fails_before_training(tmp_path):
     data = write(tmp_path / "moods.csv", rows(["happy", "unhappy"]))
     result = sentiment("compare-baseline", "-c", TINY, "--set", f"data.source={data}", "-o", tmp_path / "cmp")
@@ -221,6 +229,7 @@ def test_compare_baseline_without_a_positive_label_fails_before_training(tmp_pat
     assert result.stderr.count("\n") == 1 and not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.slow
 def test_compare_baseline_on_three_classes_skips_the_probe_with_a_note(tmp_path):
     data = write(tmp_path / "three.csv", rows(["negative", "neutral", "positive"], 90))
     result = sentiment("compare-baseline", "-c", TINY, "--set", f"data.source={data}", *FAST, "-o", tmp_path / "cmp")
@@ -248,6 +257,7 @@ def test_every_run_file_gets_the_same_mode_the_umask_allows(tiny_run):
     assert modes and set(modes.values()) == {0o666 & ~umask}, modes
 
 
+@pytest.mark.slow
 def test_piped_training_output_keeps_each_epoch_on_one_line(tmp_path):
     data = write(tmp_path / "d.csv", rows(["neg", "pos"]))
     result = sentiment("train", "-c", TINY, "--set", f"data.source={data}", "--set", "train.epochs=2",
@@ -258,6 +268,7 @@ def test_piped_training_output_keeps_each_epoch_on_one_line(tmp_path):
     assert any(len(line) > 80 for line in result.stdout.splitlines())  # nothing was cut at 80 columns
 
 
+@pytest.mark.slow
 def test_predict_without_model_says_which_run_it_picked(tmp_path, tiny_run):
     shutil.copytree(tiny_run, tmp_path / "runs" / "tiny")
     result = sentiment("predict", "--format", "jsonl", "a great film", cwd=tmp_path)
