@@ -318,7 +318,7 @@ def cache_files() -> set[str]:
 
 
 def imdb_and_tokenizer(tokenizer_path: Path | None = None):
-    ds, _ = data_lib.load_eval_data(DataConfig(source="imdb"), "train")
+    ds, _ = data_lib.load_eval_data(DataConfig(source="imdb"), "train", data_lib.EMBEDDED_LABELS)
     if tokenizer_path is not None:
         from sentiment_rnn.tokenizer import load_tokenizer
 

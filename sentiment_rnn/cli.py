@@ -9,6 +9,7 @@ starts quickly.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import sys
 import time
@@ -178,8 +179,11 @@ def _warn_if_emulated(precision: Precision) -> None:
 
 
 def _read_lines(source) -> Iterator[str]:
-    """Decode line by line so one bad line becomes one error record, not a crash."""
-    for raw in source:
+    """Decode line by line so one bad line becomes one error record, not a crash. A UTF-8 byte order mark
+    (as some editors write) is not part of the first text."""
+    for number, raw in enumerate(source):
+        if number == 0:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
         try:
             yield raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -198,6 +202,19 @@ def _records(predictor, texts: list[str], file: Optional[Path]) -> Iterator[dict
         yield from predictor.predict(texts)
 
 
+def _chosen_run(model: Optional[Path]) -> Path:
+    """The run to use; without --model the most recent one, said on stderr so that output stays clean."""
+    if model is not None:
+        return model
+    from sentiment_rnn.console import err_console
+    from sentiment_rnn.rundir import DEFAULT_ROOT, find_latest_run
+
+    run = find_latest_run()
+    err_console.print(f"Using {run}, the most recent complete run under {DEFAULT_ROOT}/; choose another with --model",
+                      highlight=False, soft_wrap=True)
+    return run
+
+
 def _fix_undecodable(records: Iterator[dict]) -> Iterator[dict]:
     for rec in records:
         if rec["text"] == "\0undecodable":
@@ -212,7 +229,7 @@ def predict(
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; '-' reads one text per line from stdin.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
     model: ModelOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", help="Output: table, json (one array) or jsonl (one line per input).")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", help="Output: table (plain aligned columns beyond 200 texts), json (one array) or jsonl (one line per input).")] = Format.table,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 256,
     precision: PrecisionOpt = Precision.fp32,
     backend: BackendOpt = Backend.auto,
@@ -233,7 +250,7 @@ def predict(
         with _heavy_imports():
             from sentiment_rnn.predict import Predictor
 
-            predictor = Predictor.from_dir(model, precision=precision.value)
+            predictor = Predictor.from_dir(_chosen_run(model), precision=precision.value)
         _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0
@@ -242,13 +259,12 @@ def predict(
         for rec in records:
             sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
             count += 1
-    else:
+    elif fmt is Format.json:
         collected = list(records)
         count = len(collected)
-        if fmt is Format.json:
-            sys.stdout.write(json.dumps(collected, ensure_ascii=False, indent=2) + "\n")
-        else:
-            _print_predictions(collected)
+        sys.stdout.write(json.dumps(collected, ensure_ascii=False, indent=2) + "\n")
+    else:
+        count = _print_predictions(records, predictor.labels)
     if file is not None or texts == ["-"]:
         from sentiment_rnn.console import err_console
 
@@ -256,7 +272,30 @@ def predict(
         err_console.print(f"{count} texts in {seconds:.2f}s ({count / max(seconds, 1e-9):,.0f} sentences/s)")
 
 
-def _print_predictions(records: list[dict]) -> None:
+RICH_TABLE_ROWS = 200  # rich lays out every cell of a table; for more rows, plain columns print many times faster
+
+
+def _print_predictions(records: Iterator[dict], labels: list[str]) -> int:
+    """A rich table for a few texts; plain aligned columns, streamed, for more. Returns the number of texts."""
+    first = list(itertools.islice(records, RICH_TABLE_ROWS + 1))
+    if len(first) <= RICH_TABLE_ROWS:
+        _print_rich_table(first)
+        return len(first)
+    width = max(len(name) for name in [*labels, "label", "error"])
+    out = sys.stdout
+    out.write(f"{'label':<{width}}  probability  text\n")
+    count = 0
+    for rec in itertools.chain(first, records):
+        text = (rec["text"] or "")[:200]
+        if "error" in rec:
+            out.write(f"{'error':<{width}}  {'':>11}  {text} [{rec['error']}]\n")
+        else:
+            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {text}\n")
+        count += 1
+    return count
+
+
+def _print_rich_table(records: list[dict]) -> None:
     from rich.table import Table
 
     from sentiment_rnn.console import console
@@ -279,7 +318,7 @@ def _print_predictions(records: list[dict]) -> None:
 def evaluate(
     model: ModelOpt = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Another source (file, folder, hf:<name>); default: the run's own held-out rows.")] = None,
-    split: Annotated[str, typer.Option(help="Split to score: test or validation (or any split of --data).")] = "test",
+    split: Annotated[Optional[str], typer.Option(help="Split to score: test or validation (or any split of --data); default: test, or a single --data file's rows.")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data, if not the run's.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of --data, if not the run's.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
@@ -299,7 +338,7 @@ def evaluate(
             from sentiment_rnn.evaluate import evaluate_run
 
         _warn_if_emulated(precision)
-        metrics = evaluate_run(model, data, split, text_column, label_column, precision.value)
+        metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return
@@ -318,6 +357,7 @@ def compare_baseline(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Comparison directory; default runs/compare-<config name>/.")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Train both models with this many seeds (config seed, +1, ...); report mean ± std.")] = 1,
     probe: Annotated[Optional[Path], typer.Option("--probe", help="Context probe file, 'label<TAB>text' lines in pairs; default: the shipped probe.")] = None,
+    positive_label: Annotated[Optional[str], typer.Option("--positive-label", help="The data's label the probe's 1 means; default: the one label named 'positive' or 'pos' (any case).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing comparison directory.")] = False,
 ) -> None:
     """Train the RNN and the per-word linear baseline on the same split and compare them side by side."""
@@ -330,8 +370,10 @@ def compare_baseline(
     out = output or Path("runs") / f"compare-{cfg.name}"
     console.print(f"[bold]Comparing[/bold] {cfg.name}'s RNN with the per-word linear baseline, "
                   f"{seeds} seed(s), on {cfg.data.source} -> {out}")
-    result = run_comparison(cfg, out, seeds, probe, RichReporter(), overwrite=overwrite)
+    result = run_comparison(cfg, out, seeds, probe, RichReporter(), overwrite=overwrite, positive=positive_label)
     console.print(comparison_table(result))
+    for note in result["notes"]:
+        console.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
     console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{out / COMPARISON}[/bold] and "
                   f"[bold]{result['figure']}[/bold]; each run under {out} works with predict --model.")
 
@@ -375,7 +417,7 @@ def pretrain_embeddings(
     output: Annotated[Path, typer.Option("--output", "-o", help="GloVe-format text file to write.")] = Path("vectors/movie-reviews-100d.txt"),
     dim: Annotated[int, typer.Option("--dim", min=1, help="Vector width; must equal model.embedding_dim of the configs using it.")] = 100,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes of word2vec over the corpus.")] = 5,
-    sources: Annotated[str, typer.Option("--sources", help="Comma-separated embedded corpora whose training rows are read.")] = "rotten_tomatoes,imdb",
+    sources: Annotated[Optional[str], typer.Option("--sources", help="Comma-separated embedded corpora whose training rows are read; default: all of them.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config whose seed and data.split decide the held-out rows left out (default: the shipped `default`).")] = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing vectors file.")] = False,
@@ -385,10 +427,11 @@ def pretrain_embeddings(
 
     from sentiment_rnn.config import load_config
     from sentiment_rnn.console import console
+    from sentiment_rnn.data import EMBEDDED
     from sentiment_rnn.pretrain import check_output, check_sources, pretrain_embeddings as run_pretraining
 
     check_output(output, overwrite)
-    names = [s.strip() for s in sources.split(",") if s.strip()]
+    names = list(EMBEDDED) if sources is None else [s.strip() for s in sources.split(",") if s.strip()]
     check_sources(names)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of {', '.join(names)} "

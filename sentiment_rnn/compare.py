@@ -15,8 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from sentiment_rnn import data as data_lib
 from sentiment_rnn import rundir
 from sentiment_rnn.config import Config
@@ -28,7 +26,8 @@ from sentiment_rnn.train import Reporter, prepare_output, train
 
 LENGTHS = (16, 64, 256, 1024)  # sentence lengths L at which parameters are counted
 RUN_PREFIX = {"rnn": "rnn", "per_word_linear": "baseline"}  # model kind -> run directory prefix
-LABELS = {"rnn": "RNN", "per_word_linear": "per-word linear"}
+LABELS = {"rnn": "RNN", "per_word_linear": "per-word linear"}  # model kind -> display name (tables, figure)
+POSITIVE_NAMES = ("positive", "pos")  # a label named so (any case) is the positive one
 COMPARISON, FIGURE = "comparison.json", "comparison.png"
 READINGS_FIGURE = "readings.png"  # both models' explain readings of the README pair, side by side
 
@@ -46,22 +45,54 @@ ROWS = [
     ("probe_mean_gap", "probe P(pos) gap, positive minus negative", "higher", "fraction"),
     ("word_order_sensitivity", "mean |ΔP(positive)|, words shuffled", None, "fraction"),
 ]
+PROBE_KEYS = ("probe_accuracy", "probe_flip_rate", "probe_mean_gap")
 
 
-def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_path: str | Path | None = None,
-                     reporter: Reporter | None = None, overwrite: bool = False) -> dict:
-    """Train both models for `seeds` seeds, measure them and write comparison.json + comparison.png."""
+def positive_label(labels: list[str], given: str | None = None) -> str | None:
+    """The label whose probability the context probe reads: `given`, else the one label named 'positive' or
+    'pos' (any case). None for data of more than two labels, where the two-class probe does not apply."""
+    if len(labels) != 2:
+        if given is not None:
+            raise SentimentRNNError(f"--positive-label needs two-class data; this data has labels {labels}; "
+                                    "drop --positive-label")
+        return None
+    if given is not None:
+        if given not in labels:
+            raise SentimentRNNError(f"--positive-label {given!r} is not one of the data's labels {labels}")
+        return given
+    named = [label for label in labels if label.lower() in POSITIVE_NAMES]
+    if len(named) != 1:
+        raise SentimentRNNError(f"cannot tell which of the labels {labels} is positive; "
+                                f"pass --positive-label {labels[1]!r} (or {labels[0]!r})")
+    return named[0]
+
+
+def _check(config: Config, seeds: int) -> None:
     if seeds < 1:
         raise SentimentRNNError(f"--seeds must be at least 1, got {seeds}")
     if config.model.kind != "rnn":
         raise SentimentRNNError("compare-baseline needs an RNN config (model.kind: rnn); it trains the baseline itself")
+
+
+def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_path: str | Path | None = None,
+                     reporter: Reporter | None = None, overwrite: bool = False,
+                     positive: str | None = None) -> dict:
+    """Train both models for `seeds` seeds, measure them and write comparison.json + comparison.png.
+
+    positive: the label the probe's 1 means (see positive_label); everything is checked before training.
+    """
+    _check(config, seeds)
     reporter = reporter or Reporter()
     output_dir = Path(output_dir)
     pairs = load_probe(probe_path)  # fail on a broken probe before minutes of training
+    split_seed = config.data.carving_seed(config.seed)
+    labels = data_lib.load_splits(config.data, split_seed).label_names
+    positive = positive_label(labels, positive)
+    notes = [] if positive else [f"the context probe needs two classes; this data has {len(labels)} "
+                                 f"({', '.join(labels)}), so its rows are skipped"]
     prepare_output(output_dir, overwrite)
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {kind: [] for kind in RUN_PREFIX}
-    split_seed = config.data.carving_seed(config.seed)
     for i in range(seeds):
         seed = config.seed + i
         runs = {}
@@ -75,11 +106,12 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
         reporter.stage(f"Seed {seed}: scoring the probe and shuffled test sentences")
         shuffled = _test_texts(runs["rnn"][0], seed)
         for kind, (run, metrics) in runs.items():
-            per_seed[kind].append(measure_run(run, metrics, pairs, shuffled))
-    result = summarize(per_seed, [config.seed + i for i in range(seeds)])
+            per_seed[kind].append(measure_run(run, metrics, pairs if positive else None, shuffled, positive))
+    rows = [row for row in ROWS if positive or row[0] not in PROBE_KEYS]
+    result = summarize(per_seed, [config.seed + i for i in range(seeds)], rows)
     result.update(config=config.name, split_seed=split_seed, output=str(output_dir), probe=str(probe_path or DEFAULT_PROBE),
-                  probe_pairs=len(pairs), lengths=list(LENGTHS), seconds=time.perf_counter() - started,
-                  figure=str(output_dir / FIGURE),
+                  probe_pairs=len(pairs), positive_label=positive, notes=notes, model_labels=LABELS,
+                  lengths=list(LENGTHS), seconds=time.perf_counter() - started, figure=str(output_dir / FIGURE),
                   runs={kind: [str(output_dir / f"{prefix}-seed{config.seed + i}") for i in range(seeds)]
                         for kind, prefix in RUN_PREFIX.items()})
     first_seed = {kind: output_dir / f"{prefix}-seed{config.seed}" for kind, prefix in RUN_PREFIX.items()}
@@ -126,31 +158,22 @@ def shuffle_words(texts: list[str], tokenizer, max_length: int, seed: int) -> li
 def _test_texts(run: Path, seed: int) -> tuple[list[str], list[str]]:
     """The run's own test sentences, and the same sentences with their words shuffled."""
     loaded = rundir.load_run(run)
-    ds, _ = data_lib.recorded_split(loaded.config.data, rundir.read_json(run / rundir.SPLIT), "test")
+    record = rundir.read_json(run / rundir.SPLIT)
+    ds, _ = data_lib.recorded_split(loaded.config.data, record, "test", list(loaded.meta["label_names"]))
     texts = list(ds["text"])
     return texts, shuffle_words(texts, loaded.tokenizer, int(loaded.meta["max_length"]), seed)
 
 
-def _positive_column(labels: list[str]) -> int:
-    if len(labels) != 2:
-        raise SentimentRNNError(f"the context probe needs a two-class model, this one has labels {labels}; "
-                                "compare on a binary sentiment source")
-    return labels.index("positive") if "positive" in labels else 1
-
-
-def measure_run(run: Path, metrics: dict, pairs, shuffled: tuple[list[str], list[str]]) -> dict:
-    """One trained run's figures, flat: every value is a number that can be averaged over seeds."""
+def measure_run(run: Path, metrics: dict, pairs, shuffled: tuple[list[str], list[str]],
+                positive: str | None = None) -> dict:
+    """One trained run's figures, flat: every value is a number that can be averaged over seeds.
+    pairs None (data of more than two labels): no probe figures."""
     predictor = Predictor.from_dir(run)
-    positive = _positive_column(predictor.labels)
-
-    def p_positive(texts: list[str]) -> torch.Tensor:
-        return predictor.probabilities(texts)[:, positive]  # [N]
-
-    probe = score_probe(pairs, lambda texts: p_positive(texts).tolist())
     original, reordered = shuffled
-    order_change = (p_positive(original) - p_positive(reordered)).abs().mean().item()
+    # Half the L1 distance between the class distributions: |ΔP(positive)| for two classes, and defined for more.
+    order_change = 0.5 * (predictor.probabilities(original) - predictor.probabilities(reordered)).abs().sum(-1).mean().item()
     by_length = parameters_by_length(predictor.run)
-    return {
+    figures = {
         "params_total": metrics["parameters"]["total"],
         "params_without_embedding": metrics["parameters"]["without_embedding"],
         **{f"params_L{n}": counts["without_embedding"] for n, counts in by_length.items()},
@@ -160,11 +183,14 @@ def measure_run(run: Path, metrics: dict, pairs, shuffled: tuple[list[str], list
         "train_seconds": metrics["train_seconds"],
         "tokens_per_s": metrics["tokens_per_s"],
         "best_epoch": metrics["best_epoch"],
-        "probe_accuracy": probe["accuracy"],
-        "probe_flip_rate": probe["flip_rate"],
-        "probe_mean_gap": probe["mean_gap"],
         "word_order_sensitivity": order_change,
     }
+    if pairs is not None:
+        column = predictor.labels.index(positive)
+        probe = score_probe(pairs, lambda texts: predictor.probabilities(texts)[:, column].tolist())
+        figures.update(probe_accuracy=probe["accuracy"], probe_flip_rate=probe["flip_rate"],
+                       probe_mean_gap=probe["mean_gap"])
+    return figures
 
 
 def summarize(per_seed: dict[str, list[dict]], seeds: list[int], rows: list[tuple] = ROWS) -> dict:

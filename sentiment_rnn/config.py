@@ -10,12 +10,16 @@ import difflib
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sentiment_rnn.errors import SentimentRNNError
+
+
+CellName = Literal["rnn", "gru", "lstm"]  # the recurrent cells; checked here once, for every module
+CELLS: tuple[str, ...] = get_args(CellName)
 
 
 class _Strict(BaseModel):
@@ -28,8 +32,8 @@ class DataConfig(_Strict):
     text_column: str = "text"  # column holding the text
     label_column: str = "label"  # column holding the label (int or string)
     train_split: str = "train"  # split (or file stem, in a folder) to train on
-    validation_split: str | None = None  # None: carved from the training split
-    test_split: str | None = None  # None: carved from the training split
+    validation_split: str | None = None  # None: the source's 'validation' split if it has one, else carved from train
+    test_split: str | None = None  # None: the source's 'test' split if it has one, else carved from train
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
     limit: int | None = Field(None, ge=10)  # use only this many source rows (tiny runs, tests)
@@ -38,6 +42,14 @@ class DataConfig(_Strict):
     def carving_seed(self, run_seed: int) -> int:
         """The seed that carves the splits (and draws limit's sample): split_seed, else the run's seed."""
         return self.split_seed if self.split_seed is not None else run_seed
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _three_shares(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) != 3:
+            raise ValueError(f"data.split must be three shares (train, validation, test) that sum to 1, "
+                             f"e.g. [0.8, 0.1, 0.1]; got {len(value)}: {list(value)}")
+        return value
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:
@@ -61,7 +73,7 @@ class ModelConfig(_Strict):
     kind: Literal["rnn", "per_word_linear"] = "rnn"  # the recurrent classifier or the naive baseline
     embedding_dim: int = Field(100, ge=1)  # feature_len: width of each word vector
     embedding: EmbeddingConfig = EmbeddingConfig()
-    cell: Literal["rnn", "gru", "lstm"] = "rnn"  # recurrent cell
+    cell: CellName = "rnn"  # recurrent cell
     nonlinearity: Literal["tanh", "relu"] = "tanh"  # only for cell: rnn
     encoder: Literal["layer", "cells"] = "layer"  # nn.RNN-style layer, or nn.RNNCell unrolled by hand
     hidden_size: int = Field(128, ge=1)  # state width per layer (encoder: layer)
@@ -151,8 +163,20 @@ def _describe(err: dict) -> str:
     return f"'{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
-    """Validate a plain dict into a Config, or raise one readable error."""
+def _origin_of(loc: tuple, origin: str, overrides: dict[str, str]) -> str:
+    """Blame the --set override that wrote the failing key, not the file, when one did."""
+    key = ".".join(str(p) for p in loc)
+    for written, item in overrides.items():
+        if key == written or key.startswith(written + ".") or written.startswith(key + "."):
+            return f"--set {item}"
+    return origin
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[str, str] | None = None) -> Config:
+    """Validate a plain dict into a Config, or raise one readable error.
+
+    overrides: the dotted keys that --set wrote, with the override as given, to name it in errors.
+    """
     if not isinstance(raw, dict):
         raise SentimentRNNError(f"{origin}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     try:
@@ -160,7 +184,8 @@ def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise SentimentRNNError(f"{origin}: {_describe(errors[0])}{more}") from None
+        where = _origin_of(tuple(errors[0]["loc"]), origin, overrides or {})
+        raise SentimentRNNError(f"{where}: {_describe(errors[0])}{more}") from None
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -228,11 +253,13 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> 
         raw = _read_yaml(source, origin)
         if isinstance(raw, dict) and "name" not in raw:
             raw["name"] = source.name.rsplit(".", 1)[0]
+    written = {}
     for item in overrides or []:
         if not isinstance(raw, dict):
             break
         _apply_override(raw, item)
-    return parse_config(raw, origin)
+        written[item.partition("=")[0].strip()] = item
+    return parse_config(raw, origin, written)
 
 
 def dump_config(config: Config) -> str:

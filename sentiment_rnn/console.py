@@ -6,8 +6,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line longer than the terminal (or than the 80 columns rich assumes when output is piped) stays
+# one line, so logs and greps see whole epoch lines; tables still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class RichReporter:
@@ -85,10 +87,12 @@ def _figure(value: float | None, fmt: str) -> str:
 def comparison_table(result: dict) -> Table:
     """compare-baseline's rows: mean ± std of each figure per model and the computed verdict."""
     seeds = len(result["seeds"])
-    table = Table(title=f"RNN vs per-word linear baseline ({result['config']}, {seeds} seed{'s' * (seeds > 1)})")
+    names = result["model_labels"]  # compare.LABELS
+    table = Table(title=f"{names['rnn']} vs {names['per_word_linear']} baseline ({result['config']}, "
+                        f"{seeds} seed{'s' * (seeds > 1)})")
     table.add_column("figure")
-    table.add_column("RNN", justify="right")
-    table.add_column("per-word linear", justify="right")
+    table.add_column(names["rnn"], justify="right")
+    table.add_column(names["per_word_linear"], justify="right")
     table.add_column("verdict", overflow="fold")
     for row in result["rows"]:
         cells = []

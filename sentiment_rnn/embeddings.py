@@ -5,8 +5,6 @@ gensim is imported inside train_word_vectors so that importing this module stays
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -75,27 +73,17 @@ def train_word_vectors(
 
 
 def _write_glove(wv, out_path: Path) -> int:
-    """Write to a temp file beside the target and rename, so readers never see half a file."""
+    """Write atomically (see rundir.atomic_writer), so readers never see half a file."""
+    from sentiment_rnn.rundir import atomic_writer
+
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     written = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for word in wv.index_to_key:
-                if not word or any(c.isspace() for c in word):
-                    continue  # a space inside a word would break the space-separated format
-                f.write(word + " " + " ".join(f"{x:.6g}" for x in wv[word].tolist()) + "\n")
-                written += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; vectors are meant to be shared
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_writer(out_path, "w", encoding="utf-8", newline="\n") as f:
+        for word in wv.index_to_key:
+            if not word or any(c.isspace() for c in word):
+                continue  # a space inside a word would break the space-separated format
+            f.write(word + " " + " ".join(f"{x:.6g}" for x in wv[word].tolist()) + "\n")
+            written += 1
     return written
 
 

@@ -13,31 +13,33 @@ from sentiment_rnn.metrics import classification_metrics
 from sentiment_rnn.train import predict_batches
 
 
-def evaluate_run(model_dir: Path | None, source: str | None = None, split: str = "test",
+def evaluate_run(model_dir: Path | None, source: str | None = None, split: str | None = None,
                  text_column: str | None = None, label_column: str | None = None, precision: str = "fp32") -> dict:
-    """Metrics of a run on `split`: its recorded held-out rows by default, or a whole split of `source`.
-    precision "bf16" scores the model as `predict --precision bf16` runs it."""
+    """Metrics of a run on `split`: its recorded held-out rows by default (split None: test), or a whole split
+    of `source` (split None: its test split, or a single file's rows). precision "bf16" scores the model as
+    `predict --precision bf16` runs it."""
     run = rundir.load_run(model_dir, precision=precision)
     cfg = run.config.data
+    names = list(run.meta["label_names"])
     if source is None:
+        split = split or "test"
         if split not in ("test", "validation"):
             raise SentimentRNNError(f"the run records only its test and validation rows, not '{split}'; pass --data too")
-        ds, names = data_lib.recorded_split(cfg, rundir.read_json(run.path / rundir.SPLIT), split)
+        record = rundir.read_json(run.path / rundir.SPLIT)
+        ds, _ = data_lib.recorded_split(cfg, record, split, names)
+        shown = record.get("source_given", record.get("source", cfg.source))
     else:
         updates = {"source": source, "limit": None}
         if text_column:
             updates["text_column"] = text_column
         if label_column:
             updates["label_column"] = label_column
-        ds, names = data_lib.load_eval_data(cfg.model_copy(update=updates), split)
-    expected = run.meta["label_names"]
-    if names != expected:
-        raise SentimentRNNError(f"the data's labels {names} differ from the model's {expected}; "
-                                "evaluate on data with the same labels")
+        ds, split = data_lib.load_eval_data(cfg.model_copy(update=updates), split, names)
+        shown = source
     encoded = data_lib.encode(ds, run.tokenizer, int(run.meta["max_length"]))
     loader = data_lib.make_loader(encoded, 256, shuffle=False)
     result = predict_batches(run.model, loader, torch.device("cpu"))
-    metrics = classification_metrics(result["y_true"], result["y_pred"], expected)
-    metrics.update(run=str(run.path), split=split, source=source or cfg.source, loss=result["loss"],
+    metrics = classification_metrics(result["y_true"], result["y_pred"], names)
+    metrics.update(run=str(run.path), split=split, source=shown, loss=result["loss"],
                    numeric_precision=precision)  # not "precision": that names a per-class metric here
     return metrics

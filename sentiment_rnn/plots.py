@@ -58,7 +58,7 @@ def plot_comparison(result: dict, path: Path) -> None:
 
     plt = _pyplot()
     models = result["models"]
-    names = {"rnn": "RNN", "per_word_linear": "per-word linear"}
+    names = result["model_labels"]  # compare.LABELS
     fig, (ax_params, ax_scores) = plt.subplots(1, 2, figsize=(12, 4.5))
     lengths = result["lengths"]
     for kind, name in names.items():
@@ -71,6 +71,7 @@ def plot_comparison(result: dict, path: Path) -> None:
                   title="Parameters grow with L only for the baseline")
     keys = {"test_accuracy": "test acc.", "test_macro_f1": "test macro-F1", "probe_accuracy": "probe acc.",
             "probe_flip_rate": "probe flips", "word_order_sensitivity": "|ΔP| shuffled"}
+    keys = {k: v for k, v in keys.items() if k in models["rnn"]["mean"]}  # no probe figures for 3+ classes
     width = 0.38
     for i, (kind, name) in enumerate(names.items()):
         xs = [j + (i - 0.5) * width for j in range(len(keys))]

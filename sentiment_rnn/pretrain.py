@@ -20,7 +20,6 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.tokenizer import untrained_tokenizer
 
 DEFAULT_OUTPUT = Path("vectors/movie-reviews-100d.txt")
-DEFAULT_SOURCES = ("rotten_tomatoes", "imdb")
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -64,7 +63,7 @@ def pretrain_embeddings(output: Path, config: Config, sources: list[str] | None 
     output = Path(output)
     check_output(output, overwrite)
     start = time.perf_counter()
-    texts = training_texts(list(sources or DEFAULT_SOURCES), config)
+    texts = training_texts(list(sources or EMBEDDED), config)
     sentences = tokenize([t for part in texts.values() for t in part], config)
     info = train_word_vectors(sentences, output, dim=dim, epochs=epochs, seed=config.seed, on_epoch=on_epoch)
     return {**info, "texts": {source: len(part) for source, part in texts.items()},

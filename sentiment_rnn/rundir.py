@@ -12,9 +12,12 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import IO
 
 from sentiment_rnn.errors import SentimentRNNError
 
@@ -26,20 +29,35 @@ DEFAULT_ROOT = Path("runs")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}  # what predict and evaluate may run a model in
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Temporary file in the same folder, flush and fsync, rename: a reader never sees half a file."""
+def _file_mode() -> int:
+    """rw for whoever the umask allows, as open() would create the file (mkstemp makes it owner-only)."""
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_writer(path: Path, mode: str = "wb", **open_args) -> Iterator[IO]:
+    """A file to write into that appears at `path` only once complete: temporary file in the same folder,
+    flush and fsync, rename. A reader never sees half a file; a failure leaves the old file (or none)."""
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+        with os.fdopen(fd, mode, **open_args) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())  # the same mode as every other file the run writes
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write bytes or text (as UTF-8) through `atomic_writer`."""
+    with atomic_writer(path) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_json(path: Path, obj) -> None:
@@ -87,6 +105,8 @@ def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
 def resolve_run(model: Path | None) -> Path:
     """Check a run directory is complete, naming the first missing file."""
     run = find_latest_run() if model is None else Path(model)
+    if run.exists() and not run.is_dir():
+        raise SentimentRNNError(f"'{run}' is a file, not a run directory; pass a folder written by 'sentiment-rnn train'")
     if not run.is_dir():
         raise SentimentRNNError(f"run directory '{run}' does not exist; pass a folder written by 'sentiment-rnn train'")
     if not (run / METRICS).is_file() and not (run / CONFIG).is_file():
@@ -113,8 +133,8 @@ class LoadedRun:
 def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32") -> LoadedRun:
     """Rebuild a trained model from its run directory; never unpickles anything.
 
-    precision "bf16" casts the weights, so the whole forward pass runs in bfloat16: on a CPU with
-    native bf16 the LSTM runs about 1.6x faster, and probabilities move by up to about 0.02.
+    precision "bf16" casts the weights, so the whole forward pass runs in bfloat16: faster on a CPU with
+    native bf16, with slightly different probabilities (README, benchmarks).
     """
     import torch
     from safetensors import SafetensorError

@@ -231,6 +231,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     reporter.stage("Loading data")
     with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
         splits = data_lib.load_splits(config.data, config.seed)
+    reporter.stage(data_lib.describe_splits(splits.record))
     if not resume and main:
         prepare_output(output, overwrite)
     try:

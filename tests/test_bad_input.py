@@ -48,6 +48,14 @@ def train_on(data: Path, *extra: str) -> list[str]:
     return ["train", "-c", str(TINY), "--set", f"data.source={data}", *extra]
 
 
+def parquet(path: Path, texts: list, labels: list) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": texts, "label": labels}), path)
+    return path
+
+
 def folder(path: Path) -> Path:
     path.mkdir()
     return path
@@ -110,6 +118,17 @@ TRAIN_CASES = {
     "empty label": Case(lambda t: train_on(write(t / "d.csv", "text,label\nfirst review,\n" + csv_rows()[11:])),
                         "row 1 has no label"),
     "empty text": Case(lambda t: train_on(write(t / "d.csv", csv_rows() + "   ,1\n")), "row 41 has an empty text"),
+    "missing text cell in csv": Case(lambda t: train_on(write(t / "d.csv", csv_rows() + ",1\n")),
+                                     "row 41 has an empty text"),
+    "null text in jsonl": Case(lambda t: train_on(write(t / "d.jsonl", "".join(
+        json.dumps({"text": None if i == 7 else f"review {i}", "label": i % 2}) + "\n" for i in range(40)))),
+        "row 8 has an empty text"),
+    "None text in parquet": Case(lambda t: train_on(parquet(t / "d.parquet", [f"review {i}" for i in range(39)] + [None],
+                                                            [i % 2 for i in range(40)])), "row 40 has an empty text"),
+    "two split shares": Case(lambda t: ["train", "-c", str(TINY), "--set", "data.split=[0.5,0.2]"],
+                             "data.split must be three shares (train, validation, test) that sum to 1"),
+    "--set error names the override, not the file": Case(lambda t: ["train", "-c", str(TINY), "--set", "train.epochs=0"],
+                                                          "Error: --set train.epochs=0: 'train.epochs'"),
     "empty data file": Case(lambda t: train_on(write(t / "d.csv", b"")), "is empty"),
     "header only": Case(lambda t: train_on(write(t / "d.csv", "text,label\n")), "has no data rows"),
     "non-utf8 bytes in csv": Case(lambda t: train_on(write(t / "d.csv", csv_rows().encode() + b"caf\xe9 au lait,1\n")),
@@ -262,6 +281,20 @@ PREDICT_CASES = {
                                "is not a valid tokenizer file"),
     "meta garbage": Case(predict_with(lambda o: write(o / rundir.META, "[1, 2]")), "meta.json"),
     "evaluate missing model dir": Case(lambda t, r: ["evaluate", "-m", str(t / "absent")], "does not exist"),
+    "model is a file": Case(lambda t, r: ["predict", "-m", str(write(t / "some_file.csv", csv_rows())), "good"],
+                            "is a file, not a run directory"),
+    "evaluate with a missing column names the option": Case(lambda t, r: [
+        "evaluate", "-m", str(r), "--data", str(write(t / "d.csv", csv_rows().replace("text,label", "review,label")))],
+        "has no column 'text' (columns: review, label); pass --text-column"),
+    "evaluate on data with a missing text": Case(lambda t, r: [
+        "evaluate", "-m", str(r), "--data", str(write(t / "d.csv", csv_rows(labels=("negative", "positive")) + ",positive\n"))],
+        "row 41 has an empty text"),
+    "evaluate on data with an unknown label": Case(lambda t, r: [
+        "evaluate", "-m", str(r), "--data", str(write(t / "d.csv", csv_rows(labels=("negative", "meh"))))],
+        "has label 'meh', which is not one of ['negative', 'positive']"),
+    "evaluate a split the data lacks": Case(lambda t, r: [
+        "evaluate", "-m", str(r), "--data", str(write(t / "d" / "train.csv", csv_rows()).parent), "--split", "test"],
+        "has no split 'test' (splits: train)"),
     "evaluate on missing data": Case(lambda t, r: ["evaluate", "-m", str(r), "--data", str(t / "absent.csv")],
                                      "not found"),
 }
@@ -297,6 +330,25 @@ def test_subprocess_missing_config_file(tmp_path):
     proc = run_cli("train", "-c", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "run"))
     assert_one_line_error_text(proc.returncode, proc.stdout + proc.stderr, "config file")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_subprocess_missing_text_cells_name_their_row(tmp_path, tiny_run):
+    data = write(tmp_path / "d.csv", csv_rows(labels=("negative", "positive")) + ",positive\n")
+    for argv in (["train", "-c", str(TINY), "--set", f"data.source={data}", "-o", str(tmp_path / "run")],
+                 ["evaluate", "-m", str(tiny_run), "--data", str(data)]):
+        proc = run_cli(*argv)
+        assert_one_line_error_text(proc.returncode, proc.stdout + proc.stderr, "row 41 has an empty text")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_subprocess_set_errors_and_model_files_say_what_is_wrong(tmp_path):
+    proc = run_cli("train", "-c", str(TINY), "--set", "data.split=[0.5,0.2]", "-o", str(tmp_path / "run"))
+    assert_one_line_error_text(proc.returncode, proc.stdout + proc.stderr, "Error: --set data.split=[0.5,0.2]:")
+    assert "tiny.yaml" not in proc.stderr.decode()
+    proc = run_cli("predict", "-m", str(write(tmp_path / "some_file.csv", csv_rows())), "good")
+    assert_one_line_error_text(proc.returncode, proc.stdout + proc.stderr, "is a file, not a run directory")
 
 
 @pytest.mark.slow

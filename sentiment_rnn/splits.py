@@ -1,0 +1,260 @@
+"""Check a loaded source, name its labels, and split it reproducibly into train, validation and test.
+
+A source's own validation and test splits (a folder's validation.csv and test.csv, a Hub dataset's
+splits) are used when it has them; what it lacks is carved from the training split, stratified and
+seeded. The record (split.json in a run) names the exact held-out rows, so they can be rebuilt later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+
+from sentiment_rnn.config import DataConfig
+from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.sources import load_raw, resolve_source
+
+ROW = "__row__"  # original row number, so a run can record exactly which rows it held out
+HELD_OUT = ("validation", "test")
+
+
+@dataclass
+class Splits:
+    """The three parts a run uses, plus what is needed to rebuild them and read their labels."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset
+    label_names: list[str]
+    record: dict = field(default_factory=dict)  # saved as split.json in the run
+
+
+def column_numpy(ds: datasets.Dataset, name: str) -> np.ndarray:
+    """One column as a numpy array, through datasets' Arrow format: one Arrow gather, where the numpy
+    format's column (what `Dataset.train_test_split` reads) is converted row by row."""
+    return ds.with_format("arrow")[name].to_numpy()
+
+
+def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint: bool = False) -> None:
+    """Both columns exist and every row has a text and a label; else name the first bad row.
+
+    option_hint: name the CLI option (--text-column) instead of the config key in the hint.
+    """
+    for key in ("text_column", "label_column"):
+        column = getattr(cfg, key)
+        if column not in ds.column_names:
+            fix = f"pass --{key.replace('_', '-')}" if option_hint else f"set data.{key}"
+            raise SentimentRNNError(
+                f"split '{split}' has no column '{column}' (columns: {', '.join(ds.column_names)}); {fix}"
+            )
+    if len(ds) == 0:
+        raise SentimentRNNError(f"split '{split}' of '{cfg.source}' is empty; give a source with rows")
+    start = 0  # one Arrow batch at a time: trimming a whole text column would copy all of it into memory
+    for batch in ds.select_columns([cfg.text_column, cfg.label_column]).with_format("arrow").iter(65_536):
+        texts, labels = batch.column(cfg.text_column), batch.column(cfg.label_column)
+        no_label = pc.is_null(labels, nan_is_null=True)
+        # Kleene "or": a null text gives null from the comparison, and a plain "or" would turn true into null.
+        no_text = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(pc.cast(texts, "string")), ""))
+        for mask, what in ((no_label, "no label (empty or NaN)"), (no_text, "an empty text")):
+            if pc.any(mask).as_py():
+                row = start + int(pc.index(mask, True).as_py())
+                raise SentimentRNNError(f"split '{split}' row {row + 1} has {what}; fix or remove that row")
+        start += batch.num_rows
+
+
+def _label_key(value) -> str:
+    """A label value as the string that names it: 1, 1.0 and "1" all name label "1"."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_int(key: str) -> bool:
+    return key.lstrip("-").isdigit()
+
+
+def label_names(raw: dict[str, datasets.Dataset], cfg: DataConfig) -> list[str]:
+    """The labels of the given splits: a ClassLabel's names, else every value found, as strings, sorted
+    (numerically when every label is an integer)."""
+    feature = next(iter(raw.values())).features[cfg.label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    keys = {_label_key(v) for ds in raw.values() for v in ds.unique(cfg.label_column)}
+    if all(_is_int(k) for k in keys):
+        return sorted(keys, key=int)
+    return sorted(keys)
+
+
+def to_ids(ds: datasets.Dataset, cfg: DataConfig, names: list[str], split: str) -> datasets.Dataset:
+    """Columns 'text', 'label' (ids into `names`) and the row number.
+
+    Only the small label column is written anew; the text stays in the source's Arrow file, so a large
+    CSV is not copied (nor paged into memory) a second time.
+    """
+    feature = ds.features[cfg.label_column]
+    given = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    lookup = {n: i for i, n in enumerate(names)}
+
+    def convert(labels):
+        if given == names:
+            return {"label": labels}
+        keys = [given[v] for v in labels] if given else [_label_key(v) for v in labels]
+        unknown = next((k for k in keys if k not in lookup), None)
+        if unknown is not None:
+            raise SentimentRNNError(f"split '{split}' has label {unknown!r}, which is not one of {names}; "
+                                    "give data with the same labels")
+        return {"label": [lookup[k] for k in keys]}
+
+    labels = ds.map(convert, input_columns=cfg.label_column, batched=True, batch_size=10_000,
+                    remove_columns=ds.column_names,
+                    features=datasets.Features({"label": datasets.ClassLabel(names=names)}))
+    text = ds.select_columns([cfg.text_column])
+    if cfg.text_column != "text":
+        text = text.rename_column(cfg.text_column, "text")
+    if getattr(text.features["text"], "dtype", None) not in ("string", "large_string"):
+        text = text.cast_column("text", datasets.Value("string"))
+    out = datasets.concatenate_datasets([text, labels], axis=1)
+    return out.add_column(ROW, np.arange(len(out), dtype=np.int64))
+
+
+def _stratified_split(ds: datasets.Dataset, test_share: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Seeded split keeping each label's share in both parts; whole row counts, so no row is dropped.
+
+    scikit-learn draws the rows from the label column as one array. `Dataset.train_test_split` does the
+    same draw, but reads the labels through a column object row by row, which takes minutes on millions.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = column_numpy(ds, "label")
+    counts = np.bincount(labels, minlength=len(ds.features["label"].names))
+    if (counts == 1).any():
+        single = ds.features["label"].names[int(np.flatnonzero(counts == 1)[0])]
+        raise SentimentRNNError(f"label '{single}' has a single row, too few for a stratified split; "
+                                "remove that row or add more rows of that label")
+    n_test = int(np.ceil(test_share * len(ds)))
+    kept, held = train_test_split(np.arange(len(ds)), test_size=n_test, stratify=labels, random_state=seed)
+    return ds.select(kept), ds.select(held)
+
+
+def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: int):
+    """Stratified, seeded train/validation/test split of one dataset."""
+    held = shares[1] + shares[2]
+    n = len(train)
+    n_classes = len(train.features["label"].names)
+    if round(n * held) < 2 * n_classes or round(n * shares[0]) < n_classes:
+        raise SentimentRNNError(f"only {n} rows: too few to split into train/validation/test; give more data")
+    kept, held_out = _stratified_split(train, held, seed)
+    validation, test = _stratified_split(held_out, shares[2] / held, seed)
+    return kept, validation, test
+
+
+def held_out_splits(cfg: DataConfig, available) -> dict[str, str]:
+    """The source's own splits serving as validation and test: those configured, else those it has."""
+    chosen = {}
+    for part in HELD_OUT:
+        split = getattr(cfg, f"{part}_split")
+        if split is not None and split not in available:
+            raise SentimentRNNError(
+                f"'{cfg.source}' has no split '{split}' (splits: {', '.join(available)}); set data.{part}_split")
+        if split is None and part in available and part != cfg.train_split:
+            split = part
+        if split is not None:
+            chosen[part] = split
+    return chosen
+
+
+def _parts(train: datasets.Dataset, given: dict[str, datasets.Dataset], shares, seed: int) -> dict:
+    """train/validation/test: the given splits, and the rest carved from `train`."""
+    if len(given) == len(HELD_OUT):  # nothing to carve: every training row trains
+        return {"train": train, **given}
+    carved = dict(zip(("train", *HELD_OUT), _carve(train, shares, seed)))
+    if not given:
+        return carved
+    # The carved part that a given split replaces goes back to training.
+    carved["train"] = datasets.concatenate_datasets([carved["train"], *(carved[p] for p in given)])
+    return {**carved, **given}
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Load, validate and split a data source; the record says how to rebuild the exact same parts.
+
+    The carving is drawn with data.split_seed when set, else with the run's seed.
+    """
+    seed = cfg.carving_seed(seed)
+    raw = load_raw(cfg)
+    if cfg.train_split not in raw:
+        raise SentimentRNNError(
+            f"'{cfg.source}' has no split '{cfg.train_split}' (splits: {', '.join(raw)}); set data.train_split")
+    named = held_out_splits(cfg, raw)
+    used = {split: raw[split] for split in (cfg.train_split, *named.values())}
+    for split, ds in used.items():
+        check_columns(ds, cfg, split)
+    names = label_names(used, cfg)
+    if len(names) < 2:
+        raise SentimentRNNError(
+            f"the training data has one class only ({names[0]!r}); a classifier needs rows of at least two labels")
+    data = {split: to_ids(ds, cfg, names, split) for split, ds in used.items()}
+    train = data[cfg.train_split]
+    if cfg.limit is not None and cfg.limit < len(train):
+        # Seeded sample: the embedded CSV lists every positive row before the negatives.
+        train = train.shuffle(seed=seed).select(range(cfg.limit))
+    parts = _parts(train, {part: data[split] for part, split in named.items()}, cfg.split, seed)
+    record = {
+        "source": resolve_source(cfg.source),  # absolute: the run can be evaluated from any folder
+        "source_given": cfg.source,  # as the user wrote it, for display
+        "seed": seed,
+        "shares": list(cfg.split),
+        "splits": {"train": cfg.train_split, **{part: named.get(part, cfg.train_split) for part in HELD_OUT}},
+        "rows": {k: column_numpy(v, ROW).tolist() for k, v in parts.items() if k != "train"},
+        "sizes": {k: len(v) for k, v in parts.items()},
+    }
+    return Splits(parts["train"], parts["validation"], parts["test"], names, record)
+
+
+def describe_splits(record: dict) -> str:
+    """One line naming each part's size and where it came from, e.g. for the training log."""
+    train = record["splits"]["train"]
+    said = []
+    for part in ("train", *HELD_OUT):
+        split = record["splits"][part]
+        origin = f"split '{split}'" if part == "train" or split != train else f"carved from '{train}'"
+        said.append(f"{part} {record['sizes'][part]:,} rows ({origin})")
+    return f"Data {record.get('source_given', record['source'])}: " + ", ".join(said)
+
+
+def recorded_split(cfg: DataConfig, record: dict, part: str = "test",
+                   names: list[str] | None = None) -> tuple[datasets.Dataset, list[str]]:
+    """Rebuild exactly the rows a run held out, from its split.json record (its resolved source)."""
+    cfg = cfg.model_copy(update={"source": record.get("source", cfg.source)})
+    raw = load_raw(cfg)
+    split = record["splits"][part]
+    if split not in raw:
+        raise SentimentRNNError(f"'{cfg.source}' no longer has split '{split}'; pass --data to evaluate elsewhere")
+    check_columns(raw[split], cfg, split)
+    names = names or label_names({split: raw[split]}, cfg)
+    ds = to_ids(raw[split], cfg, names, split)
+    rows = record["rows"].get(part)
+    if rows is not None:
+        if rows and max(rows) >= len(ds):
+            raise SentimentRNNError(f"'{cfg.source}' changed since training (fewer rows); pass --data to evaluate elsewhere")
+        ds = ds.select(rows)
+    return ds, names
+
+
+def load_eval_data(cfg: DataConfig, split: str | None, names: list[str]) -> tuple[datasets.Dataset, str]:
+    """A whole split of another source, for `evaluate --data`, its labels mapped onto the model's `names`.
+
+    split None: 'test' if the source has one, else its only split (a single file is one split).
+    """
+    raw = load_raw(cfg)
+    if split is None:
+        split = "test" if "test" in raw else next(iter(raw)) if len(raw) == 1 else None
+        if split is None:
+            raise SentimentRNNError(f"'{cfg.source}' has no test split (splits: {', '.join(raw)}); choose one with --split")
+    if split not in raw:
+        raise SentimentRNNError(f"'{cfg.source}' has no split '{split}' (splits: {', '.join(raw)}); use --split")
+    check_columns(raw[split], cfg, split, option_hint=True)
+    return to_ids(raw[split], cfg, names, split), split
