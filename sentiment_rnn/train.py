@@ -235,14 +235,15 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     """Train, evaluate and save a run; returns metrics.json's content.
 
     `resume=True` continues the unfinished run in `output` from its checkpoint (the config must be the
-    run's own: see checkpoint.resume_config). A run that fails never looks complete (metrics.json is
+    run's own: see checkpoint.resume_config), or a finished run from its final state when config.train.epochs
+    is larger than its own (checkpoint.reopen). A run that fails never looks complete (metrics.json is
     written last); its directory is kept if it has a checkpoint to resume from, removed otherwise.
     """
     main = distributed.is_main()  # under torchrun, rank 0 alone reports and writes the run directory
     reporter = (reporter or Reporter()) if main else Reporter()
     output = Path(output)
     if resume:
-        checkpoint.check_resumable(output)
+        checkpoint.check_resumable(output, config.train.epochs)
     elif main:
         check_output(output, overwrite)
     check_pretrained(config)
@@ -256,6 +257,8 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
     if not resume and main:
         prepare_output(output, overwrite)
+    if resume and main and rundir.is_complete(output):
+        reopen_finished(output, splits, config.train, reporter)
     try:
         return _train_into(config, output, splits, device, threads, reporter, resume)
     except BaseException:
@@ -264,6 +267,14 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         raise
     finally:
         distributed.teardown()
+
+
+def reopen_finished(output: Path, splits: data_lib.Splits, cfg: TrainConfig, reporter: Reporter) -> None:
+    """Make a finished run resumable again from its last epoch, once its data is known to be the same."""
+    checkpoint.check_same_data(output, splits.record)
+    epoch, stopped_early = checkpoint.reopen(output)
+    reset = f"; early stopping had ended it after epoch {epoch - 1}, patience starts afresh" if stopped_early else ""
+    reporter.stage(f"Continuing the finished run from epoch {epoch} to {cfg.epochs}{reset}")
 
 
 @dataclass
@@ -351,8 +362,9 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     metrics = run_metrics(progress, test, splits, model, coverage, device, threads)
     metrics["class_weights"] = weights  # what the loss used: None, train.class_weights, or "balanced" computed
     if distributed.is_main():
+        checkpoint.keep_final(output)  # before metrics.json: a complete run can always continue with more epochs
         save_run(output, model, tokenizer, splits, config, metrics)
-        checkpoint_path(parts).unlink(missing_ok=True)  # the run is complete: the checkpoint has served
+        checkpoint_path(parts).unlink(missing_ok=True)  # the run is complete: final_state.pt has what it held
     return metrics
 
 
