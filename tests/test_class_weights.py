@@ -34,8 +34,8 @@ def test_a_weight_count_unlike_the_class_count_fails_before_anything_is_written(
     result = train_tiny(out, "train.class_weights=[1, 2, 3]")
     assert result.exit_code == 1
     errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
-    assert errors == ["Error: train.class_weights has 3 weights but the data has 2 classes (negative, positive); "
-                      "give one weight per class, in that order"], result.output
+    assert errors == [("Error: train.class_weights has 3 weights but the data has 2 classes (negative, positive); "
+                       "give one weight per class, in that order")], result.output
     assert not out.exists()
 
 
