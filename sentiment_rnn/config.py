@@ -107,7 +107,7 @@ class TrainConfig(_Strict):
     @classmethod
     def _balanced_or_positive(cls, value: Any) -> Any:
         """One readable message instead of pydantic's two union branches; the count is checked against the
-        data's classes once the labels are known (train.check_class_weights)."""
+        data's classes once the labels are known (train.class_weights)."""
         numbers = isinstance(value, list) and value and all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
         if value is None or value == "balanced" or numbers:
