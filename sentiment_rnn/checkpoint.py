@@ -3,6 +3,10 @@
 `checkpoint.pt` is a `torch.save` of plain containers only (state dicts, tensors, numbers, strings), read
 back with `torch.load(weights_only=True)`, so a tampered file can fail to load but can never run code.
 It is written atomically (temporary file, fsync, rename): a kill during the write leaves the previous one.
+
+A complete run keeps its last checkpoint as `final_state.pt` (the last epoch's weights, optimizer and
+progress, not the best epoch's), so `train --resume RUN --set train.epochs=N` can continue it with more
+epochs. `checkpoint.pt` itself keeps its meaning: present only while a run is unfinished and resumable.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from sentiment_rnn.config import Config, load_config
 from sentiment_rnn.errors import SentimentRNNError
 
 FORMAT = 1  # bump when the layout changes, so an old checkpoint fails with a clear message
-ADJUSTABLE = ("train.lr", "train.clip_grad_norm")  # the only keys a resume may change: the cures for a NaN loss
+# The only keys a resume may change: the cures for a NaN loss, and more epochs for a finished run.
+ADJUSTABLE = ("train.epochs", "train.lr", "train.clip_grad_norm")
+FINAL = "final_state.pt"  # a complete run's last checkpoint, kept so that more epochs can continue it
 
 
 @dataclass
@@ -106,11 +112,8 @@ def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progres
     rundir.atomic_write(path, buffer.getvalue())
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float) -> Progress:
-    """Restore model, optimizer and RNG states in place and return the loop's progress.
-
-    `lr` is the config's learning rate: it replaces the saved one, which a resume may have lowered.
-    """
+def read(path: Path) -> dict:
+    """The checkpoint's containers, loaded with weights_only=True; one-line errors for damaged files."""
     damaged = f"'{path}' is damaged or was not written by sentiment-rnn"
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols; our error says enough
@@ -124,6 +127,16 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: flo
         raise SentimentRNNError(f"{damaged} ({reason}); train again with --overwrite") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SentimentRNNError(f"{damaged} (unknown checkpoint format); train again with --overwrite")
+    return ckpt
+
+
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float) -> Progress:
+    """Restore model, optimizer and RNG states in place and return the loop's progress.
+
+    `lr` is the config's learning rate: it replaces the saved one, which a resume may have lowered.
+    """
+    ckpt = read(path)
+    damaged = f"'{path}' is damaged or was not written by sentiment-rnn"
     try:
         progress = Progress(**ckpt["progress"])
         model.load_state_dict(ckpt["model"], strict=True)
@@ -138,31 +151,86 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: flo
     return progress
 
 
-def check_resumable(run: Path) -> None:
+def check_resumable(run: Path, epochs: int | None = None) -> None:
+    """An unfinished run resumes from its checkpoint; a finished one continues only when `epochs` (the
+    train.epochs asked for) is more than its own (see check_continuable)."""
     run = Path(run)
     if not run.is_dir():
         raise SentimentRNNError(f"cannot resume: '{run}' is not a run directory; pass the folder of an unfinished run")
     if rundir.is_complete(run):
-        raise SentimentRNNError(f"cannot resume: run '{run}' already finished; train a new run with --output DIR")
-    if not (run / rundir.CHECKPOINT).is_file():
+        check_continuable(run, epochs)
+    elif not (run / rundir.CHECKPOINT).is_file():
         raise SentimentRNNError(f"cannot resume: '{run}' has no {rundir.CHECKPOINT} (training stopped before its "
                                 "first checkpoint); train again with --overwrite")
 
 
+def check_continuable(run: Path, epochs: int | None) -> None:
+    """A finished run continues from its final state when asked for more epochs than it was configured for."""
+    own = load_config(run / rundir.CONFIG).train.epochs
+    if epochs is None or epochs == own:
+        raise SentimentRNNError(f"cannot resume: run '{run}' already finished; train a new run with --output DIR, "
+                                f"or continue it with more epochs: --set train.epochs=N with N > {own}")
+    if epochs < own:
+        raise SentimentRNNError(f"cannot continue run '{run}': train.epochs={epochs} is not more than its own "
+                                f"train.epochs={own}; pass a larger value, e.g. --set train.epochs={2 * own}")
+    if not (run / FINAL).is_file():
+        raise SentimentRNNError(f"cannot continue run '{run}': it has no {FINAL} (its last epoch's weights and "
+                                "optimizer state) to continue from; train a new run with --output DIR")
+
+
+def keep_final(run: Path) -> None:
+    """Copy the last checkpoint to FINAL; called before metrics.json, so a complete run always has it."""
+    rundir.atomic_write(run / FINAL, (run / rundir.CHECKPOINT).read_bytes())
+
+
+def reopen(run: Path) -> tuple[int, bool]:
+    """Turn a finished run back into an unfinished one that resumes after its last epoch.
+
+    The final state becomes checkpoint.pt, then metrics.json goes (one atomic unlink): from then on the run
+    reads as unfinished and resumable until the continued run writes metrics.json last; a kill at any
+    point leaves either the finished run or a resumable one. A run that had stopped early gets a fresh
+    patience: the user asked for more epochs. Returns the epoch it continues with, and whether early
+    stopping was reset.
+    """
+    ckpt = read(run / FINAL)
+    try:
+        progress = Progress(**ckpt["progress"])
+    except (KeyError, TypeError):
+        raise SentimentRNNError(f"'{run / FINAL}' is damaged (no readable progress); train a new run with --output DIR") from None
+    stopped = progress.stopped
+    if stopped:
+        progress.stopped, progress.stale = False, 0
+        ckpt["progress"] = asdict(progress)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    rundir.atomic_write(run / rundir.CHECKPOINT, buffer.getvalue())
+    (run / rundir.METRICS).unlink()
+    return progress.epoch, stopped
+
+
 def resume_config(run: Path, config_path: Path | None = None, overrides: list[str] | None = None) -> Config:
     """The config of the run to resume: its own config.yaml. A resume continues the same run, so
-    --config/--set may restate that config, and change only the ADJUSTABLE keys (e.g. a lower lr)."""
-    check_resumable(run)
-    config = load_config(Path(run) / rundir.CONFIG)
-    if config_path is None and not overrides:
-        return config
-    asked = load_config(config_path if config_path is not None else Path(run) / rundir.CONFIG, overrides)
+    --config/--set may restate that config, and change only the ADJUSTABLE keys (e.g. a lower lr, or
+    more epochs for a finished run)."""
+    run = Path(run)
+    finished = run.is_dir() and rundir.is_complete(run)
+    if not finished:
+        check_resumable(run)
+    config = load_config(run / rundir.CONFIG)
+    asked = config
+    if config_path is not None or overrides:
+        asked = load_config(config_path if config_path is not None else run / rundir.CONFIG, overrides)
+    if finished:
+        check_resumable(run, asked.train.epochs)
     changed = [k for k in _changed_keys(config.model_dump(mode="json"), asked.model_dump(mode="json"))
                if k not in ADJUSTABLE]
     if changed:
         raise SentimentRNNError(f"--resume continues '{run}' with its own config.yaml, but --config/--set change "
-                                f"{', '.join(changed[:3])}; a resume may change only {' and '.join(ADJUSTABLE)}: "
+                                f"{', '.join(changed[:3])}; a resume may change only {', '.join(ADJUSTABLE)}: "
                                 "drop the others, or start a new run with --output DIR")
+    if asked.train.epochs < config.train.epochs:
+        raise SentimentRNNError(f"--resume may raise train.epochs, not lower it ({config.train.epochs} -> "
+                                f"{asked.train.epochs}); drop --set train.epochs or start a new run with --output DIR")
     return asked
 
 

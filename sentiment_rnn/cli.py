@@ -98,7 +98,7 @@ def train(
     set_: SetOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/<config name>/.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint, with its own config.yaml; --set may change only train.lr and train.clip_grad_norm.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint, with its own config.yaml; --set may change only train.epochs, train.lr and train.clip_grad_norm. A finished run continues from its last epoch with --set train.epochs=N, N above its own.")] = None,
 ) -> None:
     """Train a classifier from a YAML config (default: the shipped `default`) and save the run directory."""
     with _heavy_imports():

@@ -113,6 +113,18 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
     grad_probe_epochs: list[int] = [1]  # epochs after which dLoss/dh_t is recorded on a validation batch
     bucket_pool: int = Field(50, ge=1)  # batches per pool sorted by length (less padding)
+    class_weights: Literal["balanced"] | list[float] | None = None  # loss weight per class (label order); balanced: n / (classes * count) on the training split
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _balanced_or_positive(cls, value: Any) -> Any:
+        """One readable message instead of pydantic's two union branches; the count is checked against the
+        data's classes once the labels are known (train.class_weights)."""
+        numbers = isinstance(value, list) and value and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
+        if value is None or value == "balanced" or numbers:
+            return value
+        raise ValueError(f"must be balanced or a list of positive weights, one per class, e.g. [1, 9] (got {value!r})")
 
 
 class LMConfig(_Strict):

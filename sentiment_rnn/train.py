@@ -83,8 +83,30 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     return None
 
 
-def build_loss() -> nn.Module:
-    return nn.CrossEntropyLoss()
+def class_weights(cfg: TrainConfig, splits: data_lib.Splits) -> list[float] | None:
+    """The loss's weight per class, in label order: train.class_weights as given (one per class), or
+    "balanced" computed on the training split as n_samples / (n_classes * count_c) (scikit-learn's
+    definition), so each class adds the same total weight to the loss whatever its share of the rows."""
+    weights, names = cfg.class_weights, splits.label_names
+    if isinstance(weights, list) and len(weights) != len(names):
+        raise SentimentRNNError(f"train.class_weights has {len(weights)} weights but the data has {len(names)} "
+                                f"classes ({', '.join(names)}); give one weight per class, in that order")
+    if weights != "balanced":
+        return weights
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = data_lib.column_numpy(splits.train, "label")
+    counts = np.bincount(labels, minlength=len(names))
+    if counts.min() == 0:
+        raise SentimentRNNError(f"train.class_weights=balanced: class '{names[int(counts.argmin())]}' has no row in "
+                                "the training split; give the weights as a list, one per class, e.g. [1, 9]")
+    return compute_class_weight("balanced", classes=np.arange(len(names)), y=labels).tolist()
+
+
+def build_loss(weights: list[float] | None, device: torch.device) -> nn.Module:
+    """Cross-entropy, weighted per class when train.class_weights asks for it (imbalanced data)."""
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+    return nn.CrossEntropyLoss(weight=weight)
 
 
 def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch.device) -> nn.Module:
@@ -213,14 +235,15 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     """Train, evaluate and save a run; returns metrics.json's content.
 
     `resume=True` continues the unfinished run in `output` from its checkpoint (the config must be the
-    run's own: see checkpoint.resume_config). A run that fails never looks complete (metrics.json is
+    run's own: see checkpoint.resume_config), or a finished run from its final state when config.train.epochs
+    is larger than its own (checkpoint.reopen). A run that fails never looks complete (metrics.json is
     written last); its directory is kept if it has a checkpoint to resume from, removed otherwise.
     """
     main = distributed.is_main()  # under torchrun, rank 0 alone reports and writes the run directory
     reporter = (reporter or Reporter()) if main else Reporter()
     output = Path(output)
     if resume:
-        checkpoint.check_resumable(output)
+        checkpoint.check_resumable(output, config.train.epochs)
     elif main:
         check_output(output, overwrite)
     check_pretrained(config)
@@ -232,8 +255,11 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
         splits = data_lib.load_splits(config.data, config.seed)
     reporter.stage(data_lib.describe_splits(splits.record))
+    class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
     if not resume and main:
         prepare_output(output, overwrite)
+    if resume and main and rundir.is_complete(output):
+        reopen_finished(output, splits, config.train, reporter)
     try:
         return _train_into(config, output, splits, device, threads, reporter, resume)
     except BaseException:
@@ -242,6 +268,14 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         raise
     finally:
         distributed.teardown()
+
+
+def reopen_finished(output: Path, splits: data_lib.Splits, cfg: TrainConfig, reporter: Reporter) -> None:
+    """Make a finished run resumable again from its last epoch, once its data is known to be the same."""
+    checkpoint.check_same_data(output, splits.record)
+    epoch, stopped_early = checkpoint.reopen(output)
+    reset = f"; early stopping had ended it after epoch {epoch - 1}, patience starts afresh" if stopped_early else ""
+    reporter.stage(f"Continuing the finished run from epoch {epoch} to {cfg.epochs}{reset}")
 
 
 @dataclass
@@ -313,9 +347,10 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     model = setup_model(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
     coverage = load_pretrained(model, config, tokenizer)
     optimizer = build_optimizer(model, config.train)
+    weights = class_weights(config.train, splits)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.train.amp_bf16 and device.type == "cuda")
     parts = Parts(config, model, distributed.wrap(model, device), optimizer, build_scheduler(optimizer, config.train),
-                  build_loss(), loaders, device, autocast, output, reporter, longest_batch(loaders.validation))
+                  build_loss(weights, device), loaders, device, autocast, output, reporter, longest_batch(loaders.validation))
     progress = Progress()
     if resume:
         reporter.stage(f"Resuming from {checkpoint_path(parts)}")
@@ -326,9 +361,11 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     model.load_state_dict(progress.best["state"])
     test = predict_batches(model, loaders.test, device)
     metrics = run_metrics(progress, test, splits, model, coverage, device, threads)
+    metrics["class_weights"] = weights  # what the loss used: None, train.class_weights, or "balanced" computed
     if distributed.is_main():
+        checkpoint.keep_final(output)  # before metrics.json: a complete run can always continue with more epochs
         save_run(output, model, tokenizer, splits, config, metrics)
-        checkpoint_path(parts).unlink(missing_ok=True)  # the run is complete: the checkpoint has served
+        checkpoint_path(parts).unlink(missing_ok=True)  # the run is complete: final_state.pt has what it held
     return metrics
 
 

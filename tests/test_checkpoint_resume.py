@@ -4,6 +4,7 @@ reproducibility. Real training (tiny configs, one thread), real subprocesses, re
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from sentiment_rnn import checkpoint, rundir
 from sentiment_rnn.cli import app
 from sentiment_rnn.config import load_config
+from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.train import train
 
 from conftest import TINY
@@ -97,7 +99,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_run(resumable_con
     result = CliRunner().invoke(app, ["train", "--resume", str(out)])
     assert result.exit_code == 0, result.output
     assert_same_run(out, uninterrupted)
-    assert not (out / rundir.CHECKPOINT).exists()  # a complete run drops its checkpoint
+    assert not (out / rundir.CHECKPOINT).exists()  # a complete run drops its checkpoint,
+    assert checkpoint.read(out / checkpoint.FINAL)["progress"]["epoch"] == 4  # and keeps its last epoch's state
 
 
 @pytest.mark.slow
@@ -187,3 +190,95 @@ def test_run_records_python_library_versions_and_git_commit(tiny_run):
     assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
     if os.path.isdir(Path(__file__).resolve().parent.parent / ".git"):
         assert versions["git_commit"] and len(versions["git_commit"]) == 40
+
+
+# Continuing a finished run with more epochs. Tiny runs 2 epochs with patience 2 and its second epoch is
+# its best, so early stopping does not interfere: 2 epochs + 1 more must be exactly the 3-epoch run.
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("three") / "run"
+    train(load_config(TINY, ["train.epochs=3"]), out)
+    return out
+
+
+def continue_run(run: Path, *sets: str):
+    argv = ["train", "--resume", str(run)]
+    for item in sets:
+        argv += ["--set", item]
+    return CliRunner().invoke(app, argv)
+
+
+def test_a_finished_run_continues_from_its_last_epoch_to_exactly_the_longer_run(tiny_run, three_epochs, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    two = json.loads((run / rundir.METRICS).read_text())
+    assert len(two["history"]) == 2 and checkpoint.read(run / checkpoint.FINAL)["progress"]["epoch"] == 3
+
+    result = continue_run(run, "train.epochs=3")
+    assert result.exit_code == 0, result.output
+    assert "Continuing the finished run from epoch 3 to 3" in result.output
+    assert_same_run(run, three_epochs)  # history, test scores and best weights
+    three = json.loads((run / rundir.METRICS).read_text())
+    assert without_timing(three)["history"][:2] == without_timing(two)["history"]  # the history is kept
+    steps_per_epoch = len(two["grad_norm_per_step"]) // 2
+    assert len(three["grad_norm_per_step"]) == 3 * steps_per_epoch  # exactly one more epoch trained
+    final, reference = (checkpoint.read(r / checkpoint.FINAL) for r in (run, three_epochs))
+    assert final["progress"]["epoch"] == 4 and final["progress"]["step"] == 3 * steps_per_epoch
+    assert all(torch.equal(final["model"][k], reference["model"][k]) for k in reference["model"])  # last epoch's
+    assert load_config(run / rundir.CONFIG).train.epochs == 3
+    assert not (run / rundir.CHECKPOINT).exists()
+
+
+def test_a_reopened_run_reads_as_unfinished_until_the_continuation_completes(tiny_run, three_epochs, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    assert checkpoint.reopen(run) == (3, False)  # the state a kill right after reopening leaves
+    assert not rundir.is_complete(run) and (run / rundir.CHECKPOINT).is_file()
+    refused = CliRunner().invoke(app, ["predict", "-m", str(run), "a fine film"])
+    assert refused.exit_code == 1 and f"resume it with: sentiment-rnn train --resume {run}" in refused.output
+    result = continue_run(run, "train.epochs=3")
+    assert result.exit_code == 0, result.output
+    assert_same_run(run, three_epochs)
+
+
+def test_a_run_that_stopped_early_continues_with_a_fresh_patience(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(TINY, ["train.epochs=10", "train.patience=1"]), run)
+    before = json.loads((run / rundir.METRICS).read_text())["history"]
+    assert len(before) < 10, "patience 1 was expected to stop this run early"
+    assert checkpoint.read(run / checkpoint.FINAL)["progress"]["stopped"]
+
+    result = continue_run(run, "train.epochs=11")
+    assert result.exit_code == 0, result.output
+    assert "patience starts afresh" in result.output
+    after = json.loads((run / rundir.METRICS).read_text())["history"]
+    assert len(after) > len(before) and [r["epoch"] for r in after] == list(range(1, len(after) + 1))
+    assert without_timing({"history": after})["history"][:len(before)] == without_timing({"history": before})["history"]
+
+
+@pytest.mark.parametrize("sets, expected", [
+    ((), "already finished; train a new run with --output DIR, or continue it with more epochs"),
+    (("train.epochs=2",), "already finished"),
+    (("train.epochs=1",), "train.epochs=1 is not more than its own train.epochs=2"),
+    (("train.epochs=3", "model.hidden_size=8"), "change model.hidden_size"),
+])
+def test_continuing_a_finished_run_refuses_fewer_epochs_and_other_changes(tiny_run, tmp_path, sets, expected):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    result = continue_run(run, *sets)
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and expected in errors[0], result.output
+    assert rundir.is_complete(run) and not (run / rundir.CHECKPOINT).exists()  # the finished run is untouched
+
+
+def test_a_finished_run_without_its_final_state_cannot_continue(tiny_run, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / checkpoint.FINAL).unlink()
+    result = continue_run(run, "train.epochs=3")
+    assert result.exit_code == 1
+    assert f"has no {checkpoint.FINAL}" in result.output and rundir.is_complete(run)
+
+
+def test_an_unfinished_run_may_raise_its_epochs_but_not_lower_them(nan_run):
+    out, _ = nan_run
+    assert checkpoint.resume_config(out, None, ["train.epochs=5"]).train.epochs == 5
+    with pytest.raises(SentimentRNNError, match="may raise train.epochs, not lower it"):
+        checkpoint.resume_config(out, None, ["train.epochs=1"])
