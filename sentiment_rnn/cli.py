@@ -233,6 +233,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 256,
     precision: PrecisionOpt = Precision.fp32,
     backend: BackendOpt = Backend.auto,
+    fast: Annotated[bool, typer.Option("--fast", help="The speed opt-in's CPU kernel for vanilla (tanh/relu) RNN runs; the same probabilities, other cells ignore it.")] = False,
 ) -> None:
     """Classify texts: label and class probabilities."""
     texts = texts or []
@@ -250,7 +251,7 @@ def predict(
         with _heavy_imports():
             from sentiment_rnn.predict import Predictor
 
-            predictor = Predictor.from_dir(_chosen_run(model), precision=precision.value)
+            predictor = Predictor.from_dir(_chosen_run(model), precision=precision.value, fast=fast)
         _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0

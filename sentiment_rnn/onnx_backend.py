@@ -151,10 +151,11 @@ class OnnxPredictor:
             yield from self.predict(chunk)
 
 
-def evaluate_export(export_dir: Path | None, split: str = "test") -> dict:
+def evaluate_export(export_dir: Path | None, split: str | None = "test") -> dict:
     """Metrics of an export on the run's own held-out rows (heldout.jsonl), as `evaluate` reports a run's."""
     from sentiment_rnn.metrics import classification_metrics
 
+    split = split or "test"  # evaluate's --split defaults to the test rows
     if split not in ("test", "validation"):
         raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'")
     predictor = OnnxPredictor.load(resolve_export(export_dir))

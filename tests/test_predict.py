@@ -1,6 +1,8 @@
 """Predictor: blocks tokenized on a worker thread come back in input order; bf16 stays close to fp32; the
 fast opt-in gives the plain probabilities."""
 
+import json
+
 import pytest
 import torch
 
@@ -63,3 +65,17 @@ def test_fast_predictor_gives_the_plain_probabilities(tiny_run):
     fast = Predictor.from_dir(tiny_run, threads=1, fast=True)
     assert plain.forward is plain.run.model and isinstance(fast.forward, FrozenClassifier)  # tiny is a vanilla RNN
     torch.testing.assert_close(fast.probabilities(texts), plain.probabilities(texts), rtol=0, atol=1e-5)
+
+
+def test_predict_fast_option_prints_the_plain_probabilities(tiny_run):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    args = ["predict", "a gripping film", "dull and flat", "--model", str(tiny_run), "--format", "json"]
+    plain, fast = CliRunner().invoke(app, args), CliRunner().invoke(app, args + ["--fast"])
+    assert plain.exit_code == 0 and fast.exit_code == 0, plain.output + fast.output
+    by_text = {r["text"]: r for r in json.loads(fast.stdout)}
+    for record in json.loads(plain.stdout):
+        assert by_text[record["text"]]["label"] == record["label"]
+        assert abs(by_text[record["text"]]["probability"] - record["probability"]) < 1e-5
