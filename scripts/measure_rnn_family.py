@@ -1,4 +1,4 @@
-"""The measurements of issue 4: every shipped config x 3 seeds, with and without pretrained vectors, plus the
+"""Accuracy of the RNN family: every shipped config x 3 seeds, with and without pretrained vectors, plus the
 embedding/cell grid tuned on validation and the IMDB gradients-through-time runs. Results: summary.json
 (validation and test accuracy per run) and results.tar.gz (metrics.json, config.yaml, PNGs, logs) in $OUT.
 
