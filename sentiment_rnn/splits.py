@@ -37,7 +37,7 @@ def column_numpy(ds: datasets.Dataset, name: str) -> np.ndarray:
 
     On a selection of rows (what `select` and `shuffle` return), datasets gathers the column one Arrow row
     at a time, each row its own small Arrow object: asked for the whole column at once, it holds all of
-    them together, hundreds of bytes a row. A batch at a time holds one batch's worth.
+    them together. A batch at a time holds one batch's worth.
     """
     column = ds.select_columns([name]).with_format("arrow")
     parts = [batch.column(name).to_numpy() for batch in column.iter(batch_size=10_000)]
