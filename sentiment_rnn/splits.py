@@ -33,9 +33,15 @@ class Splits:
 
 
 def column_numpy(ds: datasets.Dataset, name: str) -> np.ndarray:
-    """One column as a numpy array, through datasets' Arrow format: one Arrow gather, where the numpy
-    format's column (what `Dataset.train_test_split` reads) is converted row by row."""
-    return ds.with_format("arrow")[name].to_numpy()
+    """One column as a numpy array, read through datasets' Arrow format in batches of rows.
+
+    On a selection of rows (what `select` and `shuffle` return), datasets gathers the column one Arrow row
+    at a time, each row its own small Arrow object: asked for the whole column at once, it holds all of
+    them together. A batch at a time holds one batch's worth.
+    """
+    column = ds.select_columns([name]).with_format("arrow")
+    parts = [batch.column(name).to_numpy() for batch in column.iter(batch_size=10_000)]
+    return np.concatenate(parts) if parts else column[name].to_numpy()
 
 
 def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint: bool = False) -> None:
@@ -120,35 +126,41 @@ def to_ids(ds: datasets.Dataset, cfg: DataConfig, names: list[str], split: str) 
     return out.add_column(ROW, np.arange(len(out), dtype=np.int64))
 
 
-def _stratified_split(ds: datasets.Dataset, test_share: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Seeded split keeping each label's share in both parts; whole row counts, so no row is dropped.
+def _stratified_split(rows: np.ndarray, labels: np.ndarray, test_share: float, seed: int,
+                      label_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of `rows` keeping each label's share (`labels[rows]`) in both parts; whole row counts,
+    so no row is dropped.
 
     scikit-learn draws the rows from the label column as one array. `Dataset.train_test_split` does the
     same draw, but reads the labels through a column object row by row, which takes minutes on millions.
     """
     from sklearn.model_selection import train_test_split
 
-    labels = column_numpy(ds, "label")
-    counts = np.bincount(labels, minlength=len(ds.features["label"].names))
+    counts = np.bincount(labels[rows], minlength=len(label_names))
     if (counts == 1).any():
-        single = ds.features["label"].names[int(np.flatnonzero(counts == 1)[0])]
+        single = label_names[int(np.flatnonzero(counts == 1)[0])]
         raise SentimentRNNError(f"label '{single}' has a single row, too few for a stratified split; "
                                 "remove that row or add more rows of that label")
-    n_test = int(np.ceil(test_share * len(ds)))
-    kept, held = train_test_split(np.arange(len(ds)), test_size=n_test, stratify=labels, random_state=seed)
-    return ds.select(kept), ds.select(held)
+    n_test = int(np.ceil(test_share * len(rows)))
+    kept, held = train_test_split(rows, test_size=n_test, stratify=labels[rows], random_state=seed)
+    return kept, held
 
 
 def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: int):
-    """Stratified, seeded train/validation/test split of one dataset."""
+    """Stratified, seeded train/validation/test split of one dataset.
+
+    Both draws work on row numbers, with the label column read once: the held-out part is split again by
+    position, so it never has to be read back from a selection of rows.
+    """
     held = shares[1] + shares[2]
     n = len(train)
-    n_classes = len(train.features["label"].names)
-    if round(n * held) < 2 * n_classes or round(n * shares[0]) < n_classes:
+    names = train.features["label"].names
+    if round(n * held) < 2 * len(names) or round(n * shares[0]) < len(names):
         raise SentimentRNNError(f"only {n} rows: too few to split into train/validation/test; give more data")
-    kept, held_out = _stratified_split(train, held, seed)
-    validation, test = _stratified_split(held_out, shares[2] / held, seed)
-    return kept, validation, test
+    labels = column_numpy(train, "label")
+    kept, held_out = _stratified_split(np.arange(n), labels, held, seed, names)
+    validation, test = _stratified_split(held_out, labels, shares[2] / held, seed, names)
+    return train.select(kept), train.select(validation), train.select(test)
 
 
 def held_out_splits(cfg: DataConfig, available) -> dict[str, str]:

@@ -36,14 +36,29 @@ def test_encode_ids_equals_tokenizing_the_whole_text_then_truncating(max_length)
 
 def test_a_carved_split_uses_every_row_once_and_keeps_each_labels_share():
     labels = np.random.default_rng(1).integers(0, 3, 500)
-    features = datasets.Features({"label": datasets.ClassLabel(names=["a", "b", "c"]), "row": datasets.Value("int64")})
-    ds = datasets.Dataset.from_dict({"label": labels, "row": np.arange(500)}, features=features)
-    train, test = splits_lib._stratified_split(ds, 0.2, seed=7)
-    assert sorted(list(train["row"]) + list(test["row"])) == list(range(500)) and len(test) == 100
+    rows = np.arange(1000, 1500)[::-1] - 1000  # any row numbers: the split draws among these
+    train, test = splits_lib._stratified_split(rows, labels, 0.2, seed=7, label_names=["a", "b", "c"])
+    assert sorted(list(train) + list(test)) == list(range(500)) and len(test) == 100
     for c in range(3):
-        assert abs(np.mean(np.array(test["label"]) == c) - np.mean(labels == c)) < 0.01
-    again, _ = splits_lib._stratified_split(ds, 0.2, seed=7)
-    assert list(again["row"]) == list(train["row"])  # seeded: the same rows every time
+        assert abs(np.mean(labels[test] == c) - np.mean(labels == c)) < 0.01
+    again, _ = splits_lib._stratified_split(rows, labels, 0.2, seed=7, label_names=["a", "b", "c"])
+    assert list(again) == list(train)  # seeded: the same rows every time
+
+
+def test_carving_draws_the_rows_a_split_of_the_dataset_then_of_its_held_out_part_draws():
+    from sklearn.model_selection import train_test_split
+
+    labels = np.random.default_rng(2).integers(0, 2, 400)
+    features = datasets.Features({"label": datasets.ClassLabel(names=["a", "b"]), "row": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"label": labels, "row": np.arange(400)}, features=features)
+    kept, validation, test = splits_lib._carve(ds, (0.8, 0.1, 0.1), seed=3)
+    # The same draws on the datasets themselves: the held-out dataset is split again by its own positions.
+    k, h = train_test_split(np.arange(400), test_size=80, stratify=labels, random_state=3)
+    held_out = ds.select(h)
+    v, t = train_test_split(np.arange(80), test_size=40, stratify=held_out["label"], random_state=3)
+    assert list(kept["row"]) == list(ds.select(k)["row"])
+    assert list(validation["row"]) == list(held_out.select(v)["row"])
+    assert list(test["row"]) == list(held_out.select(t)["row"])
 
 
 def test_a_label_with_a_single_row_is_a_one_line_error(tmp_path):
