@@ -63,8 +63,8 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 from sentiment_rnn import data as data_lib  # noqa: E402
 from sentiment_rnn.config import DataConfig, TokenizerConfig, load_config  # noqa: E402
-from sentiment_rnn.runtime import default_threads  # noqa: E402
 from sentiment_rnn.models.rnn import RNN_LAYERS  # noqa: E402
+from sentiment_rnn.runtime import default_threads  # noqa: E402
 from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
 from sentiment_rnn.train import train as train_product  # noqa: E402
 

@@ -6,9 +6,9 @@ whether a classifier actually reads word order and context.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from sentiment_rnn.errors import SentimentRNNError
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sentiment_rnn.speed import rnn as speed_rnn
 from sentiment_rnn.models.rnn import LayerEncoder, last_token_state
+from sentiment_rnn.speed import rnn as speed_rnn
 
 SEQ_LEN, INPUT_SIZE, HIDDEN_SIZE = 9, 100, 20
 LENGTHS = torch.tensor([9, 4, 6, 1, 9])

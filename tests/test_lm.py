@@ -153,8 +153,8 @@ def test_corpus_reads_a_text_file_or_a_data_file_s_text_column(tmp_path):
 
 
 def test_default_corpus_is_training_rows_only():
-    from sentiment_rnn.data import load_splits
     from sentiment_rnn.config import DataConfig
+    from sentiment_rnn.data import load_splits
 
     config = tiny_config()
     held = load_splits(DataConfig(source="rotten_tomatoes", limit=400), config.seed)
