@@ -290,8 +290,8 @@ def bench_cold_start(run: Path, repeats: int) -> None:
             times[name].append(time.perf_counter() - start)
     p, t = statistics.median(times["predict"]), statistics.median(times["torch"])
     report("predict cold start (s)", p, t, "s", "<= 1.3x", p <= 1.3 * t,
-           f"medians of {repeats}; predict {['%.2f' % x for x in times['predict']]}, "
-           f"import torch {['%.2f' % x for x in times['torch']]}; import torch with gc disabled: median "
+           f"medians of {repeats}; predict {[f'{x:.2f}' for x in times['predict']]}, "
+           f"import torch {[f'{x:.2f}' for x in times['torch']]}; import torch with gc disabled: median "
            f"{statistics.median(times['paused']):.2f} s ({p / statistics.median(times['paused']):.2f}x)")
 
 
@@ -351,7 +351,7 @@ def bench_tokenization(max_lengths: list[int]) -> None:
         encoded = data_lib.encode(ds, tokenizer, max_length)
         seconds = time.perf_counter() - start
         written = len(cache_files() - before)
-        same = sum(r == list(e) for r, e in zip(reference, encoded.with_format("arrow")[:]["input_ids"].to_pylist()))
+        same = sum(r == list(e) for r, e in zip(reference, encoded.with_format("arrow")[:]["input_ids"].to_pylist(), strict=True))
         child = subprocess.run([sys.executable, __file__, "--encode-again", str(tokenizer_path), str(max_length)],
                                check=True, capture_output=True, text=True, env={**os.environ, "BENCH_HF_CACHE": str(CACHE)})
         again = json.loads(child.stdout.strip().splitlines()[-1])
@@ -497,8 +497,8 @@ def bench_onnx(run: Path, threads: int, repeats: int, quick: bool) -> None:
             times[name].append(time.perf_counter() - start)
     o, t = statistics.median(times["onnx"]), statistics.median(times["torch"])
     report("onnx predict cold start (s)", o, t, "s", "<= 0.35x", o <= 0.35 * t,
-           f"medians of {repeats}; predict on the export {['%.2f' % x for x in times['onnx']]}, "
-           f"import torch {['%.2f' % x for x in times['torch']]}")
+           f"medians of {repeats}; predict on the export {[f'{x:.2f}' for x in times['onnx']]}, "
+           f"import torch {[f'{x:.2f}' for x in times['torch']]}")
     sides = {"onnx": OnnxPredictor.load(export, threads=threads), "torch": Predictor.from_dir(run, threads=threads)}
     for side in sides.values():
         side.batch_size = 256

@@ -148,7 +148,7 @@ def shuffle_words(texts: list[str], tokenizer, max_length: int, seed: int) -> li
     """
     rng = random.Random(seed)
     shuffled = []
-    for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
+    for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
         words = [text[a:b] for a, b in enc.offsets[:max_length]]
         rng.shuffle(words)
         shuffled.append(" ".join(words))

@@ -69,7 +69,7 @@ def confusion_table(metrics: dict) -> Table:
     table.add_column("")
     for name in labels:
         table.add_column(name, justify="right")
-    for name, row in zip(labels, metrics["confusion_matrix"]):
+    for name, row in zip(labels, metrics["confusion_matrix"], strict=True):
         table.add_row(name, *(str(v) for v in row))
     return table
 

@@ -173,7 +173,7 @@ def _write_heldout(run: rundir.LoadedRun, path: Path) -> list[str]:
         for part in ("test", "validation"):
             ds, _ = data_lib.recorded_split(run.config.data, record, part)
             texts, labels = ds["text"], ds["label"]
-            for text, label in zip(texts, labels):
+            for text, label in zip(texts, labels, strict=True):
                 fh.write(json.dumps({"split": part, "text": text, "label": int(label)}, ensure_ascii=False) + "\n")
             if part == "test":
                 test_texts = list(texts)

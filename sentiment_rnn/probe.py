@@ -87,7 +87,7 @@ def score_probe(
         raise SentimentRNNError(
             f"predict_proba returned {len(probs)} scores for {len(texts)} texts; return one P(positive) per text"
         )
-    right = [(p >= 0.5) == bool(lab) for p, lab in zip(probs, labels)]
+    right = [(p >= 0.5) == bool(lab) for p, lab in zip(probs, labels, strict=True)]
     flips = sum(right[2 * i] and right[2 * i + 1] for i in range(len(pairs)))
     gaps = []
     for i, pair in enumerate(pairs):

@@ -72,6 +72,6 @@ def encode_ids(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[
         ids = [e.ids for e in encodings]
         redo = [i for i, t in enumerate(texts) if len(t) > cap and len(ids[i]) < max_length + CUT_TOKENS]
         if redo:
-            for i, e in zip(redo, tokenizer.encode_batch_fast([texts[i] for i in redo], add_special_tokens=False)):
+            for i, e in zip(redo, tokenizer.encode_batch_fast([texts[i] for i in redo], add_special_tokens=False), strict=True):
                 ids[i] = e.ids
         return [x[:max_length] or [unk] for x in ids]

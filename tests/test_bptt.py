@@ -33,7 +33,7 @@ def autograd_reference(inputs, loss_weights):
         )  # [B, H]
         h.retain_grad()
         states.append(h)
-    loss = sum((w * s).sum() for w, s in zip(loss_weights, states))
+    loss = sum((w * s).sum() for w, s in zip(loss_weights, states, strict=True))
     loss.backward()
     grads = {name: leaf.grad for name, leaf in leaves.items()}
     grads["dh"] = torch.stack([s.grad for s in states])  # [T, B, H]

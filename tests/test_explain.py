@@ -55,7 +55,7 @@ def random_ids(steps: int, seed: int = 0) -> torch.Tensor:
 def test_last_running_probability_equals_predicts(tiny_run, explainer):
     texts = [*README_PAIR, "zzqx vrrk", LONG, "!"]
     expected = Predictor.from_dir(tiny_run).probabilities(texts)[:, explainer.target]  # [N]
-    for text, p in zip(texts, expected.tolist()):
+    for text, p in zip(texts, expected.tolist(), strict=True):
         record = explainer.explain(text, steps=8)
         assert record["tokens"][-1]["p_running"] == pytest.approx(p, abs=1e-6)
         assert record["probabilities"][record["target"]] == pytest.approx(p, abs=1e-6)

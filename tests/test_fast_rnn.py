@@ -37,7 +37,7 @@ def test_fast_rnn_matches_nn_rnn_outputs_and_every_gradient(nonlinearity, num_la
 
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     assert len(got_grads) == len(expected_grads) == 4 * num_layers + 1
-    for g, e in zip(got_grads, expected_grads):
+    for g, e in zip(got_grads, expected_grads, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
 
 
