@@ -43,7 +43,8 @@ def model_kind(model: nn.Module) -> str:
     """'rnn' or 'per_word_linear'; any other model is an error naming what explain understands."""
     if isinstance(model, PerWordLinear):
         return "per_word_linear"
-    if isinstance(model, RNNClassifier) and isinstance(model.head, nn.Linear) and isinstance(model.embedding, nn.Embedding):
+    if (isinstance(model, RNNClassifier) and isinstance(model.head, nn.Linear)
+            and isinstance(model.embedding, nn.Embedding)):
         return "rnn"
     raise SentimentRNNError(
         f"explain does not understand a {type(model).__name__} model; it reads runs of model.kind 'rnn' "

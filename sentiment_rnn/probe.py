@@ -51,7 +51,8 @@ def load_probe(path: str | Path | None = None) -> list[ProbePair]:
     except FileNotFoundError:
         raise SentimentRNNError(f"{path}: probe file not found; pass an existing file, {_FORMAT}") from None
     except OSError as exc:
-        raise SentimentRNNError(f"{path}: cannot read probe file ({exc.strerror}); check the path and permissions") from None
+        raise SentimentRNNError(
+            f"{path}: cannot read probe file ({exc.strerror}); check the path and permissions") from None
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
