@@ -1,4 +1,5 @@
-"""ONNX export: the graph matches torch, an export predicts and evaluates without torch, bad exports fail in one line."""
+"""ONNX export: the graph matches torch, an export predicts and evaluates without torch, bad exports fail in
+one line."""
 
 import json
 import os
