@@ -63,8 +63,8 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 from sentiment_rnn import data as data_lib  # noqa: E402
 from sentiment_rnn.config import DataConfig, TokenizerConfig, load_config  # noqa: E402
-from sentiment_rnn.runtime import default_threads  # noqa: E402
 from sentiment_rnn.models.rnn import RNN_LAYERS  # noqa: E402
+from sentiment_rnn.runtime import default_threads  # noqa: E402
 from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
 from sentiment_rnn.train import train as train_product  # noqa: E402
 
@@ -72,7 +72,9 @@ SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threa
 RESULTS: list[dict] = []
 
 
-def report(name: str, product: float, reference: float, unit: str, bar: str, passed: bool | None, note: str = "") -> None:
+def report(
+    name: str, product: float, reference: float, unit: str, bar: str, passed: bool | None, note: str = ""
+) -> None:
     ratio = product / reference
     verdict = "" if passed is None else ("PASS" if passed else "FAIL")
     RESULTS.append({"figure": name, "product": product, "reference": reference, "ratio": ratio, "unit": unit,
@@ -186,8 +188,8 @@ def train_reference(cfg) -> dict:
                 break
     model.load_state_dict(best[2])
     test_acc, _ = reference_scores(model, *tensors["test"], labels["test"])
-    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "test_accuracy": test_acc, "model": model, "vocab": vocab,
-            "longest": longest, "texts": texts["train"] + texts["validation"] + texts["test"]}
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "test_accuracy": test_acc, "model": model,
+            "vocab": vocab, "longest": longest, "texts": texts["train"] + texts["validation"] + texts["test"]}
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -227,9 +229,12 @@ def bench_training(args, threads: int, show: bool = True) -> tuple[Path, dict]:
     product_speed, ref_speed = statistics.mean(speeds["product"]), statistics.mean(speeds["reference"])
     report("training tokens/s", product_speed, ref_speed, "tokens/s", ">= 3x", product_speed >= 3 * ref_speed,
            f"test accuracy, mean of {args.seeds} seed(s): {product_acc:.1f} +- {spread['product']:.1f} vs "
-           f"{ref_acc:.1f} +- {spread['reference']:.1f} (diff {diff:.1f} pt, bar <= 1: {'PASS' if diff <= 1 else 'FAIL'}); "
-           f"per seed {[round(a, 1) for a in accuracies['product']]} vs {[round(a, 1) for a in accuracies['reference']]}; "
-           f"training loop {statistics.mean(seconds['product']):.1f} s vs {statistics.mean(seconds['reference']):.1f} s "
+           f"{ref_acc:.1f} +- {spread['reference']:.1f} "
+           f"(diff {diff:.1f} pt, bar <= 1: {'PASS' if diff <= 1 else 'FAIL'}); "
+           f"per seed {[round(a, 1) for a in accuracies['product']]} "
+           f"vs {[round(a, 1) for a in accuracies['reference']]}; "
+           f"training loop {statistics.mean(seconds['product']):.1f} s "
+           f"vs {statistics.mean(seconds['reference']):.1f} s "
            f"per seed; {f'{args.epochs} epochs' if args.epochs else 'the config epochs and early stopping'}, "
            f"{threads} thread(s), reference padded to {kept[1]['longest']}")
     return kept
@@ -243,7 +248,8 @@ def bench_inference(run: Path, ref: dict, threads: int) -> None:
     from sentiment_rnn.runtime import native_bf16
 
     texts = ref["texts"]
-    product = {precision: Predictor.from_dir(run, threads=threads, precision=precision) for precision in ("fp32", "bf16")}
+    product = {precision: Predictor.from_dir(run, threads=threads, precision=precision)
+               for precision in ("fp32", "bf16")}
     model, vocab, longest = ref["model"].eval(), ref["vocab"], ref["longest"]
     max_length = int(product["fp32"].max_length)
 
@@ -265,7 +271,8 @@ def bench_inference(run: Path, ref: dict, threads: int) -> None:
             seconds[name].append(time.perf_counter() - start)
     rate = {name: len(texts) / min(times) for name, times in seconds.items()}
     report("inference sentences/s (batch 256)", rate["fp32"], rate["reference"], "sentences/s", ">= 3x",
-           rate["fp32"] >= 3 * rate["reference"], f"{len(texts):,} sentences, raw text to probabilities, fp32, best of 3")
+           rate["fp32"] >= 3 * rate["reference"],
+           f"{len(texts):,} sentences, raw text to probabilities, fp32, best of 3")
     p32, p16 = product["fp32"].probabilities(texts), product["bf16"].probabilities(texts)
     agree = (p32.argmax(1) == p16.argmax(1)).float().mean().item()
     acc32, acc16 = (evaluate_run(run, precision=precision)["accuracy"] for precision in ("fp32", "bf16"))
@@ -290,8 +297,8 @@ def bench_cold_start(run: Path, repeats: int) -> None:
             times[name].append(time.perf_counter() - start)
     p, t = statistics.median(times["predict"]), statistics.median(times["torch"])
     report("predict cold start (s)", p, t, "s", "<= 1.3x", p <= 1.3 * t,
-           f"medians of {repeats}; predict {['%.2f' % x for x in times['predict']]}, "
-           f"import torch {['%.2f' % x for x in times['torch']]}; import torch with gc disabled: median "
+           f"medians of {repeats}; predict {[f'{x:.2f}' for x in times['predict']]}, "
+           f"import torch {[f'{x:.2f}' for x in times['torch']]}; import torch with gc disabled: median "
            f"{statistics.median(times['paused']):.2f} s ({p / statistics.median(times['paused']):.2f}x)")
 
 
@@ -351,9 +358,11 @@ def bench_tokenization(max_lengths: list[int]) -> None:
         encoded = data_lib.encode(ds, tokenizer, max_length)
         seconds = time.perf_counter() - start
         written = len(cache_files() - before)
-        same = sum(r == list(e) for r, e in zip(reference, encoded.with_format("arrow")[:]["input_ids"].to_pylist()))
+        ids = encoded.with_format("arrow")[:]["input_ids"].to_pylist()
+        same = sum(r == list(e) for r, e in zip(reference, ids, strict=True))
         child = subprocess.run([sys.executable, __file__, "--encode-again", str(tokenizer_path), str(max_length)],
-                               check=True, capture_output=True, text=True, env={**os.environ, "BENCH_HF_CACHE": str(CACHE)})
+                               check=True, capture_output=True, text=True,
+                               env={**os.environ, "BENCH_HF_CACHE": str(CACHE)})
         again = json.loads(child.stdout.strip().splitlines()[-1])
         cached = again["new_files"] == 0 and written >= 1
         report(f"tokenization 25k IMDB, max_length {max_length}", len(texts) / seconds, len(texts) / regex_seconds,
@@ -414,7 +423,8 @@ def peak_rss_of_train(source: str, max_steps: int) -> tuple[float, float]:
     cmd = [str(script), "train", "--config", str(ROOT / "configs" / "default.yaml"), "--set", f"data.source={source}",
            "--set", "train.epochs=1", "--set", f"train.max_steps={max_steps}", "--set", "train.threads=1",
            "--output", str(out), "--overwrite"]
-    measured = subprocess.run([sys.executable, "-c", MEASURE, *cmd], env=env, capture_output=True, text=True, check=True)
+    measured = subprocess.run([sys.executable, "-c", MEASURE, *cmd], env=env, capture_output=True, text=True,
+                              check=True)
     result = json.loads(measured.stdout.strip().splitlines()[-1])
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
@@ -497,8 +507,8 @@ def bench_onnx(run: Path, threads: int, repeats: int, quick: bool) -> None:
             times[name].append(time.perf_counter() - start)
     o, t = statistics.median(times["onnx"]), statistics.median(times["torch"])
     report("onnx predict cold start (s)", o, t, "s", "<= 0.35x", o <= 0.35 * t,
-           f"medians of {repeats}; predict on the export {['%.2f' % x for x in times['onnx']]}, "
-           f"import torch {['%.2f' % x for x in times['torch']]}")
+           f"medians of {repeats}; predict on the export {[f'{x:.2f}' for x in times['onnx']]}, "
+           f"import torch {[f'{x:.2f}' for x in times['torch']]}")
     sides = {"onnx": OnnxPredictor.load(export, threads=threads), "torch": Predictor.from_dir(run, threads=threads)}
     for side in sides.values():
         side.batch_size = 256
@@ -522,7 +532,8 @@ def bench_onnx(run: Path, threads: int, repeats: int, quick: bool) -> None:
         worst[name], _ = onnx_vs_torch(parity_run, texts, threads)
     largest = max(worst.values())
     report("onnx parity, max |dP| (8,530 RT)", largest, 1e-5, "probability", "<= 1x", largest <= 1e-5,
-           "tiny trained runs (configs/tiny.yaml, max_length 64): " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+           "tiny trained runs (configs/tiny.yaml, max_length 64): "
+           + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
 # ---------------------------------------------------------------------------------------------- pretrain-lm
@@ -614,7 +625,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a fast check, not the bars' figures")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="config for training/inference")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"),
+                        help="config for training/inference")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override KEY=VALUE for training/inference, e.g. --set model.cell=lstm")
     parser.add_argument("--epochs", type=int, help="fixed epochs for product and reference, no early stopping "

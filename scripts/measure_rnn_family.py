@@ -75,7 +75,8 @@ def imdb_jobs():
     for s in (1, 2):
         rest += [job("imdb", "imdb", s), job("imdb-pretrained", "imdb-pretrained", s, pre=True)]
     for s in SEEDS:
-        rest += [job("imdb-bigru128", "imdb", s, bi), job("imdb-bigru128-pretrained", "imdb-pretrained", s, bi, pre=True)]
+        rest += [job("imdb-bigru128", "imdb", s, bi),
+                 job("imdb-bigru128-pretrained", "imdb-pretrained", s, bi, pre=True)]
     return first + rest
 
 
@@ -113,7 +114,8 @@ def run(j):
 def pack():
     with tarfile.open(OUT / "results.tar.gz", "w:gz") as tar:
         for path in RUNS.rglob("*"):
-            if path.is_file() and (path.suffix in (".json", ".yaml", ".png", ".log")) and path.name not in ("split.json", "tokenizer.json"):
+            result_suffix = path.suffix in (".json", ".yaml", ".png", ".log")
+            if path.is_file() and result_suffix and path.name not in ("split.json", "tokenizer.json"):
                 tar.add(path, arcname=str(path.relative_to(RUNS)))
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,10 +28,18 @@ from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 app = typer.Typer(help="Train, evaluate and serve recurrent (RNN) sentiment classifiers.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file, or a shipped config's name: default, gru, tutorial, ... (configs/NAME.yaml works from any folder).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override KEY=VALUE, repeatable: --set model.hidden_size=256.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c",
+    help="YAML config file, or a shipped config's name: default, gru, "
+         "tutorial, ... (configs/NAME.yaml works from any folder).",
+)]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", help="Dotted override KEY=VALUE, repeatable: --set model.hidden_size=256.",
+)]
 DEFAULT_CONFIG = "default"  # the shipped config every command starts from when --config is not given
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory; default: the most recent complete run under runs/.")]
+ModelOpt = Annotated[Path | None, typer.Option(
+    "--model", "-m", help="Run directory; default: the most recent complete run under runs/.",
+)]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -96,9 +104,16 @@ def _heavy_imports() -> Iterator[None]:
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/<config name>/.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Run directory; default runs/<config name>/.",
+    )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint, with its own config.yaml; --set may change only train.epochs, train.lr and train.clip_grad_norm. A finished run continues from its last epoch with --set train.epochs=N, N above its own.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume",
+        help="Continue the unfinished run in this directory from its last checkpoint, with its own "
+             "config.yaml; --set may change only train.epochs, train.lr and train.clip_grad_norm. A "
+             "finished run continues from its last epoch with --set train.epochs=N, N above its own.",
+    )] = None,
 ) -> None:
     """Train a classifier from a YAML config (default: the shipped `default`) and save the run directory."""
     with _heavy_imports():
@@ -155,7 +170,7 @@ BackendOpt = Annotated[Backend, typer.Option(
          "onnx runs onnxruntime without importing torch (for a run, its export in RUN/onnx).")]
 
 
-def _uses_onnx(backend: Backend, model: Optional[Path], precision: Precision) -> bool:
+def _uses_onnx(backend: Backend, model: Path | None, precision: Precision) -> bool:
     """Whether predict/evaluate go through onnx_backend, which never imports torch."""
     from sentiment_rnn.onnx_backend import is_export
 
@@ -190,7 +205,7 @@ def _read_lines(source) -> Iterator[str]:
             yield "\0undecodable"
 
 
-def _records(predictor, texts: list[str], file: Optional[Path]) -> Iterator[dict]:
+def _records(predictor, texts: list[str], file: Path | None) -> Iterator[dict]:
     if file is not None:
         if not file.is_file():
             raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
@@ -202,7 +217,7 @@ def _records(predictor, texts: list[str], file: Optional[Path]) -> Iterator[dict
         yield from predictor.predict(texts)
 
 
-def _chosen_run(model: Optional[Path]) -> Path:
+def _chosen_run(model: Path | None) -> Path:
     """The run to use; without --model the most recent one, said on stderr so that output stays clean."""
     if model is not None:
         return model
@@ -226,14 +241,23 @@ def _fix_undecodable(records: Iterator[dict]) -> Iterator[dict]:
 @app.command()
 @handle_errors
 def predict(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; '-' reads one text per line from stdin.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(
+        help="Texts to classify; '-' reads one text per line from stdin.",
+    )] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
     model: ModelOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", help="Output: table (plain aligned columns beyond 200 texts), json (one array) or jsonl (one line per input).")] = Format.table,
+    fmt: Annotated[Format, typer.Option(
+        "--format",
+        help="Output: table (plain aligned columns beyond 200 texts), json (one array) or jsonl (one line per input).",
+    )] = Format.table,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 256,
     precision: PrecisionOpt = Precision.fp32,
     backend: BackendOpt = Backend.auto,
-    fast: Annotated[bool, typer.Option("--fast", help="The speed opt-in's CPU kernel for vanilla (tanh/relu) RNN runs; the same probabilities, other cells ignore it.")] = False,
+    fast: Annotated[bool, typer.Option(
+        "--fast",
+        help="The speed opt-in's CPU kernel for vanilla (tanh/relu) "
+             "RNN runs; the same probabilities, other cells ignore it.",
+    )] = False,
 ) -> None:
     """Classify texts: label and class probabilities."""
     texts = texts or []
@@ -318,10 +342,15 @@ def _print_rich_table(records: list[dict]) -> None:
 @handle_errors
 def evaluate(
     model: ModelOpt = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Another source (file, folder, hf:<name>); default: the run's own held-out rows.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Split to score: test or validation (or any split of --data); default: test, or a single --data file's rows.")] = None,
-    text_column: Annotated[Optional[str], typer.Option(help="Text column of --data, if not the run's.")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="Label column of --data, if not the run's.")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="Another source (file, folder, hf:<name>); default: the run's own held-out rows.",
+    )] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Split to score: test or validation (or any split of "
+             "--data); default: test, or a single --data file's rows.",
+    )] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of --data, if not the run's.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column of --data, if not the run's.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     precision: PrecisionOpt = Precision.fp32,
     backend: BackendOpt = Backend.auto,
@@ -355,15 +384,25 @@ def evaluate(
 def compare_baseline(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Comparison directory; default runs/compare-<config name>/.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="Train both models with this many seeds (config seed, +1, ...); report mean ± std.")] = 1,
-    probe: Annotated[Optional[Path], typer.Option("--probe", help="Context probe file, 'label<TAB>text' lines in pairs; default: the shipped probe.")] = None,
-    positive_label: Annotated[Optional[str], typer.Option("--positive-label", help="The data's label the probe's 1 means; default: the one label named 'positive' or 'pos' (any case).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Comparison directory; default runs/compare-<config name>/.",
+    )] = None,
+    seeds: Annotated[int, typer.Option(
+        min=1, help="Train both models with this many seeds (config seed, +1, ...); report mean ± std.",
+    )] = 1,
+    probe: Annotated[Path | None, typer.Option(
+        "--probe", help="Context probe file, 'label<TAB>text' lines in pairs; default: the shipped probe.",
+    )] = None,
+    positive_label: Annotated[str | None, typer.Option(
+        "--positive-label",
+        help="The data's label the probe's 1 means; default: the one label named 'positive' or 'pos' (any case).",
+    )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing comparison directory.")] = False,
 ) -> None:
     """Train the RNN and the per-word linear baseline on the same split and compare them side by side."""
     with _heavy_imports():
-        from sentiment_rnn.compare import COMPARISON, compare_baseline as run_comparison
+        from sentiment_rnn.compare import COMPARISON
+        from sentiment_rnn.compare import compare_baseline as run_comparison
         from sentiment_rnn.config import load_config
         from sentiment_rnn.console import RichReporter, comparison_table, console
 
@@ -383,7 +422,9 @@ def compare_baseline(
 @handle_errors
 def inspect(
     config: ConfigOpt = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory to inspect, with its real vocabulary.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="Run directory to inspect, with its real vocabulary.",
+    )] = None,
     set_: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Sentences in the example batch.")] = 3,
@@ -415,11 +456,20 @@ def inspect(
 @app.command("pretrain-embeddings")
 @handle_errors
 def pretrain_embeddings(
-    output: Annotated[Path, typer.Option("--output", "-o", help="GloVe-format text file to write.")] = Path("vectors/movie-reviews-100d.txt"),
-    dim: Annotated[int, typer.Option("--dim", min=1, help="Vector width; must equal model.embedding_dim of the configs using it.")] = 100,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="GloVe-format text file to write.",
+    )] = Path("vectors/movie-reviews-100d.txt"),
+    dim: Annotated[int, typer.Option(
+        "--dim", min=1, help="Vector width; must equal model.embedding_dim of the configs using it.",
+    )] = 100,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes of word2vec over the corpus.")] = 5,
-    sources: Annotated[Optional[str], typer.Option("--sources", help="Comma-separated embedded corpora whose training rows are read; default: all of them.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config whose seed and data.split decide the held-out rows left out (default: the shipped `default`).")] = None,
+    sources: Annotated[str | None, typer.Option(
+        "--sources", help="Comma-separated embedded corpora whose training rows are read; default: all of them.",
+    )] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c",
+        help="Config whose seed and data.split decide the held-out rows left out (default: the shipped `default`).",
+    )] = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing vectors file.")] = False,
 ) -> None:
@@ -429,7 +479,8 @@ def pretrain_embeddings(
     from sentiment_rnn.config import load_config
     from sentiment_rnn.console import console
     from sentiment_rnn.data import EMBEDDED
-    from sentiment_rnn.pretrain import check_output, check_sources, pretrain_embeddings as run_pretraining
+    from sentiment_rnn.pretrain import check_output, check_sources
+    from sentiment_rnn.pretrain import pretrain_embeddings as run_pretraining
 
     check_output(output, overwrite)
     names = list(EMBEDDED) if sources is None else [s.strip() for s in sources.split(",") if s.strip()]
@@ -453,7 +504,7 @@ class ExplainFormat(str, Enum):
     json = "json"
 
 
-def _texts_to_explain(texts: list[str], file: Optional[Path]) -> list[str]:
+def _texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
     """TEXT arguments, or the lines of --file or stdin ('-'), read with predict's helper; all checked first."""
     if texts and file is not None:
         raise SentimentRNNError("give either TEXT arguments or --file, not both")
@@ -484,9 +535,11 @@ def _texts_to_explain(texts: list[str], file: Optional[Path]) -> list[str]:
 @app.command()
 @handle_errors
 def export(
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory to export; default: the most recent complete run under runs/.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="Run directory to export; default: the most recent complete run under runs/.",
+    )] = None,
     fmt: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export directory; default RUN/onnx/.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Export directory; default RUN/onnx/.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export directory.")] = False,
 ) -> None:
     """Export a run to ONNX (model.onnx, tokenizer, labels, meta.json) for predict, evaluate and serve without torch."""
@@ -508,11 +561,17 @@ def export(
 @app.command()
 @handle_errors
 def explain(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to explain; '-' reads one text per line from stdin.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(
+        help="Texts to explain; '-' reads one text per line from stdin.",
+    )] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
     model: ModelOpt = None,
-    fmt: Annotated[ExplainFormat, typer.Option("--format", help="Output: table (coloured words) or json (every number).")] = ExplainFormat.table,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write a figure: FILE.png (matplotlib) or FILE.html (one self-contained page).")] = None,
+    fmt: Annotated[ExplainFormat, typer.Option(
+        "--format", help="Output: table (coloured words) or json (every number).",
+    )] = ExplainFormat.table,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Also write a figure: FILE.png (matplotlib) or FILE.html (one self-contained page).",
+    )] = None,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Integration steps of integrated gradients.")] = 50,
 ) -> None:
     """Watch the model read each text word by word: running P(positive), integrated gradients, occlusion."""
@@ -550,11 +609,19 @@ def explain(
 @app.command()
 @handle_errors
 def serve(
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory (torch) or export directory (onnxruntime, no torch); default: the most recent complete run.")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 answers this machine only, 0.0.0.0 every network.")] = "127.0.0.1",
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m",
+        help="Run directory (torch) or export directory (onnxruntime, "
+             "no torch); default: the most recent complete run.",
+    )] = None,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on; 127.0.0.1 answers this machine only, 0.0.0.0 every network.",
+    )] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one (printed).")] = 8000,
     max_batch: Annotated[int, typer.Option(min=1, help="Texts the micro-batcher hands the model at once.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to share its batch.")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option(
+        min=0, help="How long a request waits for others to share its batch.",
+    )] = 5.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Texts per request; more gets a 413.")] = 256,
     max_chars: Annotated[int, typer.Option(min=1, help="Characters per text; more gets a 413.")] = 20_000,
 ) -> None:
@@ -584,11 +651,19 @@ def main() -> None:
 @app.command("pretrain-lm")
 @handle_errors
 def pretrain_lm(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/lm.yaml (default).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML config, e.g. configs/lm.yaml (default).",
+    )] = None,
     set_: SetOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; default runs/pretrained/<config name>/.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Run directory; default runs/pretrained/<config name>/.",
+    )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the unfinished run in this directory from its last checkpoint; --set may change only train.lr and train.clip_grad_norm.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume",
+        help="Continue the unfinished run in this directory from its last "
+             "checkpoint; --set may change only train.lr and train.clip_grad_norm.",
+    )] = None,
 ) -> None:
     """Pretrain the classifier's embedding and encoder as a next-word language model on unlabeled text."""
     with _heavy_imports():

@@ -109,8 +109,9 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
             per_seed[kind].append(measure_run(run, metrics, pairs if positive else None, shuffled, positive))
     rows = [row for row in ROWS if positive or row[0] not in PROBE_KEYS]
     result = summarize(per_seed, [config.seed + i for i in range(seeds)], rows)
-    result.update(config=config.name, split_seed=split_seed, output=str(output_dir), probe=str(probe_path or DEFAULT_PROBE),
-                  probe_pairs=len(pairs), positive_label=positive, notes=notes, model_labels=LABELS,
+    result.update(config=config.name, split_seed=split_seed, output=str(output_dir),
+                  probe=str(probe_path or DEFAULT_PROBE), probe_pairs=len(pairs), positive_label=positive,
+                  notes=notes, model_labels=LABELS,
                   lengths=list(LENGTHS), seconds=time.perf_counter() - started, figure=str(output_dir / FIGURE),
                   runs={kind: [str(output_dir / f"{prefix}-seed{config.seed + i}") for i in range(seeds)]
                         for kind, prefix in RUN_PREFIX.items()})
@@ -148,7 +149,7 @@ def shuffle_words(texts: list[str], tokenizer, max_length: int, seed: int) -> li
     """
     rng = random.Random(seed)
     shuffled = []
-    for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
+    for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
         words = [text[a:b] for a, b in enc.offsets[:max_length]]
         rng.shuffle(words)
         shuffled.append(" ".join(words))
@@ -171,7 +172,8 @@ def measure_run(run: Path, metrics: dict, pairs, shuffled: tuple[list[str], list
     predictor = Predictor.from_dir(run)
     original, reordered = shuffled
     # Half the L1 distance between the class distributions: |ΔP(positive)| for two classes, and defined for more.
-    order_change = 0.5 * (predictor.probabilities(original) - predictor.probabilities(reordered)).abs().sum(-1).mean().item()
+    difference = predictor.probabilities(original) - predictor.probabilities(reordered)  # [N, C]
+    order_change = 0.5 * difference.abs().sum(-1).mean().item()
     by_length = parameters_by_length(predictor.run)
     figures = {
         "params_total": metrics["parameters"]["total"],

@@ -69,7 +69,7 @@ def confusion_table(metrics: dict) -> Table:
     table.add_column("")
     for name in labels:
         table.add_column(name, justify="right")
-    for name, row in zip(labels, metrics["confusion_matrix"]):
+    for name, row in zip(labels, metrics["confusion_matrix"], strict=True):
         table.add_row(name, *(str(v) for v in row))
     return table
 
@@ -144,7 +144,8 @@ class LMReporter(RichReporter):
             TextColumn("loss {task.fields[loss]:.3f}  ppl {task.fields[ppl]:,.0f}  {task.fields[tps]:,.0f} tok/s"),
             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=self.console, transient=True)
         self.progress.start()
-        self.task = self.progress.add_task("pretrain", total=steps, epoch=epoch, epochs=epochs, loss=0.0, ppl=0.0, tps=0.0)
+        self.task = self.progress.add_task("pretrain", total=steps, epoch=epoch, epochs=epochs,
+                                           loss=0.0, ppl=0.0, tps=0.0)
 
     def step(self, loss: float, tokens: int) -> None:
         import math
@@ -156,6 +157,7 @@ class LMReporter(RichReporter):
     def epoch_end(self, record: dict) -> None:
         self.progress.stop()
         self.console.print(
-            f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.3f} (ppl {record['train_perplexity']:,.1f})  "
+            f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.3f} "
+            f"(ppl {record['train_perplexity']:,.1f})  "
             f"held-out ppl {record['held_out_perplexity']:,.1f}  {record['tokens']:,} tokens  "
             f"{record['tokens_per_s']:,.0f} tok/s  {record['seconds']:.1f}s")

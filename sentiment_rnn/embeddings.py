@@ -5,8 +5,8 @@ gensim is imported inside train_word_vectors so that importing this module stays
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 

@@ -24,7 +24,8 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     if source is None:
         split = split or "test"
         if split not in ("test", "validation"):
-            raise SentimentRNNError(f"the run records only its test and validation rows, not '{split}'; pass --data too")
+            raise SentimentRNNError(
+                f"the run records only its test and validation rows, not '{split}'; pass --data too")
         record = rundir.read_json(run.path / rundir.SPLIT)
         ds, _ = data_lib.recorded_split(cfg, record, split, names)
         shown = record.get("source_given", record.get("source", cfg.source))

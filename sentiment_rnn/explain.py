@@ -43,7 +43,8 @@ def model_kind(model: nn.Module) -> str:
     """'rnn' or 'per_word_linear'; any other model is an error naming what explain understands."""
     if isinstance(model, PerWordLinear):
         return "per_word_linear"
-    if isinstance(model, RNNClassifier) and isinstance(model.head, nn.Linear) and isinstance(model.embedding, nn.Embedding):
+    if (isinstance(model, RNNClassifier) and isinstance(model.head, nn.Linear)
+            and isinstance(model.embedding, nn.Embedding)):
         return "rnn"
     raise SentimentRNNError(
         f"explain does not understand a {type(model).__name__} model; it reads runs of model.kind 'rnn' "
@@ -207,7 +208,7 @@ class Explainer:
         record = {
             "text": text, "model": str(self.run.path), "kind": self.kind, "labels": self.labels,
             "target": self.labels[self.target], "label": self.labels[int(probabilities.argmax())],
-            "probabilities": dict(zip(self.labels, probabilities.tolist())),
+            "probabilities": dict(zip(self.labels, probabilities.tolist(), strict=True)),
             "reading": self.method, "reading_means": READINGS[self.method], "tokens": tokens,
             "words_total": enc.total, "words_read": len(enc.ids) if enc.total else 0,
             "integrated_gradients": {k: v for k, v in ig.items() if k != "per_word"}, "notes": []}
@@ -229,14 +230,14 @@ class Explainer:
 
         for t, token in enumerate(tokens):
             token["contribution"] = toward_target(shares[t])
-            token["contribution_per_class"] = dict(zip(self.labels, shares[t].tolist()))
+            token["contribution_per_class"] = dict(zip(self.labels, shares[t].tolist(), strict=True))
         padding, bias = shares[len(tokens):].sum(0), self.model.head.bias
         return {"means": "each position's own linear layer output through the final layer; toward the target: "
                          "its logit minus the mean of the other classes' logits",
                 "padding": toward_target(padding), "head_bias": toward_target(bias),
-                "padding_per_class": dict(zip(self.labels, padding.tolist())),
-                "head_bias_per_class": dict(zip(self.labels, bias.tolist())),
-                "logits": dict(zip(self.labels, logits[0].tolist()))}
+                "padding_per_class": dict(zip(self.labels, padding.tolist(), strict=True)),
+                "head_bias_per_class": dict(zip(self.labels, bias.tolist(), strict=True)),
+                "logits": dict(zip(self.labels, logits[0].tolist(), strict=True))}
 
     def _notes(self, record: dict) -> list[str]:
         notes = []

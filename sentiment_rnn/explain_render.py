@@ -44,7 +44,7 @@ def attribution_rgb(value: float, scale: float) -> tuple[int, int, int]:
     """Red (toward the other class) through white (nothing) to green (toward the target), by |value|/scale."""
     share = max(-1.0, min(1.0, value / scale)) if scale > 0 else 0.0
     end = GREEN if share > 0 else RED
-    return tuple(round(w + abs(share) * (e - w)) for w, e in zip(WHITE, end))
+    return tuple(round(w + abs(share) * (e - w)) for w, e in zip(WHITE, end, strict=True))
 
 
 def _scale(record: dict, key: str) -> float:

@@ -156,11 +156,13 @@ def write_onnx(module: ExportableClassifier, path: Path, vocab_size: int) -> Non
                               dynamic_axes=dynamic)
     except Exception as exc:  # the exporter raises many types; the user needs one line naming the op
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise SentimentRNNError(f"torch.onnx.export failed on this model ({first}); report it with the run's config") from None
+        raise SentimentRNNError(
+            f"torch.onnx.export failed on this model ({first}); report it with the run's config") from None
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise SentimentRNNError(f"onnx.checker rejected the exported graph ({str(exc).splitlines()[0][:160]})") from None
+        first = str(exc).splitlines()[0][:160]
+        raise SentimentRNNError(f"onnx.checker rejected the exported graph ({first})") from None
 
 
 def _write_heldout(run: rundir.LoadedRun, path: Path) -> list[str]:
@@ -173,7 +175,7 @@ def _write_heldout(run: rundir.LoadedRun, path: Path) -> list[str]:
         for part in ("test", "validation"):
             ds, _ = data_lib.recorded_split(run.config.data, record, part)
             texts, labels = ds["text"], ds["label"]
-            for text, label in zip(texts, labels):
+            for text, label in zip(texts, labels, strict=True):
                 fh.write(json.dumps({"split": part, "text": text, "label": int(label)}, ensure_ascii=False) + "\n")
             if part == "test":
                 test_texts = list(texts)
@@ -189,7 +191,8 @@ def check_parity(run: rundir.LoadedRun, export_dir: Path, texts: list[str]) -> f
     if not usable:
         return 0.0
     reference = Predictor(run).probabilities(usable).numpy()  # [N, C]
-    exported = OnnxPredictor(export_dir, make_session(export_dir / MODEL), run.tokenizer, run.meta).probabilities(usable)
+    onnx_predictor = OnnxPredictor(export_dir, make_session(export_dir / MODEL), run.tokenizer, run.meta)
+    exported = onnx_predictor.probabilities(usable)  # [N, C]
     return float(abs(reference - exported).max())
 
 
@@ -204,7 +207,8 @@ def export_run(model_dir: Path | None, output: Path | None = None, overwrite: bo
     if out.exists() and not overwrite:
         raise SentimentRNNError(f"'{out}' already exists; pass --overwrite to replace it or --output another folder")
     if out.exists() and not (out.is_dir() and is_export(out)):  # --overwrite replaces exports, nothing else
-        raise SentimentRNNError(f"'{out}' exists and is not an export; pass an --output folder that is new or an export")
+        raise SentimentRNNError(
+            f"'{out}' exists and is not an export; pass an --output folder that is new or an export")
     run = rundir.load_run(run_path)
     module = ExportableClassifier(run.model)  # fails first, with one line, on a model it cannot export
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -133,7 +133,7 @@ class OnnxPredictor:
         for row, i in enumerate(usable):
             p = probs[row]
             records[i].update(label=self.labels[int(p.argmax())], probability=round(float(p.max()), 6),
-                              probabilities={n: round(float(v), 6) for n, v in zip(self.labels, p)})
+                              probabilities={n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)})
         for rec in records:
             if "label" not in rec:
                 rec["error"] = "empty text: nothing to classify"

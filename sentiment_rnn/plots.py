@@ -126,11 +126,13 @@ def _explanation_block(block, record: dict, prefix: str) -> None:
     ax_p.set(ylim=(0, 1), ylabel=f"P({target})\nso far")
     ax_p.set_title("running " + ("(top layer's output)" if record["reading"] == "top_layer" else "(prefixes re-read)"),
                    fontsize=9)
-    for ax, key, label in ((ax_ig, "integrated_gradients", "integrated\ngradients"), (ax_occ, "occlusion", "occlusion")):
+    panels = ((ax_ig, "integrated_gradients", "integrated\ngradients"), (ax_occ, "occlusion", "occlusion"))
+    for ax, key, label in panels:
         values = [t[key] for t in tokens]
         ax.bar(xs, values, color=["tab:green" if v > 0 else "tab:red" for v in values])
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_ylabel(label)
-    ax_occ.set_xticks(list(xs), words, rotation=45 if len(tokens) > 12 else 0, ha="right" if len(tokens) > 12 else "center")
+    slanted = len(tokens) > 12  # long texts: slanted labels so neighbouring words do not overlap
+    ax_occ.set_xticks(list(xs), words, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     for ax in (ax_p, ax_ig, ax_occ):
         ax.grid(alpha=0.3)

@@ -27,7 +27,8 @@ def check_output(output: Path, overwrite: bool) -> None:
     if output.is_dir():
         raise SentimentRNNError(f"'{output}' is a directory; give --output a file path such as {DEFAULT_OUTPUT}")
     if output.exists() and not overwrite:
-        raise SentimentRNNError(f"'{output}' already exists; pass --overwrite to replace it or --output FILE to write elsewhere")
+        raise SentimentRNNError(
+            f"'{output}' already exists; pass --overwrite to replace it or --output FILE to write elsewhere")
 
 
 def check_sources(sources: list[str]) -> None:

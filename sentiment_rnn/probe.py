@@ -6,9 +6,9 @@ whether a classifier actually reads word order and context.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from sentiment_rnn.errors import SentimentRNNError
 
@@ -51,7 +51,8 @@ def load_probe(path: str | Path | None = None) -> list[ProbePair]:
     except FileNotFoundError:
         raise SentimentRNNError(f"{path}: probe file not found; pass an existing file, {_FORMAT}") from None
     except OSError as exc:
-        raise SentimentRNNError(f"{path}: cannot read probe file ({exc.strerror}); check the path and permissions") from None
+        raise SentimentRNNError(
+            f"{path}: cannot read probe file ({exc.strerror}); check the path and permissions") from None
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -87,7 +88,7 @@ def score_probe(
         raise SentimentRNNError(
             f"predict_proba returned {len(probs)} scores for {len(texts)} texts; return one P(positive) per text"
         )
-    right = [(p >= 0.5) == bool(lab) for p, lab in zip(probs, labels)]
+    right = [(p >= 0.5) == bool(lab) for p, lab in zip(probs, labels, strict=True)]
     flips = sum(right[2 * i] and right[2 * i + 1] for i in range(len(pairs)))
     gaps = []
     for i, pair in enumerate(pairs):

@@ -106,7 +106,8 @@ def resolve_run(model: Path | None) -> Path:
     """Check a run directory is complete, naming the first missing file."""
     run = find_latest_run() if model is None else Path(model)
     if run.exists() and not run.is_dir():
-        raise SentimentRNNError(f"'{run}' is a file, not a run directory; pass a folder written by 'sentiment-rnn train'")
+        raise SentimentRNNError(
+            f"'{run}' is a file, not a run directory; pass a folder written by 'sentiment-rnn train'")
     if not run.is_dir():
         raise SentimentRNNError(f"run directory '{run}' does not exist; pass a folder written by 'sentiment-rnn train'")
     if not (run / METRICS).is_file() and not (run / CONFIG).is_file():
@@ -152,7 +153,8 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     try:
         vocab_size, labels, max_length = int(meta["vocab_size"]), list(meta["label_names"]), int(meta["max_length"])
     except (KeyError, TypeError, ValueError):
-        raise SentimentRNNError(f"'{run / META}' lacks vocab_size/label_names/max_length; the run is damaged, train again") from None
+        raise SentimentRNNError(
+            f"'{run / META}' lacks vocab_size/label_names/max_length; the run is damaged, train again") from None
     tokenizer = load_tokenizer(run / TOKENIZER)
     if tokenizer.get_vocab_size() != vocab_size:
         raise SentimentRNNError(
@@ -162,7 +164,8 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     try:
         state = load_file(str(run / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise SentimentRNNError(f"'{run / WEIGHTS}' is not a readable safetensors file ({str(exc)[:80]}); train again") from None
+        raise SentimentRNNError(
+            f"'{run / WEIGHTS}' is not a readable safetensors file ({str(exc)[:80]}); train again") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

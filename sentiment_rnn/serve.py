@@ -149,7 +149,8 @@ def load_predictor(model: Path | None):
 
     predictor = Predictor.from_dir(model)
     run = predictor.run
-    return predictor, {"backend": "torch", "labels": predictor.labels, "model": run.config.model.model_dump(mode="json"),
+    return predictor, {"backend": "torch", "labels": predictor.labels,
+                       "model": run.config.model.model_dump(mode="json"),
                        "source_run": str(run.path), "versions": run.meta.get("versions")}
 
 
@@ -238,8 +239,10 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise SentimentRNNError(f"port {port} on {host} is already in use; stop what uses it or pass --port N") from None
-        raise SentimentRNNError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --host or --port") from None
+            raise SentimentRNNError(
+                f"port {port} on {host} is already in use; stop what uses it or pass --port N") from None
+        raise SentimentRNNError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pass another --host or --port") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -100,7 +100,7 @@ def _state_stages(prefix: str, value, dims: str, note: str, lstm: bool) -> list[
     shapes = _shapes_of(value)
     names = [prefix, prefix.replace("h", "c", 1)] if lstm else [prefix]
     return [_stage(n, s, dims, note if i == 0 else "LSTM cell state, same shape")
-            for i, (n, s) in enumerate(zip(names, shapes))]
+            for i, (n, s) in enumerate(zip(names, shapes, strict=True))]
 
 
 def trace_shapes(model: nn.Module, config: Config, batch: int, seq_len: int, vocab_size: int) -> list[dict]:

@@ -50,7 +50,8 @@ def load_tokenizer(path: Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception:
-        raise SentimentRNNError(f"'{path}' is not a valid tokenizer file; the run directory is damaged, train again") from None
+        raise SentimentRNNError(
+            f"'{path}' is not a valid tokenizer file; the run directory is damaged, train again") from None
     if tok.token_to_id(PAD) != 0:
         raise SentimentRNNError(f"'{path}' has no [PAD] token at id 0; it was not written by sentiment-rnn")
     return tok
@@ -72,6 +73,7 @@ def encode_ids(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[
         ids = [e.ids for e in encodings]
         redo = [i for i, t in enumerate(texts) if len(t) > cap and len(ids[i]) < max_length + CUT_TOKENS]
         if redo:
-            for i, e in zip(redo, tokenizer.encode_batch_fast([texts[i] for i in redo], add_special_tokens=False)):
+            again = tokenizer.encode_batch_fast([texts[i] for i in redo], add_special_tokens=False)
+            for i, e in zip(redo, again, strict=True):
                 ids[i] = e.ids
         return [x[:max_length] or [unk] for x in ids]

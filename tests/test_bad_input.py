@@ -123,12 +123,13 @@ TRAIN_CASES = {
     "null text in jsonl": Case(lambda t: train_on(write(t / "d.jsonl", "".join(
         json.dumps({"text": None if i == 7 else f"review {i}", "label": i % 2}) + "\n" for i in range(40)))),
         "row 8 has an empty text"),
-    "None text in parquet": Case(lambda t: train_on(parquet(t / "d.parquet", [f"review {i}" for i in range(39)] + [None],
-                                                            [i % 2 for i in range(40)])), "row 40 has an empty text"),
+    "None text in parquet": Case(lambda t: train_on(parquet(
+        t / "d.parquet", [f"review {i}" for i in range(39)] + [None], [i % 2 for i in range(40)])),
+        "row 40 has an empty text"),
     "two split shares": Case(lambda t: ["train", "-c", str(TINY), "--set", "data.split=[0.5,0.2]"],
                              "data.split must be three shares (train, validation, test) that sum to 1"),
-    "--set error names the override, not the file": Case(lambda t: ["train", "-c", str(TINY), "--set", "train.epochs=0"],
-                                                          "Error: --set train.epochs=0: 'train.epochs'"),
+    "--set error names the override, not the file": Case(
+        lambda t: ["train", "-c", str(TINY), "--set", "train.epochs=0"], "Error: --set train.epochs=0: 'train.epochs'"),
     "empty data file": Case(lambda t: train_on(write(t / "d.csv", b"")), "is empty"),
     "header only": Case(lambda t: train_on(write(t / "d.csv", "text,label\n")), "has no data rows"),
     "non-utf8 bytes in csv": Case(lambda t: train_on(write(t / "d.csv", csv_rows().encode() + b"caf\xe9 au lait,1\n")),
@@ -143,8 +144,8 @@ TRAIN_CASES = {
         "train", "-c", str(TINY), "-o", str(write(t / "a_file", "x") / "run")], "cannot create run directory"),
     "output is a file": Case(lambda t: ["train", "-c", str(TINY), "-o", str(write(t / "out_file", "x"))],
                              "is a file, not a directory"),
-    "output is a symlink loop (unreadable)": Case(lambda t: ["train", "-c", str(TINY), "-o", str(symlink_loop(t / "loop"))],
-                                                  "cannot create run directory"),
+    "output is a symlink loop (unreadable)": Case(lambda t: [
+        "train", "-c", str(TINY), "-o", str(symlink_loop(t / "loop"))], "cannot create run directory"),
     "output already holds a run": Case(lambda t: ["train", "-c", str(TINY), "-o",
                                                   str(write(t / "taken" / "config.yaml", "x").parent)],
                                        "already exists; pass --overwrite"),
@@ -262,12 +263,12 @@ PREDICT_CASES = {
     "model dir is not a run": Case(lambda t, r: ["predict", "-m", str(t), "good"], "is not a run directory"),
     "model dir lacks weights": Case(predict_with(lambda o: (o / rundir.WEIGHTS).unlink()), "has no model.safetensors"),
     "model dir lacks tokenizer": Case(predict_with(lambda o: (o / rundir.TOKENIZER).unlink()), "has no tokenizer.json"),
-    "truncated weights": Case(predict_with(lambda o: write(o / rundir.WEIGHTS, (o / rundir.WEIGHTS).read_bytes()[:500])),
-                              "is not a readable safetensors file"),
+    "truncated weights": Case(predict_with(lambda o: write(
+        o / rundir.WEIGHTS, (o / rundir.WEIGHTS).read_bytes()[:500])), "is not a readable safetensors file"),
     "corrupted weights": Case(predict_with(lambda o: write(o / rundir.WEIGHTS, os.urandom(4096))),
                               "is not a readable safetensors file"),
-    "pickle posing as weights": Case(predict_with(lambda o: write(o / rundir.WEIGHTS, evil_pickle_bytes(o.parent / "MARKER"))),
-                                     "is not a readable safetensors file"),
+    "pickle posing as weights": Case(predict_with(lambda o: write(
+        o / rundir.WEIGHTS, evil_pickle_bytes(o.parent / "MARKER"))), "is not a readable safetensors file"),
     "weights of the wrong shape": Case(predict_with(lambda o: resave_weights(
         o, lambda s: s.update({"head.weight": torch.zeros(2, 3)}))), "does not fit config.yaml"),
     "weights missing a key": Case(predict_with(lambda o: resave_weights(o, lambda s: s.pop("head.bias"))),
@@ -287,7 +288,8 @@ PREDICT_CASES = {
         "evaluate", "-m", str(r), "--data", str(write(t / "d.csv", csv_rows().replace("text,label", "review,label")))],
         "has no column 'text' (columns: review, label); pass --text-column"),
     "evaluate on data with a missing text": Case(lambda t, r: [
-        "evaluate", "-m", str(r), "--data", str(write(t / "d.csv", csv_rows(labels=("negative", "positive")) + ",positive\n"))],
+        "evaluate", "-m", str(r), "--data",
+        str(write(t / "d.csv", csv_rows(labels=("negative", "positive")) + ",positive\n"))],
         "row 41 has an empty text"),
     "evaluate on data with an unknown label": Case(lambda t, r: [
         "evaluate", "-m", str(r), "--data", str(write(t / "d.csv", csv_rows(labels=("negative", "meh"))))],

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_training_and_inference_print_ratios_and_both_accuracies(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # its temp folder (runs, caches) goes away with the test
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--only", "training,inference",
-                           "--epochs", "1", "--seeds", "2", "--threads", "1", "--set", "model.hidden_size=16",
-                           "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick",
+                           "--only", "training,inference", "--epochs", "1", "--seeds", "2", "--threads", "1",
+                           "--set", "model.hidden_size=16", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = {row["figure"]: row for row in json.loads(out.read_text())}
     assert set(figures) == {"training tokens/s", "inference sentences/s (batch 256)", "inference, --precision bf16"}

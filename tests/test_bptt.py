@@ -33,7 +33,7 @@ def autograd_reference(inputs, loss_weights):
         )  # [B, H]
         h.retain_grad()
         states.append(h)
-    loss = sum((w * s).sum() for w, s in zip(loss_weights, states))
+    loss = sum((w * s).sum() for w, s in zip(loss_weights, states, strict=True))
     loss.backward()
     grads = {name: leaf.grad for name, leaf in leaves.items()}
     grads["dh"] = torch.stack([s.grad for s in states])  # [T, B, H]
@@ -78,4 +78,5 @@ def test_gradient_norm_vanishes_going_back_in_time_with_small_recurrent_weights(
 def test_mismatched_shapes_raise():
     inputs = make_inputs()
     with pytest.raises(SentimentRNNError, match="W_xh"):
-        forward_through_time(inputs["x"], inputs["W_xh"].T, inputs["b_xh"], inputs["W_hh"], inputs["b_hh"], inputs["h0"])
+        forward_through_time(inputs["x"], inputs["W_xh"].T, inputs["b_xh"], inputs["W_hh"], inputs["b_hh"],
+                             inputs["h0"])

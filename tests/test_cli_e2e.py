@@ -100,7 +100,8 @@ def test_predict_and_evaluate_find_the_most_recent_run_without_model(cli_run, tm
 
 def test_predict_does_not_import_datasets_pandas_or_matplotlib(cli_run):
     code = ("import sys\nfrom sentiment_rnn.cli import app\n"
-            f"try:\n    app(['predict', 'nice', '--model', {str(cli_run)!r}])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            f"try:\n    app(['predict', 'nice', '--model', {str(cli_run)!r}])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'datasets', 'pandas', 'matplotlib', 'sklearn'})\n"
             "print('HEAVY', heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

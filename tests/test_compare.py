@@ -62,7 +62,7 @@ def test_shuffled_words_keep_exactly_the_tokens_the_model_reads():
     texts = ["the film isn't good, it's great!", "a dull , dull plot with no surprises at all"]
     tokenizer = train_tokenizer(iter([texts]), load_config(None).tokenizer.model_copy(update={"min_frequency": 1}))
     shuffled = shuffle_words(texts, tokenizer, max_length=6, seed=3)
-    for text, mixed in zip(texts, shuffled):
+    for text, mixed in zip(texts, shuffled, strict=True):
         before = tokenizer.encode(text, add_special_tokens=False).ids[:6]
         after = tokenizer.encode(mixed, add_special_tokens=False).ids
         assert Counter(before) == Counter(after)

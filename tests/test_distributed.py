@@ -21,7 +21,8 @@ TINY = ROOT / "configs" / "tiny.yaml"
 @pytest.mark.parametrize("rows, world", [(320, 2), (129, 2), (130, 3), (1000, 4)])
 def test_ranks_split_every_batch_and_all_take_the_same_number_of_steps(rows, world):
     lengths = np.random.default_rng(0).integers(1, 40, rows)
-    ranks = [list(BucketBatchSampler(lengths, 64, shuffle=True, pool=3, rank=r, world_size=world)) for r in range(world)]
+    ranks = [list(BucketBatchSampler(lengths, 64, shuffle=True, pool=3, rank=r, world_size=world))
+             for r in range(world)]
     single = [b for b in BucketBatchSampler(lengths, 64, shuffle=True, pool=3) if len(b) >= world]  # too small to share
     assert {len(r) for r in ranks} == {len(BucketBatchSampler(lengths, 64, world_size=world))}  # no rank waits alone
     for step, batch in enumerate(ranks[0]):

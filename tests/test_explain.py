@@ -55,7 +55,7 @@ def random_ids(steps: int, seed: int = 0) -> torch.Tensor:
 def test_last_running_probability_equals_predicts(tiny_run, explainer):
     texts = [*README_PAIR, "zzqx vrrk", LONG, "!"]
     expected = Predictor.from_dir(tiny_run).probabilities(texts)[:, explainer.target]  # [N]
-    for text, p in zip(texts, expected.tolist()):
+    for text, p in zip(texts, expected.tolist(), strict=True):
         record = explainer.explain(text, steps=8)
         assert record["tokens"][-1]["p_running"] == pytest.approx(p, abs=1e-6)
         assert record["probabilities"][record["target"]] == pytest.approx(p, abs=1e-6)
@@ -147,7 +147,8 @@ def test_stdin_gives_one_explanation_per_line_and_refuses_an_undecodable_line(ti
     result = CliRunner().invoke(app, argv, input="a fine film\nnot good at all\n")
     assert result.exit_code == 0, result.output
     assert [r["text"] for r in json.loads(result.stdout)] == ["a fine film", "not good at all"]
-    one_line_error(CliRunner().invoke(app, argv, input=b"a fine film\n\xff\xfe\n"), "line 2 of stdin is not valid UTF-8")
+    undecodable = CliRunner().invoke(app, argv, input=b"a fine film\n\xff\xfe\n")
+    one_line_error(undecodable, "line 2 of stdin is not valid UTF-8")
 
 
 def one_line_error(result, expected: str) -> None:
@@ -207,9 +208,11 @@ def test_png_and_html_are_written_and_not_empty(written):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
 def test_html_renders_in_headless_chromium(written, tmp_path):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}"]
     url = written[".html"].resolve().as_uri()
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], check=False, capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], check=False, capture_output=True, text=True,
+                         timeout=120)
     assert dom.returncode == 0, dom.stderr[-1000:]
     assert "<polyline" in dom.stdout and dom.stdout.count("<section>") == 2
     assert all(word in dom.stdout for word in ("flower", "beautiful", "think"))

@@ -1,4 +1,5 @@
-"""ONNX export: the graph matches torch, an export predicts and evaluates without torch, bad exports fail in one line."""
+"""ONNX export: the graph matches torch, an export predicts and evaluates without torch, bad exports fail in
+one line."""
 
 import json
 import os
@@ -109,7 +110,7 @@ def test_predict_and_evaluate_on_an_export_equal_the_runs_and_never_import_torch
         if command[0] == "predict":
             on_export = json.loads(done.stdout)
             assert [r["label"] for r in on_export] == [r["label"] for r in on_run]
-            assert max(abs(a["probability"] - b["probability"]) for a, b in zip(on_export, on_run)) <= 1e-5
+            assert max(abs(a["probability"] - b["probability"]) for a, b in zip(on_export, on_run, strict=True)) <= 1e-5
         else:
             run_metrics = json.loads(runner.invoke(app, ["evaluate", "--model", str(tiny_run), "--json"]).stdout)
             assert json.loads(done.stdout)["confusion_matrix"] == run_metrics["confusion_matrix"]

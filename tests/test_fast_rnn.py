@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sentiment_rnn.speed import rnn as speed_rnn
 from sentiment_rnn.models.rnn import LayerEncoder, last_token_state
+from sentiment_rnn.speed import rnn as speed_rnn
 
 SEQ_LEN, INPUT_SIZE, HIDDEN_SIZE = 9, 100, 20
 LENGTHS = torch.tensor([9, 4, 6, 1, 9])
@@ -37,7 +37,7 @@ def test_fast_rnn_matches_nn_rnn_outputs_and_every_gradient(nonlinearity, num_la
 
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     assert len(got_grads) == len(expected_grads) == 4 * num_layers + 1
-    for g, e in zip(got_grads, expected_grads):
+    for g, e in zip(got_grads, expected_grads, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
 
 

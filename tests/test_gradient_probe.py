@@ -29,7 +29,8 @@ def test_probe_equals_hand_written_bptt_for_one_tanh_layer():
     rnn = model.encoder.rnn
     with torch.no_grad():
         x = model.embedding(ids)  # [T, B, E]
-        hs = forward_through_time(x, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0, torch.zeros(3, 8).double())
+        h0 = torch.zeros(3, 8).double()  # [B, H]
+        hs = forward_through_time(x, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0, h0)
     h_last = hs[-1].clone().requires_grad_()  # [B, H]
     nn.functional.cross_entropy(model.head(h_last), y).backward()
     grad_out = torch.zeros_like(hs[1:])  # [T, B, H]: the loss reads only the last state

@@ -104,7 +104,8 @@ def test_resume_after_ctrl_c_gives_the_weights_of_an_uninterrupted_run(tmp_path,
     resumed = pretrain_lm(config, tmp_path / "cut", resume=True)
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["held_out_perplexity"] for h in straight["history"]] == [h["held_out_perplexity"] for h in resumed["history"]]
+    straight_perplexities = [h["held_out_perplexity"] for h in straight["history"]]
+    assert straight_perplexities == [h["held_out_perplexity"] for h in resumed["history"]]
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()
 
 
@@ -120,7 +121,8 @@ def test_empty_corpus_and_too_small_corpus_fail_in_one_line_and_write_nothing(tm
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sentiment-rnn", "pretrain-lm", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(["sentiment-rnn", "pretrain-lm", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
 
 
 def test_cli_pretrains_a_tiny_lm_and_refuses_bad_input(tmp_path):
@@ -153,8 +155,8 @@ def test_corpus_reads_a_text_file_or_a_data_file_s_text_column(tmp_path):
 
 
 def test_default_corpus_is_training_rows_only():
-    from sentiment_rnn.data import load_splits
     from sentiment_rnn.config import DataConfig
+    from sentiment_rnn.data import load_splits
 
     config = tiny_config()
     held = load_splits(DataConfig(source="rotten_tomatoes", limit=400), config.seed)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sentiment_rnn import predict
+from sentiment_rnn.cli import Precision
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
-from sentiment_rnn.cli import Precision
 from sentiment_rnn.predict import Predictor
 from sentiment_rnn.rundir import PRECISIONS, load_run
 

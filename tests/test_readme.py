@@ -11,7 +11,8 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_ci_runs_exactly_the_readme_quick_start_commands():
-    ci_lines = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
+    ci_lines = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+                if ln and not ln.startswith(("#", "set ", "cd "))]
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert len(ci_lines) == 2
     for line in ci_lines:

@@ -47,7 +47,8 @@ def test_json_totals_add_up_and_match_the_rows():
 
 
 def test_batch_and_seq_len_options_change_the_traced_shapes():
-    description = json.loads(cli("--config", "configs/tutorial.yaml", "--json", "--batch", "5", "--seq-len", "8").stdout)
+    traced = cli("--config", "configs/tutorial.yaml", "--json", "--batch", "5", "--seq-len", "8")
+    description = json.loads(traced.stdout)
     shapes = {s["stage"]: s["shape"] for s in description["shapes"]}
     assert shapes["x"] == [8, 5, 100] and shapes["h"] == [4, 5, 20] and shapes["logits"] == [5, 2]
 

@@ -26,7 +26,8 @@ WORDS = [["awful", "dull", "boring"], ["fine", "okay", "plain"], ["great", "love
 
 def rows(labels, n: int = 60) -> list[tuple[str, object]]:
     """n reviews cycling through `labels`; each label has its own words, so the data is learnable."""
-    return [(f"a {WORDS[(k % len(labels)) * 2 // max(len(labels) - 1, 1)][k % 3]} film, review {k}", labels[k % len(labels)])
+    return [(f"a {WORDS[(k % len(labels)) * 2 // max(len(labels) - 1, 1)][k % 3]} film, review {k}",
+             labels[k % len(labels)])
             for k in range(n)]
 
 
@@ -131,7 +132,8 @@ def test_only_a_test_file_beside_train_carves_validation_and_says_so(tmp_path):
     write(tmp_path / "data" / "test.csv", rows(["neg", "pos"], 14))
     result = train(tmp_path / "data", tmp_path / "run")
     assert "validation 6 rows (carved from 'train'), test 14 rows (split 'test')" in result.output
-    assert json.loads((tmp_path / "run" / "split.json").read_text())["sizes"]["train"] == 54  # 48 kept + the 6 carved test rows back
+    sizes = json.loads((tmp_path / "run" / "split.json").read_text())["sizes"]
+    assert sizes["train"] == 54  # 48 kept + the 6 carved test rows back
 
 
 @pytest.mark.slow

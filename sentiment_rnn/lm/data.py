@@ -30,7 +30,8 @@ def _text_file(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise SentimentRNNError(f"lm.source '{path}' is not UTF-8 text; save it as UTF-8, one document per line") from None
+        raise SentimentRNNError(
+            f"lm.source '{path}' is not UTF-8 text; save it as UTF-8, one document per line") from None
 
 
 def corpus_documents(config: Config) -> list[str]:

@@ -45,7 +45,8 @@ def train_lm_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokeni
                                         special_tokens=SPECIAL, show_progress=False)
     tok.train_from_iterator(documents, trainer=trainer)
     if [tok.token_to_id(t) for t in SPECIAL] != [0, 1, 2]:
-        raise SentimentRNNError("the LM tokenizer did not place [PAD]=0, [UNK]=1, [EOS]=2; this is a bug, please report it")
+        raise SentimentRNNError(
+            "the LM tokenizer did not place [PAD]=0, [UNK]=1, [EOS]=2; this is a bug, please report it")
     return tok
 
 

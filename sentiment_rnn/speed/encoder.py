@@ -10,7 +10,9 @@ from sentiment_rnn.speed.bidirectional import reversed_within_length_forward
 from sentiment_rnn.speed.rnn import fast_rnn_layers, supports
 
 
-def fast_encoder_forward(encoder: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fast_encoder_forward(
+    encoder: nn.Module, x: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, B, E], lengths [B] -> (out [T, B, D*H], final [B, D*H]), as LayerEncoder's plain route."""
     if encoder.bidirectional:
         return reversed_within_length_forward(encoder.rnn, x, lengths)

@@ -124,7 +124,8 @@ class FrozenClassifier:
         with torch.no_grad():
             bias = rnn.bias_ih_l0 + rnn.bias_hh_l0
             scale = _scale(self.tanh)
-            self.table = torch.addmm(bias, model.embedding.weight, rnn.weight_ih_l0.t(), alpha=scale, beta=scale)  # [V, H]
+            self.table = torch.addmm(
+                bias, model.embedding.weight, rnn.weight_ih_l0.t(), alpha=scale, beta=scale)  # [V, H]
 
     @staticmethod
     def applies(model: nn.Module) -> bool:
@@ -136,6 +137,7 @@ class FrozenClassifier:
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """input_ids [T, B], lengths [B] -> logits [B, C], as model(input_ids, lengths) in eval mode."""
-        out = recur_in_place(nn.functional.embedding(input_ids, self.table), self.rnn.weight_hh_l0, self.tanh)  # layer 0
+        projected = nn.functional.embedding(input_ids, self.table)  # [T, B, H], rows of the precomputed table
+        out = recur_in_place(projected, self.rnn.weight_hh_l0, self.tanh)  # layer 0
         out = fast_rnn_layers(self.rnn, out, first_layer=1)  # [T, B, H]; eval mode, so no dropout between layers
         return self.model.head(last_token_state(out, lengths))  # [B, H] -> [B, C]
