@@ -13,10 +13,18 @@ import numpy as np
 import torch
 
 from sentiment_rnn.batching import pad_time_major
-from sentiment_rnn.speed.process import gc_paused
 from sentiment_rnn.sources import EMBEDDED, EMBEDDED_LABELS, FORMATS, embedded_csv, load_raw, resolve_source
-from sentiment_rnn.splits import (ROW, Splits, column_numpy, describe_splits, label_names, load_eval_data,
-                                  load_splits, recorded_split)
+from sentiment_rnn.speed.process import gc_paused
+from sentiment_rnn.splits import (
+    ROW,
+    Splits,
+    column_numpy,
+    describe_splits,
+    label_names,
+    load_eval_data,
+    load_splits,
+    recorded_split,
+)
 from sentiment_rnn.tokenizer import encode_ids
 
 __all__ = ["EMBEDDED", "EMBEDDED_LABELS", "FORMATS", "ROW", "BucketBatchSampler", "EncodedBatches", "Splits",

@@ -84,7 +84,8 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
             if p.stat().st_size == 0:
                 raise SentimentRNNError(f"data file '{p}' is empty; give a file with a header row and data rows")
             if suffix != ".parquet" and _check_utf8(p) < (2 if suffix in (".csv", ".tsv") else 1):
-                raise SentimentRNNError(f"data file '{p}' has no data rows; give a file with a header row and data rows")
+                raise SentimentRNNError(
+                    f"data file '{p}' has no data rows; give a file with a header row and data rows")
     options = {"delimiter": "\t"} if suffix == ".tsv" else {}
     return FORMATS[suffix], {k: [str(p) for p in v] for k, v in files.items()}, options
 
@@ -117,4 +118,5 @@ def load_raw(cfg: DataConfig) -> datasets.DatasetDict:
     except Exception as exc:  # datasets wraps reader errors in many types; report one line
         cause = exc.__cause__ or exc
         msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise SentimentRNNError(f"could not read data source '{source}': {msg[:300]}; check the file's format") from None
+        raise SentimentRNNError(
+            f"could not read data source '{source}': {msg[:300]}; check the file's format") from None

@@ -182,7 +182,7 @@ def _parts(train: datasets.Dataset, given: dict[str, datasets.Dataset], shares, 
     """train/validation/test: the given splits, and the rest carved from `train`."""
     if len(given) == len(HELD_OUT):  # nothing to carve: every training row trains
         return {"train": train, **given}
-    carved = dict(zip(("train", *HELD_OUT), _carve(train, shares, seed)))
+    carved = dict(zip(("train", *HELD_OUT), _carve(train, shares, seed), strict=True))
     if not given:
         return carved
     # The carved part that a given split replaces goes back to training.
@@ -251,7 +251,8 @@ def recorded_split(cfg: DataConfig, record: dict, part: str = "test",
     rows = record["rows"].get(part)
     if rows is not None:
         if rows and max(rows) >= len(ds):
-            raise SentimentRNNError(f"'{cfg.source}' changed since training (fewer rows); pass --data to evaluate elsewhere")
+            raise SentimentRNNError(
+                f"'{cfg.source}' changed since training (fewer rows); pass --data to evaluate elsewhere")
         ds = ds.select(rows)
     return ds, names
 
@@ -265,7 +266,8 @@ def load_eval_data(cfg: DataConfig, split: str | None, names: list[str]) -> tupl
     if split is None:
         split = "test" if "test" in raw else next(iter(raw)) if len(raw) == 1 else None
         if split is None:
-            raise SentimentRNNError(f"'{cfg.source}' has no test split (splits: {', '.join(raw)}); choose one with --split")
+            raise SentimentRNNError(
+                f"'{cfg.source}' has no test split (splits: {', '.join(raw)}); choose one with --split")
     if split not in raw:
         raise SentimentRNNError(f"'{cfg.source}' has no split '{split}' (splits: {', '.join(raw)}); use --split")
     check_columns(raw[split], cfg, split, option_hint=True)

@@ -25,7 +25,8 @@ def train_tiny(out, *sets: str):
 
 @pytest.mark.parametrize("value", ["balance", "[0, 1]", "[]", "[a, b]", "true"])
 def test_class_weights_other_than_balanced_or_positive_numbers_are_refused(value):
-    with pytest.raises(SentimentRNNError, match="'train.class_weights': must be balanced or a list of positive weights"):
+    expected = "'train.class_weights': must be balanced or a list of positive weights"
+    with pytest.raises(SentimentRNNError, match=expected):
         load_config(TINY, [f"train.class_weights={value}"])
 
 

@@ -80,7 +80,7 @@ def test_encode_keeps_every_rows_label_and_row_number_with_its_ids_after_a_shuff
     tok = train_tokenizer(iter([texts]), TokenizerConfig(min_frequency=1))
     encoded = data_lib.encode(picked, tok, max_length=8)
     assert encoded.features["label"] == ds.features["label"]
-    for row, label, ids in zip(encoded[data_lib.ROW], encoded["label"], encoded["input_ids"]):
+    for row, label, ids in zip(encoded[data_lib.ROW], encoded["label"], encoded["input_ids"], strict=True):
         assert label == int(row % 3 > 0)
         assert ids == tok.encode(texts[row], add_special_tokens=False).ids
 
