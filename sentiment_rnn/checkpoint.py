@@ -104,11 +104,12 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, scheduler=None) -> None:
     """Serialise to memory first, then write atomically: a reader sees the old checkpoint or the new one."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "progress": asdict(progress), "rng": rng_state()}, buffer)
+                "progress": asdict(progress), "rng": rng_state(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None}, buffer)
     rundir.atomic_write(path, buffer.getvalue())
 
 
@@ -130,10 +131,12 @@ def read(path: Path) -> dict:
     return ckpt
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float) -> Progress:
-    """Restore model, optimizer and RNG states in place and return the loop's progress.
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, scheduler=None) -> Progress:
+    """Restore model, optimizer, scheduler and RNG states in place and return the loop's progress.
 
-    `lr` is the config's learning rate: it replaces the saved one, which a resume may have lowered.
+    `lr` is the config's learning rate: without a schedule it replaces the saved one (times each group's
+    lr_scale from train.layer_lr_decay), since a resume may have lowered it; a schedule's own state sets
+    the rate instead (resume_config refuses a changed lr under a schedule).
     """
     ckpt = read(path)
     damaged = f"'{path}' is damaged or was not written by sentiment-rnn"
@@ -141,8 +144,11 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: flo
         progress = Progress(**ckpt["progress"])
         model.load_state_dict(ckpt["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        if scheduler is None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+        else:
+            scheduler.load_state_dict(ckpt["scheduler"])
         restore_rng(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -224,6 +230,10 @@ def resume_config(run: Path, config_path: Path | None = None, overrides: list[st
         check_resumable(run, asked.train.epochs)
     changed = [k for k in _changed_keys(config.model_dump(mode="json"), asked.model_dump(mode="json"))
                if k not in ADJUSTABLE]
+    if asked.train.lr != config.train.lr and config.train.schedule != "constant":
+        raise SentimentRNNError(f"--resume cannot change train.lr of '{run}': its train.schedule "
+                                f"{config.train.schedule} sets the rate per step; drop --set train.lr, or start a "
+                                "new run with --output DIR")
     if changed:
         raise SentimentRNNError(f"--resume continues '{run}' with its own config.yaml, but --config/--set change "
                                 f"{', '.join(changed[:3])}; a resume may change only {', '.join(ADJUSTABLE)}: "

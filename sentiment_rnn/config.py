@@ -83,6 +83,8 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the word vectors
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the final state, before the linear head
+    pooling: Literal["last", "concat"] = "last"  # head input: the last real token's state, or [last, max, mean] over real tokens
+    init_from: str | None = None  # start embedding + encoder from this pretrain-lm or train run (its tokenizer is reused)
 
     @model_validator(mode="after")
     def _sizes_match_encoder(self) -> ModelConfig:
@@ -113,6 +115,10 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
     grad_probe_epochs: list[int] = [1]  # epochs after which dLoss/dh_t is recorded on a validation batch
     bucket_pool: int = Field(50, ge=1)  # batches per pool sorted by length (less padding)
+    layer_lr_decay: float = Field(1.0, ge=1.0)  # head gets lr, each layer group below lr / decay once more (ULMFiT: 2.6)
+    schedule: Literal["constant", "onecycle", "warmup_linear"] = "constant"  # learning rate per batch
+    warmup_steps: int = Field(100, ge=0)  # schedule warmup_linear: steps of linear warm-up before the linear decay
+    unfreeze: int | None = Field(None, ge=1)  # gradual unfreezing: epochs per layer group, head first; None: all train
     class_weights: Literal["balanced"] | list[float] | None = None  # loss weight per class (label order); balanced: n / (classes * count) on the training split
 
     @field_validator("class_weights", mode="before")

@@ -54,7 +54,8 @@ def model_kind(model: nn.Module) -> str:
 def reading_method(model: nn.Module) -> str:
     """'top_layer' for a one-directional RNN, whose output at t has read words 1..t only; else 'prefix'."""
     one_way = model_kind(model) == "rnn" and getattr(model.encoder, "bidirectional", True) is False
-    return "top_layer" if one_way else "prefix"
+    last = getattr(model, "pooling", "last") == "last"  # a pooled head reads every step, not the state at t alone
+    return "top_layer" if one_way and last else "prefix"
 
 
 def logits_from_embedded(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -66,8 +67,8 @@ def logits_from_embedded(model: nn.Module, x: torch.Tensor, lengths: torch.Tenso
     if model_kind(model) == "per_word_linear":
         return baseline_parts(model, x)[0]
     x = model.embedding_dropout(x)  # [T, B, E]
-    _, final = model.encoder(x, lengths)  # [B, D*H]: the state at each text's last real token
-    return model.head(model.head_dropout(final))  # [B, C]
+    out, final = model.encoder(x, lengths)  # [T, B, D*H], [B, D*H]: the state at each text's last real token
+    return model.head(model.head_dropout(model.pool(out, final, lengths)))  # [B, C]
 
 
 def baseline_parts(model: PerWordLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

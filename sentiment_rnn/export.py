@@ -83,6 +83,9 @@ def recurrent_layers(model: nn.Module) -> tuple[list[list[nn.RNNBase]], bool]:
     if encoder is None or not hasattr(model, "embedding") or not hasattr(model, "head"):
         raise SentimentRNNError(f"cannot export a {type(model).__name__} model: only the recurrent classifier "
                                 "(model.kind: rnn) is exported, not the per-word baseline")
+    if getattr(model, "pooling", "last") != "last":
+        raise SentimentRNNError(f"cannot export a run with model.pooling {model.pooling}: the export reads the "
+                                "final state only; export a run trained with model.pooling: last")
     if isinstance(getattr(encoder, "layers", None), nn.ModuleList):
         return _from_cells(encoder)
     rnns = [m for m in encoder.modules() if isinstance(m, nn.RNNBase)]

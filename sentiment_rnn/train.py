@@ -21,6 +21,7 @@ from torch import nn
 from sentiment_rnn import checkpoint
 from sentiment_rnn import data as data_lib
 from sentiment_rnn import distributed
+from sentiment_rnn import finetune
 from sentiment_rnn import rundir
 from sentiment_rnn import runtime
 from sentiment_rnn.checkpoint import Progress
@@ -73,14 +74,17 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over parameter_groups. The fused kernel updates all parameters in one pass instead of one
-    kernel per tensor, which matters for the large embedding on CPU."""
-    return torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, fused=True)
+    """AdamW over parameter_groups, split per layer group when train.layer_lr_decay gives each its own rate.
+    The fused kernel updates all parameters in one pass instead of one kernel per tensor, which matters
+    for the large embedding on CPU."""
+    layered = cfg.layer_lr_decay != 1.0
+    groups = finetune.layered_parameter_groups(model, cfg) if layered else parameter_groups(model, cfg)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """A torch.optim.lr_scheduler stepped once per batch, or None: the learning rate is constant today."""
-    return None
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """train.schedule as a torch.optim.lr_scheduler stepped once per batch, or None (constant rate)."""
+    return finetune.build_schedule(optimizer, cfg, steps_per_epoch)
 
 
 def class_weights(cfg: TrainConfig, splits: data_lib.Splits) -> list[float] | None:
@@ -120,8 +124,10 @@ def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch
     return model
 
 
-def on_epoch_start(model: nn.Module, epoch: int, cfg: TrainConfig) -> None:
-    """Per-epoch changes to the model before its epoch trains (the place for gradual unfreezing)."""
+def on_epoch_start(model: nn.Module, epoch: int, config: Config) -> None:
+    """Per-epoch changes to the model before its epoch trains: gradual unfreezing (train.unfreeze)."""
+    frozen = config.model.embedding.freeze and config.model.embedding.pretrained is not None
+    finetune.apply_unfreeze(model, epoch, config.train, frozen_embedding=frozen)
 
 
 def check_pretrained(config: Config) -> None:
@@ -179,8 +185,8 @@ def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float]
     kernel (its `out` only carries the direct path to the loss), so the encoder is unrolled with its
     cells, on a weight copy for nn.RNN (equal outputs: tests/test_cells.py).
     """
-    if not hasattr(model, "encoder"):
-        return None  # the per-word baseline has no hidden state
+    if not hasattr(model, "encoder") or getattr(model, "pooling", "last") != "last":
+        return None  # the per-word baseline has no hidden state; pooled heads read more than the final state
     from sentiment_rnn.models.cells import CellEncoder, cell_encoder_from_rnn
 
     model.eval()
@@ -247,6 +253,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     elif main:
         check_output(output, overwrite)
     check_pretrained(config)
+    source = finetune.read_init_source(config)  # model.init_from, checked before any data is loaded
     device = distributed.setup(resolve_device(config.train.device))  # joins torchrun's process group, if any
     threads = runtime.configure_threads(config.train.threads)  # train.threads, or half the cores (at most 4)
     seed_everything(config.seed)
@@ -261,7 +268,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     if resume and main and rundir.is_complete(output):
         reopen_finished(output, splits, config.train, reporter)
     try:
-        return _train_into(config, output, splits, device, threads, reporter, resume)
+        return _train_into(config, output, splits, device, threads, reporter, resume, source)
     except BaseException:
         if main and not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
             shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
@@ -303,14 +310,22 @@ class Parts:
     probe_batch: tuple  # the validation batch the gradient probe reads
 
 
-def setup_tokenizer(config: Config, output: Path, splits: data_lib.Splits, reporter: Reporter, resume: bool):
-    """A resumed run reads its own tokenizer; a new one trains it (and writes the split record)."""
+def setup_tokenizer(config: Config, output: Path, splits: data_lib.Splits, reporter: Reporter, resume: bool,
+                    source: finetune.InitSource | None = None):
+    """A resumed run reads its own tokenizer; a new one trains it (and writes the split record), or reuses
+    model.init_from's, whose ids the copied embedding rows follow."""
     main = distributed.is_main()
     if resume:
         checkpoint.check_same_data(output, splits.record)
         return load_tokenizer(output / rundir.TOKENIZER)
     if main:
         rundir.write_json(output / rundir.SPLIT, splits.record)
+    if source is not None:
+        reporter.stage(f"Reusing the tokenizer of {source.path}")
+        tokenizer = load_tokenizer(source.path / rundir.TOKENIZER)
+        if main:
+            rundir.atomic_write(output / rundir.TOKENIZER, tokenizer.to_str())
+        return tokenizer
     reporter.stage("Training tokenizer")
     tokenizer = train_tokenizer_on_split(splits, config)  # deterministic: every rank builds the same one
     if main:
@@ -338,23 +353,25 @@ def longest_batch(loader: torch.utils.data.DataLoader):
 
 
 def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
-                reporter: Reporter, resume: bool = False) -> dict:
+                reporter: Reporter, resume: bool = False, source: finetune.InitSource | None = None) -> dict:
     if distributed.is_main():
         rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
-    tokenizer = setup_tokenizer(config, output, splits, reporter, resume)
+    tokenizer = setup_tokenizer(config, output, splits, reporter, resume, source)
     reporter.stage("Tokenizing")
     loaders = setup_data(config, splits, tokenizer, device)
     model = setup_model(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
+    finetune.load_init(model, source)
     coverage = load_pretrained(model, config, tokenizer)
     optimizer = build_optimizer(model, config.train)
     weights = class_weights(config.train, splits)
+    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch(loaders.train, config.train))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.train.amp_bf16 and device.type == "cuda")
-    parts = Parts(config, model, distributed.wrap(model, device), optimizer, build_scheduler(optimizer, config.train),
+    parts = Parts(config, model, distributed.wrap(model, device), optimizer, scheduler,
                   build_loss(weights, device), loaders, device, autocast, output, reporter, longest_batch(loaders.validation))
     progress = Progress()
     if resume:
         reporter.stage(f"Resuming from {checkpoint_path(parts)}")
-        progress = checkpoint.load(checkpoint_path(parts), model, optimizer, lr=config.train.lr)
+        progress = checkpoint.load(checkpoint_path(parts), model, optimizer, lr=config.train.lr, scheduler=scheduler)
     progress = train_epochs(parts, progress)
 
     reporter.stage("Scoring the test split")
@@ -364,9 +381,13 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     metrics["class_weights"] = weights  # what the loss used: None, train.class_weights, or "balanced" computed
     if distributed.is_main():
         checkpoint.keep_final(output)  # before metrics.json: a complete run can always continue with more epochs
-        save_run(output, model, tokenizer, splits, config, metrics)
+        save_run(output, model, tokenizer, splits, config, metrics, source)
         checkpoint_path(parts).unlink(missing_ok=True)  # the run is complete: final_state.pt has what it held
     return metrics
+
+
+def steps_per_epoch(loader: torch.utils.data.DataLoader, cfg: TrainConfig) -> int:
+    return min(len(loader), cfg.max_steps or len(loader))
 
 
 def checkpoint_path(parts: Parts) -> Path:
@@ -420,8 +441,8 @@ def start_epoch(parts: Parts, progress: Progress) -> int:
     """Position the sampler (a resumed epoch skips what it already saw) and return the epoch's last step."""
     cfg, loader = parts.config.train, parts.loaders.train
     loader.sampler.set_epoch(progress.epoch, start=progress.batches_done)
-    steps = min(len(loader), cfg.max_steps or len(loader))
-    on_epoch_start(parts.model, progress.epoch, cfg)
+    steps = steps_per_epoch(loader, cfg)
+    on_epoch_start(parts.model, progress.epoch, parts.config)
     parts.reporter.epoch_start(progress.epoch, cfg.epochs, steps - progress.batches_done)
     return steps
 
@@ -443,7 +464,7 @@ def checkpoint_due(cfg: TrainConfig, progress: Progress) -> bool:
 
 def save_checkpoint(parts: Parts, progress: Progress) -> None:
     if distributed.is_main():  # under torchrun, rank 0 alone writes
-        checkpoint.save(checkpoint_path(parts), parts.model, parts.optimizer, progress)
+        checkpoint.save(checkpoint_path(parts), parts.model, parts.optimizer, progress, parts.scheduler)
 
 
 def finish_epoch(parts: Parts, progress: Progress, seconds: float) -> None:
@@ -513,17 +534,21 @@ def non_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig, ckpt_p
                              "and train again")
 
 
-def save_run(output: Path, model: nn.Module, tokenizer, splits: data_lib.Splits, config: Config, metrics: dict) -> None:
-    """Weights, meta and figures first; metrics.json last, so its presence means the run is complete."""
+def save_run(output: Path, model: nn.Module, tokenizer, splits: data_lib.Splits, config: Config, metrics: dict,
+             source: finetune.InitSource | None = None) -> None:
+    """Weights, meta and figures first; metrics.json last, so its presence means the run is complete.
+    meta.json records the weights' sha256 (checked when a run is used as model.init_from) and the source."""
     from safetensors.torch import save as save_safetensors
 
     from sentiment_rnn.plots import plot_gradient_norms, plot_learning_curves
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    rundir.atomic_write(output / rundir.WEIGHTS, save_safetensors(state))
+    payload = save_safetensors(state)
+    rundir.atomic_write(output / rundir.WEIGHTS, payload)
     rundir.write_json(output / rundir.META, {
         "label_names": splits.label_names, "vocab_size": tokenizer.get_vocab_size(),
-        "max_length": config.data.max_length, "model_kind": config.model.kind, "versions": rundir.versions()})
+        "max_length": config.data.max_length, "model_kind": config.model.kind, "versions": rundir.versions(),
+        "weights_sha256": finetune.weights_sha256(payload), "init_from": source.record() if source else None})
     plot_learning_curves(metrics["history"], output / rundir.CURVES)
     if metrics["grad_through_time"]:
         plot_gradient_norms(metrics["grad_through_time"], output / rundir.GRADIENTS, f"{config.name}: {config.model.cell}")

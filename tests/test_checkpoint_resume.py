@@ -20,7 +20,7 @@ from sentiment_rnn import checkpoint, rundir
 from sentiment_rnn.cli import app
 from sentiment_rnn.config import load_config
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.train import train
+from sentiment_rnn.train import Reporter, train
 
 from conftest import TINY
 
@@ -282,3 +282,30 @@ def test_an_unfinished_run_may_raise_its_epochs_but_not_lower_them(nan_run):
     assert checkpoint.resume_config(out, None, ["train.epochs=5"]).train.epochs == 5
     with pytest.raises(SentimentRNNError, match="may raise train.epochs, not lower it"):
         checkpoint.resume_config(out, None, ["train.epochs=1"])
+
+
+class StopAfter(Reporter):
+    """Ends training with an error after `steps` batches, as a crash would (the checkpoint is older)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def step(self, loss, accuracy, tokens):
+        self.steps -= 1
+        if self.steps == 0:
+            raise RuntimeError("crash")
+
+
+def test_a_scheduled_run_resumes_to_the_uninterrupted_run(tmp_path):
+    extra = ["train.schedule=onecycle", "train.layer_lr_decay=2.0", "train.unfreeze=1", "model.pooling=concat",
+             "train.epochs=2", "train.patience=2", "train.checkpoint_every=7", "train.batch_size=16", "data.limit=200"]
+    config = load_config(TINY, extra)
+    train(config, tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="crash"):
+        train(config, tmp_path / "resumed", reporter=StopAfter(16))  # epoch 2, two steps after the checkpoint at step 14
+    assert (tmp_path / "resumed" / rundir.CHECKPOINT).is_file()
+    train(config, tmp_path / "resumed", resume=True)
+    a, b = (load_file(str(tmp_path / r / rundir.WEIGHTS)) for r in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    got, want = (json.loads((tmp_path / r / rundir.METRICS).read_text()) for r in ("straight", "resumed"))
+    assert got["test"] == want["test"] and got["grad_norm_per_step"] == want["grad_norm_per_step"]

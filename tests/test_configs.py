@@ -28,6 +28,9 @@ def test_config_validates_and_builds_a_model(path):
 def test_config_starts_with_its_command_and_a_description(path):
     first, second = path.read_text(encoding="utf-8").splitlines()[:2]
     command = "pretrain-lm" if path.stem == "lm" else "train"  # lm.yaml pretrains the encoder as a language model
+    if load_config(path).model.init_from == "runs/pretrained/lm":  # a fine-tune config names the LM's command first
+        assert first.startswith("# sentiment-rnn pretrain-lm --config configs/lm.yaml && ")
+        first = "# " + first.split(" && ", 1)[1]
     assert first == f"# sentiment-rnn {command} --config configs/{path.name}"
     assert second.startswith("# ") and len(second) > 20
 

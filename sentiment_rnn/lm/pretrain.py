@@ -31,6 +31,7 @@ from torch import nn
 from sentiment_rnn import checkpoint, rundir, runtime
 from sentiment_rnn.config import Config, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
+from sentiment_rnn.finetune import weights_sha256
 from sentiment_rnn.lm import data as lm_data
 from sentiment_rnn.lm.model import LanguageModel, build_language_model, check_model_config, detach
 from sentiment_rnn.lm.tokenizer import train_lm_tokenizer
@@ -272,9 +273,10 @@ def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metr
     from safetensors.torch import save as save_safetensors
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    rundir.atomic_write(output / rundir.WEIGHTS, save_safetensors(state))
+    payload = save_safetensors(state)
+    rundir.atomic_write(output / rundir.WEIGHTS, payload)
     rundir.write_json(output / rundir.META, {
-        "kind": "language_model", "vocab_size": tokenizer.get_vocab_size(), "cutoffs": model.head.cutoffs[:-1],
+        "kind": "language_model", "weights_sha256": weights_sha256(payload), "vocab_size": tokenizer.get_vocab_size(), "cutoffs": model.head.cutoffs[:-1],
         "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
         "versions": rundir.versions()})
     plot_learning_curve(metrics, output / rundir.CURVES)

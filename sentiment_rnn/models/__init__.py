@@ -21,7 +21,8 @@ def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int, max_length:
     else:
         encoder = LayerEncoder(cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, cfg.cell,
                                cfg.nonlinearity, cfg.bidirectional, cfg.dropout)
-    return RNNClassifier(vocab_size, num_classes, cfg.embedding_dim, encoder, cfg.embedding_dropout, cfg.head_dropout)
+    return RNNClassifier(vocab_size, num_classes, cfg.embedding_dim, encoder, cfg.embedding_dropout, cfg.head_dropout,
+                         cfg.pooling)
 
 
 def count_parameters(model: nn.Module) -> dict:

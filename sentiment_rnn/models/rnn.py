@@ -27,6 +27,18 @@ def last_token_state(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return out.gather(0, last).squeeze(0)  # [B, H]
 
 
+def concat_pool(out: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """out [T, B, H], final [B, H], lengths [B] -> [B, 3H]: [final state, max, mean] over real tokens only.
+
+    Outputs past a sentence's end would leak padding into the max and the mean, so they are masked.
+    """
+    steps = torch.arange(out.shape[0], device=out.device).view(-1, 1)  # [T, 1]
+    real = (steps < lengths.to(out.device).view(1, -1)).unsqueeze(-1)  # [T, B, 1]
+    biggest = out.masked_fill(~real, float("-inf")).amax(0)  # [B, H]
+    mean = (out * real).sum(0) / lengths.to(out.device).view(-1, 1).clamp(min=1)  # [B, H]
+    return torch.cat([final, biggest, mean], dim=1)  # [B, 3H]
+
+
 class LayerEncoder(nn.Module):
     """A multi-layer `nn.RNN` / `nn.GRU` / `nn.LSTM` that returns each sentence's state at its real ends.
 
@@ -70,23 +82,34 @@ class LayerEncoder(nn.Module):
 
 
 class RNNClassifier(nn.Module):
-    """Embedding (padding_idx=0) -> dropout -> encoder -> dropout -> nn.Linear(state, classes)."""
+    """Embedding (padding_idx=0) -> dropout -> encoder -> dropout -> nn.Linear(state, classes).
+
+    pooling "concat" feeds the head [final state, max, mean] of the top layer's outputs (ULMFiT's concat
+    pooling) instead of the final state alone.
+    """
 
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int, encoder: nn.Module,
-                 embedding_dropout: float = 0.0, head_dropout: float = 0.0):
+                 embedding_dropout: float = 0.0, head_dropout: float = 0.0, pooling: str = "last"):
         super().__init__()
+        if pooling not in ("last", "concat"):
+            raise SentimentRNNError(f"unknown pooling '{pooling}'; valid: last, concat")
+        self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.encoder = encoder
         self.head_dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(encoder.output_size, num_classes)
+        self.head = nn.Linear(encoder.output_size * (3 if pooling == "concat" else 1), num_classes)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, return_outputs: bool = False):
         """input_ids [T, B], lengths [B] -> logits [B, C] (and the top layer's outputs [T, B, D*H])."""
         x = self.embedding_dropout(self.embedding(input_ids))  # [T, B, E]
         out, final = self.encoder(x, lengths)  # [T, B, D*H], [B, D*H]
-        logits = self.head(self.head_dropout(final))  # [B, C]
+        logits = self.head(self.head_dropout(self.pool(out, final, lengths)))  # [B, C]
         return (logits, out) if return_outputs else logits
+
+    def pool(self, out: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The head's input: final [B, D*H] itself, or [final, max, mean] [B, 3*D*H] under pooling concat."""
+        return concat_pool(out, final, lengths) if self.pooling == "concat" else final
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         """(name, parameters) from input to output: embedding, encoder layer k, head.

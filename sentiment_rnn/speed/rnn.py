@@ -132,7 +132,7 @@ class FrozenClassifier:
         encoder = getattr(model, "encoder", None)
         rnn = getattr(encoder, "rnn", None)
         return (rnn is not None and hasattr(model, "embedding") and supports(rnn, model.embedding.weight)
-                and not model.training)
+                and not model.training and getattr(model, "pooling", "last") == "last")
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,145 @@
+"""Fine-tuning from a pretrained run: init_from copies the pretrained tensors and reuses the tokenizer,
+per-layer learning rates, gradual unfreezing, schedules that resume exactly, concat pooling, bad input,
+and the whole pretrain -> fine-tune -> predict path through the installed CLI."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sentiment_rnn import finetune, rundir
+from sentiment_rnn.config import load_config
+from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.lm.pretrain import pretrain_lm
+from sentiment_rnn.models import build_model
+from sentiment_rnn.models.rnn import concat_pool
+from sentiment_rnn.train import build_optimizer, on_epoch_start, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = ["model.cell=lstm", "model.hidden_size=24", "model.num_layers=2", "model.embedding_dim=16"]
+TINY_LM = ["data.limit=400", "lm.corpora=[rotten_tomatoes]", "tokenizer.max_vocab=500", "train.batch_size=8",
+           "train.epochs=1", "train.threads=1", "lm.eval_batch_size=2", "lm.bptt=12", "train.checkpoint_every=null"]
+TINY_CLS = ["train.epochs=1", "train.max_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory) -> Path:
+    """A finished tiny pretrain-lm run; copy it before tampering with it."""
+    out = tmp_path_factory.mktemp("lm") / "run"
+    pretrain_lm(load_config(ROOT / "configs" / "lm.yaml", [*SHAPE, *TINY_LM]), out)
+    return out
+
+
+def finetune_config(source: Path, *extra: str):
+    return load_config(ROOT / "configs" / "tiny.yaml", [*SHAPE, *TINY_CLS, f"model.init_from={source}", *extra])
+
+
+def test_init_from_copies_exactly_the_pretrained_tensors_and_reuses_the_tokenizer(lm_run, tmp_path):
+    config = finetune_config(lm_run)
+    source = finetune.read_init_source(config)
+    model = build_model(config.model, 500, 2, 24)
+    finetune.load_init(model, source)
+    pretrained = load_file(str(lm_run / rundir.WEIGHTS))
+    shared = [k for k in model.state_dict() if k.startswith(("embedding.", "encoder."))]
+    assert shared and all(torch.equal(model.state_dict()[k], pretrained[k]) for k in shared)
+
+    out = tmp_path / "run"
+    train(config, out)
+    assert (out / rundir.TOKENIZER).read_text() == (lm_run / rundir.TOKENIZER).read_text()
+    meta = json.loads((out / rundir.META).read_text())
+    lm_meta = json.loads((lm_run / rundir.META).read_text())
+    assert meta["init_from"] == {"path": str(lm_run.resolve()), "weights_sha256": lm_meta["weights_sha256"]}
+    assert meta["weights_sha256"] == finetune.weights_sha256((out / rundir.WEIGHTS).read_bytes())
+
+
+def test_bad_init_from_fails_in_one_line_naming_both_values_and_writes_nothing(lm_run, tmp_path):
+    incomplete, tampered = tmp_path / "incomplete", tmp_path / "tampered"
+    shutil.copytree(lm_run, incomplete)
+    (incomplete / rundir.METRICS).unlink()
+    shutil.copytree(lm_run, tampered)
+    weights = bytearray((tampered / rundir.WEIGHTS).read_bytes())
+    weights[-1] ^= 0xFF  # one bit pattern in the last tensor: still loadable, no longer the trained weights
+    (tampered / rundir.WEIGHTS).write_bytes(bytes(weights))
+    cases = [(finetune_config(tmp_path / "nowhere"), "is not a directory"),
+             (finetune_config(incomplete), "is not a finished run (no metrics.json)"),
+             (finetune_config(lm_run, "model.hidden_size=32"), "has model.hidden_size 24, this config has 32"),
+             (finetune_config(lm_run, "model.cell=gru"), "has model.cell lstm, this config has gru"),
+             (finetune_config(lm_run, "model.num_layers=1"), "has model.num_layers 2, this config has 1"),
+             (finetune_config(lm_run, "model.embedding_dim=8"), "has model.embedding_dim 16, this config has 8"),
+             (finetune_config(tampered), "the weights were changed after training")]
+    for config, message in cases:
+        with pytest.raises(SentimentRNNError, match=re.escape(message)) as err:
+            train(config, tmp_path / "out")
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "out").exists()
+    for key, value in (("model.pooling", "mean"), ("train.schedule", "cosine")):
+        with pytest.raises(SentimentRNNError, match=key):
+            finetune_config(lm_run, f"{key}={value}")
+
+
+def test_each_layer_group_gets_its_learning_rate():
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr=0.01", "train.layer_lr_decay=2.0"])
+    model = build_model(config.model, 100, 2, 24)
+    optimizer = build_optimizer(model, config.train)
+    by_name = {}
+    for group in optimizer.param_groups:
+        by_name.setdefault(group["name"], set()).add(group["lr"])
+    assert by_name == {"head": {0.01}, "encoder.1": {0.005}, "encoder.0": {0.0025}, "embedding": {0.00125}}
+    seen = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())  # every parameter exactly once
+
+
+def test_gradual_unfreezing_trains_exactly_the_open_groups_each_epoch():
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["train.unfreeze=1", "train.weight_decay=0.1"])
+    torch.manual_seed(0)
+    model = build_model(config.model, 50, 2, 24)
+    optimizer = build_optimizer(model, config.train)
+    ids, lengths, y = torch.randint(1, 50, (6, 4)), torch.tensor([6, 5, 3, 2]), torch.tensor([0, 1, 0, 1])
+    names = [name for name, _ in model.parameter_groups()]  # embedding, encoder.0, encoder.1, head
+    for epoch in range(1, 6):
+        on_epoch_start(model, epoch, config)
+        before = {n: [p.detach().clone() for p in ps] for n, ps in model.parameter_groups()}
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(ids, lengths), y).backward()
+        optimizer.step()
+        moved = [n for n, ps in model.parameter_groups()
+                 if any(not torch.equal(a, p) for a, p in zip(before[n], ps, strict=True))]
+        trainable = [n for n, ps in model.parameter_groups() if all(p.requires_grad for p in ps)]
+        assert moved == trainable == names[max(0, len(names) - epoch):], epoch
+
+
+def test_concat_pooling_reads_real_tokens_only():
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["model.pooling=concat"])
+    model = build_model(config.model, 50, 2, 24).eval()
+    ids = torch.randint(1, 50, (7, 1))
+    padded = torch.cat([ids, torch.randint(1, 50, (3, 1))])  # [10, 1]: junk after the sentence's end
+    with torch.no_grad():
+        assert torch.allclose(model(ids, torch.tensor([7])), model(padded, torch.tensor([7])), atol=1e-6)
+    out = torch.tensor([[[1.0]], [[3.0]], [[-9.0]]])  # [T=3, B=1, H=1], the last step is padding
+    assert concat_pool(out, out[1], torch.tensor([2])).tolist() == [[3.0, 3.0, 2.0]]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sentiment-rnn", *args], capture_output=True, text=True, check=False)
+
+
+def test_cli_pretrains_fine_tunes_and_predicts(tmp_path):
+    lm, clf = tmp_path / "lm", tmp_path / "clf"
+    shape = [f"--set={s}" for s in SHAPE]
+    done = run_cli("pretrain-lm", "-c", "configs/lm.yaml", "-o", str(lm), *shape, *[f"--set={s}" for s in TINY_LM])
+    assert done.returncode == 0, done.stderr
+    done = run_cli("train", "-c", "configs/finetune.yaml", "-o", str(clf), *shape,
+                   *[f"--set={s}" for s in ["data.limit=400", "train.epochs=2", "train.max_steps=3",
+                                            "train.threads=1", f"model.init_from={lm}"]])
+    assert done.returncode == 0, done.stderr
+    done = run_cli("predict", "--model", str(clf), "the flower is so beautiful")
+    assert done.returncode == 0 and ("positive" in done.stdout or "negative" in done.stdout), done.stderr
+    bad = run_cli("train", "-c", "configs/finetune.yaml", "-o", str(tmp_path / "bad"),
+                  "--set", f"model.init_from={tmp_path / 'missing'}")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
