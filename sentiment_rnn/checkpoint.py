@@ -121,8 +121,9 @@ def read(path: Path) -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
     except pickle.UnpicklingError:
-        raise SentimentRNNError(f"{damaged}: it holds Python objects, not only tensors and plain values, and "
-                                "was not loaded (it may have been tampered with); train again with --overwrite") from None
+        raise SentimentRNNError(
+            f"{damaged}: it holds Python objects, not only tensors and plain values, and "
+            "was not loaded (it may have been tampered with); train again with --overwrite") from None
     except Exception as exc:
         reason = str(exc).strip().split(". ")[0].splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise SentimentRNNError(f"{damaged} ({reason}); train again with --overwrite") from None
@@ -202,7 +203,8 @@ def reopen(run: Path) -> tuple[int, bool]:
     try:
         progress = Progress(**ckpt["progress"])
     except (KeyError, TypeError):
-        raise SentimentRNNError(f"'{run / FINAL}' is damaged (no readable progress); train a new run with --output DIR") from None
+        raise SentimentRNNError(
+            f"'{run / FINAL}' is damaged (no readable progress); train a new run with --output DIR") from None
     stopped = progress.stopped
     if stopped:
         progress.stopped, progress.stale = False, 0

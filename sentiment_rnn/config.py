@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sentiment_rnn.errors import SentimentRNNError
 
-
 CellName = Literal["rnn", "gru", "lstm"]  # the recurrent cells; checked here once, for every module
 CELLS: tuple[str, ...] = get_args(CellName)
 
@@ -83,8 +82,10 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the word vectors
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the final state, before the linear head
-    pooling: Literal["last", "concat"] = "last"  # head input: the last real token's state, or [last, max, mean] over real tokens
-    init_from: str | None = None  # start embedding + encoder from this pretrain-lm or train run (its tokenizer is reused)
+    # head input: the last real token's state, or [last, max, mean] over real tokens
+    pooling: Literal["last", "concat"] = "last"
+    # start embedding + encoder from this pretrain-lm or train run (its tokenizer is reused)
+    init_from: str | None = None
 
     @model_validator(mode="after")
     def _sizes_match_encoder(self) -> ModelConfig:
@@ -115,11 +116,13 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
     grad_probe_epochs: list[int] = [1]  # epochs after which dLoss/dh_t is recorded on a validation batch
     bucket_pool: int = Field(50, ge=1)  # batches per pool sorted by length (less padding)
-    layer_lr_decay: float = Field(1.0, ge=1.0)  # head gets lr, each layer group below lr / decay once more (ULMFiT: 2.6)
+    # head gets lr, each layer group below lr / decay once more (ULMFiT: 2.6)
+    layer_lr_decay: float = Field(1.0, ge=1.0)
     schedule: Literal["constant", "onecycle", "warmup_linear"] = "constant"  # learning rate per batch
     warmup_steps: int = Field(100, ge=0)  # schedule warmup_linear: steps of linear warm-up before the linear decay
     unfreeze: int | None = Field(None, ge=1)  # gradual unfreezing: epochs per layer group, head first; None: all train
-    class_weights: Literal["balanced"] | list[float] | None = None  # loss weight per class (label order); balanced: n / (classes * count) on the training split
+    # loss weight per class (label order); balanced: n / (classes * count) on the training split
+    class_weights: Literal["balanced"] | list[float] | None = None
 
     @field_validator("class_weights", mode="before")
     @classmethod
@@ -136,15 +139,20 @@ class TrainConfig(_Strict):
 class LMConfig(_Strict):
     """pretrain-lm's corpus and batching; its optimizer, epochs and threads are the train.* keys."""
 
-    source: str = "embedded"  # embedded: training rows of lm.corpora; else a .txt file (one document per line) or a data source whose data.text_column is read
-    corpora: list[str] = ["rotten_tomatoes", "imdb"]  # embedded corpora read (their training rows under seed and data.split)
+    # embedded: training rows of lm.corpora; else a .txt file (one document per line) or a data source
+    # whose data.text_column is read
+    source: str = "embedded"
+    # embedded corpora read (their training rows under seed and data.split)
+    corpora: list[str] = ["rotten_tomatoes", "imdb"]
     held_out: float = Field(0.01, gt=0.0, lt=0.5)  # share of the corpus's documents kept aside for held-out perplexity
-    batching: Literal["stream", "documents"] = "stream"  # one continuous stream with state carried, or segments of single documents
+    # one continuous stream with state carried, or segments of single documents
+    batching: Literal["stream", "documents"] = "stream"
     bptt: int = Field(35, ge=2)  # tokens per truncated-BPTT segment
     eval_batch_size: int = Field(10, ge=1)  # parallel streams when scoring the held-out text
     cutoffs: list[int] = [2000, 10000]  # nn.AdaptiveLogSoftmaxWithLoss cluster boundaries, by word frequency rank
     div_value: float = Field(4.0, ge=1.0)  # each tail cluster's projection is this many times narrower
-    time_limit_s: float | None = Field(None, gt=0)  # end each epoch's training after this many seconds (equal-time comparisons)
+    # end each epoch's training after this many seconds (equal-time comparisons)
+    time_limit_s: float | None = Field(None, gt=0)
 
 
 class Config(_Strict):

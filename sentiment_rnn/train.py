@@ -18,12 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sentiment_rnn import checkpoint
+from sentiment_rnn import checkpoint, distributed, finetune, rundir, runtime
 from sentiment_rnn import data as data_lib
-from sentiment_rnn import distributed
-from sentiment_rnn import finetune
-from sentiment_rnn import rundir
-from sentiment_rnn import runtime
 from sentiment_rnn.checkpoint import Progress
 from sentiment_rnn.config import Config, TrainConfig, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
@@ -201,7 +197,8 @@ def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float]
             h.retain_grad()
         nn.functional.cross_entropy(model.head(final).float(), y).backward()
     model.zero_grad(set_to_none=True)
-    grad = torch.stack([h.grad if h.grad is not None else torch.zeros_like(h) for h in top]).float().norm(dim=-1)  # [T, B]
+    grads = [h.grad if h.grad is not None else torch.zeros_like(h) for h in top]
+    grad = torch.stack(grads).float().norm(dim=-1)  # [T, B]
     steps = int(lengths.max())
     back = torch.arange(steps, device=grad.device).view(-1, 1)  # [S, 1] steps back from the end
     t = lengths.view(1, -1) - 1 - back  # [S, B] time index of "k steps back" per sentence
@@ -217,7 +214,8 @@ def check_output(output: Path, overwrite: bool) -> None:
     try:
         occupied = output.is_dir() and any(output.iterdir())
     except OSError as exc:
-        raise SentimentRNNError(f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
+        raise SentimentRNNError(
+            f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
     if occupied and not overwrite:
         if (output / rundir.CHECKPOINT).is_file() and not rundir.is_complete(output):
             raise SentimentRNNError(f"run directory '{output}' holds an unfinished run; continue it with "
@@ -233,7 +231,8 @@ def prepare_output(output: Path, overwrite: bool) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SentimentRNNError(f"cannot create run directory '{output}' ({exc.strerror}); choose another --output") from None
+        raise SentimentRNNError(
+            f"cannot create run directory '{output}' ({exc.strerror}); choose another --output") from None
 
 
 def train(config: Config, output: Path, reporter: Reporter | None = None, overwrite: bool = False,
@@ -367,7 +366,8 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     scheduler = build_scheduler(optimizer, config.train, steps_per_epoch(loaders.train, config.train))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.train.amp_bf16 and device.type == "cuda")
     parts = Parts(config, model, distributed.wrap(model, device), optimizer, scheduler,
-                  build_loss(weights, device), loaders, device, autocast, output, reporter, longest_batch(loaders.validation))
+                  build_loss(weights, device), loaders, device, autocast, output, reporter,
+                  longest_batch(loaders.validation))
     progress = Progress()
     if resume:
         reporter.stage(f"Resuming from {checkpoint_path(parts)}")
@@ -551,5 +551,6 @@ def save_run(output: Path, model: nn.Module, tokenizer, splits: data_lib.Splits,
         "weights_sha256": finetune.weights_sha256(payload), "init_from": source.record() if source else None})
     plot_learning_curves(metrics["history"], output / rundir.CURVES)
     if metrics["grad_through_time"]:
-        plot_gradient_norms(metrics["grad_through_time"], output / rundir.GRADIENTS, f"{config.name}: {config.model.cell}")
+        title = f"{config.name}: {config.model.cell}"
+        plot_gradient_norms(metrics["grad_through_time"], output / rundir.GRADIENTS, title)
     rundir.write_json(output / rundir.METRICS, metrics)

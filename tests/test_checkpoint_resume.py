@@ -302,7 +302,8 @@ def test_a_scheduled_run_resumes_to_the_uninterrupted_run(tmp_path):
     config = load_config(TINY, extra)
     train(config, tmp_path / "straight")
     with pytest.raises(RuntimeError, match="crash"):
-        train(config, tmp_path / "resumed", reporter=StopAfter(16))  # epoch 2, two steps after the checkpoint at step 14
+        # epoch 2, two steps after the checkpoint at step 14
+        train(config, tmp_path / "resumed", reporter=StopAfter(16))
     assert (tmp_path / "resumed" / rundir.CHECKPOINT).is_file()
     train(config, tmp_path / "resumed", resume=True)
     a, b = (load_file(str(tmp_path / r / rundir.WEIGHTS)) for r in ("straight", "resumed"))

@@ -276,7 +276,8 @@ def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metr
     payload = save_safetensors(state)
     rundir.atomic_write(output / rundir.WEIGHTS, payload)
     rundir.write_json(output / rundir.META, {
-        "kind": "language_model", "weights_sha256": weights_sha256(payload), "vocab_size": tokenizer.get_vocab_size(), "cutoffs": model.head.cutoffs[:-1],
+        "kind": "language_model", "weights_sha256": weights_sha256(payload), "vocab_size": tokenizer.get_vocab_size(),
+        "cutoffs": model.head.cutoffs[:-1],
         "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
         "versions": rundir.versions()})
     plot_learning_curve(metrics, output / rundir.CURVES)

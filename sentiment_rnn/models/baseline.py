@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 PER_POSITION_OUT = 2  # each position's layer maps a word vector to 2 numbers, as in the tutorial
 
 
@@ -27,7 +26,8 @@ class PerWordLinear(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         bound = 1 / math.sqrt(embedding_dim)  # nn.Linear's default init, per position
-        self.position_weight = nn.Parameter(torch.empty(max_length, embedding_dim, PER_POSITION_OUT).uniform_(-bound, bound))
+        weight = torch.empty(max_length, embedding_dim, PER_POSITION_OUT).uniform_(-bound, bound)  # [L, E, 2]
+        self.position_weight = nn.Parameter(weight)
         self.position_bias = nn.Parameter(torch.empty(max_length, PER_POSITION_OUT).uniform_(-bound, bound))
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(PER_POSITION_OUT * max_length, num_classes)

@@ -53,7 +53,8 @@ class CellEncoder(nn.Module):
         hidden_sizes = list(hidden_sizes)
         if input_size < 1 or not hidden_sizes or min(hidden_sizes) < 1:
             raise SentimentRNNError(
-                f"bad sizes input_size={input_size} hidden_sizes={hidden_sizes}: use positive integers, at least one layer"
+                f"bad sizes input_size={input_size} hidden_sizes={hidden_sizes}: "
+                "use positive integers, at least one layer"
             )
         if not 0.0 <= dropout < 1.0:
             raise SentimentRNNError(f"dropout {dropout} out of range: use a value in [0, 1)")
@@ -85,7 +86,8 @@ class CellEncoder(nn.Module):
             )
         if lengths.dim() != 1 or lengths.size(0) != x.size(1) or lengths.is_floating_point():
             raise SentimentRNNError(
-                f"lengths shape {tuple(lengths.shape)} dtype {lengths.dtype} is wrong: pass a LongTensor [batch={x.size(1)}]"
+                f"lengths shape {tuple(lengths.shape)} dtype {lengths.dtype} is wrong: "
+                f"pass a LongTensor [batch={x.size(1)}]"
             )
         lengths = lengths.to(x.device)
         if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > x.size(0)):
@@ -119,7 +121,7 @@ class CellEncoder(nn.Module):
         for t in steps:
             real = mask[t].unsqueeze(1)  # [B, 1]
             new_state = self._step(cell, x[t], state)  # x[t]: [B, in]
-            state = tuple(torch.where(real, new, old) for new, old in zip(new_state, state))
+            state = tuple(torch.where(real, new, old) for new, old in zip(new_state, state, strict=True))
             outputs[t] = torch.where(real, state[0], torch.zeros_like(state[0]))  # [B, H], 0 at padding
             if step_states is not None:
                 step_states.append(state[0])
