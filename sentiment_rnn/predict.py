@@ -14,6 +14,7 @@ import torch
 
 from sentiment_rnn import runtime
 from sentiment_rnn.batching import pad_lists
+from sentiment_rnn.records import prediction_records, stream_records
 from sentiment_rnn.rundir import LoadedRun, load_run
 from sentiment_rnn.tokenizer import encode_ids
 
@@ -84,25 +85,8 @@ class Predictor:
 
     def predict(self, texts: list[str]) -> list[dict]:
         """One record per text: label and probabilities, or an error for an empty text."""
-        records: list[dict] = [{"text": t} for t in texts]
-        usable = [i for i, t in enumerate(texts) if t.strip()]
-        probs = self.probabilities([texts[i] for i in usable]) if usable else torch.empty(0)
-        for row, i in enumerate(usable):
-            p = probs[row]
-            records[i].update(label=self.labels[int(p.argmax())], probability=round(float(p.max()), 6),
-                              probabilities={n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)})
-        for rec in records:
-            if "label" not in rec:
-                rec["error"] = "empty text: nothing to classify"
-        return records
+        return prediction_records(texts, self.labels, self.probabilities)
 
     def stream(self, lines: Iterable[str], chunk_size: int = 4096) -> Iterator[dict]:
         """Predictions for any number of lines with flat memory: one chunk in flight at a time."""
-        chunk: list[str] = []
-        for line in lines:
-            chunk.append(line.rstrip("\r\n"))
-            if len(chunk) >= chunk_size:
-                yield from self.predict(chunk)
-                chunk = []
-        if chunk:
-            yield from self.predict(chunk)
+        return stream_records(self.predict, lines, chunk_size)
