@@ -119,9 +119,11 @@ def test_state_dict_keys_name_layer_and_direction():
     assert {"layers.0.fwd.weight_ih", "layers.0.bwd.weight_hh", "layers.1.fwd.bias_ih"} <= keys
 
 
-def test_invalid_cell_name_raises_and_lists_valid_cells():
+def test_invalid_cell_name_is_refused_once_by_the_config_listing_valid_cells():
+    from sentiment_rnn.config import parse_config
+
     with pytest.raises(SentimentRNNError) as excinfo:
-        CellEncoder(INPUT_SIZE, [HIDDEN_SIZE], cell="transformer")
+        parse_config({"model": {"encoder": "cells", "cell": "transformer", "hidden_sizes": [HIDDEN_SIZE]}})
     message = str(excinfo.value)
     assert "transformer" in message
     assert all(name in message for name in ("rnn", "gru", "lstm"))

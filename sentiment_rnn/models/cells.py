@@ -12,7 +12,6 @@ from torch import nn
 
 from sentiment_rnn.errors import SentimentRNNError
 
-CELLS = ("rnn", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")
 
 State = tuple[torch.Tensor, ...]  # (h,) for rnn/gru, (h, c) for lstm; each [B, H]
@@ -40,8 +39,6 @@ class CellEncoder(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise SentimentRNNError(f"unknown cell {cell!r}: use one of {', '.join(CELLS)}")
         if nonlinearity not in NONLINEARITIES:
             raise SentimentRNNError(
                 f"unknown nonlinearity {nonlinearity!r}: use one of {', '.join(NONLINEARITIES)}"

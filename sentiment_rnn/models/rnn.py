@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sentiment_rnn.errors import SentimentRNNError
 
-RNN_LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+RNN_LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}  # cell names are validated once, in config.py
 
 
 def last_token_state(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -51,8 +51,6 @@ class LayerEncoder(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, cell: str = "rnn",
                  nonlinearity: str = "tanh", bidirectional: bool = False, dropout: float = 0.0):
         super().__init__()
-        if cell not in RNN_LAYERS:
-            raise SentimentRNNError(f"unknown cell '{cell}'; valid cells: {', '.join(RNN_LAYERS)}")
         kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.rnn = RNN_LAYERS[cell](input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                                     dropout=dropout if num_layers > 1 else 0.0, **kwargs)
