@@ -678,7 +678,7 @@ def pretrain_lm(
             raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
         cfg, out = resume_config(resume, config, set_), resume
     else:
-        cfg = load_config(config or Path("configs/lm.yaml"), set_)
+        cfg = load_config(config or "lm", set_)
         # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
         out = output or Path("runs") / "pretrained" / cfg.name
     console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} language model "

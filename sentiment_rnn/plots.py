@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 
@@ -12,6 +13,16 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save_atomically(plt, fig, path: Path) -> None:
+    """Render to memory, then write atomically, so a reader never sees a half-written PNG."""
+    from sentiment_rnn.rundir import atomic_write
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> None:
@@ -52,9 +63,6 @@ def plot_gradient_norms(probes: list[dict], path: Path, title: str = "") -> None
 
 def plot_comparison(result: dict, path: Path) -> None:
     """compare-baseline's figure: parameters against L (log scale) and the scores with ±std error bars."""
-    import io
-
-    from sentiment_rnn.rundir import atomic_write
 
     plt = _pyplot()
     models = result["models"]
@@ -85,18 +93,12 @@ def plot_comparison(result: dict, path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+    _save_atomically(plt, fig, path)
 
 
 def plot_explanations(grid: list[list[dict]], path: Path, row_titles: list[str] | None = None) -> None:
     """explain's figure: one block per text (grid[row][column]), words along x and three rows each:
     the running P(target) after each word, integrated gradients and occlusion (both signed toward the target)."""
-    import io
-
-    from sentiment_rnn.rundir import atomic_write
 
     plt = _pyplot()
     columns = max(len(row) for row in grid)
@@ -106,10 +108,7 @@ def plot_explanations(grid: list[list[dict]], path: Path, row_titles: list[str] 
     for i, row in enumerate(grid):
         for j, record in enumerate(row):
             _explanation_block(blocks[i][j], record, (row_titles[i] + ": ") if row_titles else "")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+    _save_atomically(plt, fig, path)
 
 
 def _explanation_block(block, record: dict, prefix: str) -> None:
@@ -136,3 +135,22 @@ def _explanation_block(block, record: dict, prefix: str) -> None:
     ax_occ.set_xticks(list(xs), words, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     for ax in (ax_p, ax_ig, ax_occ):
         ax.grid(alpha=0.3)
+
+
+def plot_lm_curve(metrics: dict, path: Path) -> None:
+    """pretrain-lm: training loss per step (a running mean) and held-out loss at the end of each epoch."""
+    import numpy as np
+
+    plt = _pyplot()
+    losses = np.asarray(metrics["loss_per_step"], dtype=float)
+    window = max(1, len(losses) // 100)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")  # running mean over `window` steps
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"training (mean of {window} steps)")
+    ends = np.cumsum([h["steps"] for h in metrics["history"]])
+    ax.plot(ends, [h["held_out_loss"] for h in metrics["history"]], "o-", label="held-out")
+    ax.set(xlabel="optimizer step", ylabel="next-word cross-entropy (log perplexity)", title="Language model")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_atomically(plt, fig, path)

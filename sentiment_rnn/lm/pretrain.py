@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 import pickle
-import random
 import shlex
 import shutil
 import time
@@ -24,7 +23,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +34,7 @@ from sentiment_rnn.lm import data as lm_data
 from sentiment_rnn.lm.model import LanguageModel, build_language_model, check_model_config, detach
 from sentiment_rnn.lm.tokenizer import train_lm_tokenizer
 from sentiment_rnn.tokenizer import load_tokenizer
+from sentiment_rnn.train import seed_everything
 
 CORPUS = "corpus.json"
 FORMAT = "lm-1"  # checkpoint layout; a checkpoint of another layout fails with a clear message
@@ -77,12 +76,6 @@ class LMProgress:
 
     def next_epoch(self) -> None:
         self.epoch, self.batches_done, self.loss_sum, self.tokens, self.seconds = self.epoch + 1, 0, 0.0, 0, 0.0
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -280,29 +273,7 @@ def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metr
         "cutoffs": model.head.cutoffs[:-1],
         "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
         "versions": rundir.versions()})
-    plot_learning_curve(metrics, output / rundir.CURVES)
+    from sentiment_rnn.plots import plot_lm_curve
+
+    plot_lm_curve(metrics, output / rundir.CURVES)
     rundir.write_json(output / rundir.METRICS, metrics)
-
-
-def plot_learning_curve(metrics: dict, path: Path) -> None:
-    """Training loss per step (a running mean) and held-out loss at the end of each epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    losses = np.asarray(metrics["loss_per_step"], dtype=float)
-    window = max(1, len(losses) // 100)
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")  # running mean over `window` steps
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"training (mean of {window} steps)")
-    ends = np.cumsum([h["steps"] for h in metrics["history"]])
-    ax.plot(ends, [h["held_out_loss"] for h in metrics["history"]], "o-", label="held-out")
-    ax.set(xlabel="optimizer step", ylabel="next-word cross-entropy (log perplexity)", title="Language model")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    rundir.atomic_write(path, buffer.getvalue())
