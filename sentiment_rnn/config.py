@@ -121,6 +121,8 @@ class TrainConfig(_Strict):
     schedule: Literal["constant", "onecycle", "warmup_linear"] = "constant"  # learning rate per batch
     warmup_steps: int = Field(100, ge=0)  # schedule warmup_linear: steps of linear warm-up before the linear decay
     unfreeze: int | None = Field(None, ge=1)  # gradual unfreezing: epochs per layer group, head first; None: all train
+    # weight of the auxiliary next-word loss on the same sentences (sentiment_rnn/next_word.py); 0: off
+    lm_loss_weight: float = Field(0.0, ge=0)
     # loss weight per class (label order); balanced: n / (classes * count) on the training split
     class_weights: Literal["balanced"] | list[float] | None = None
 
@@ -162,7 +164,14 @@ class Config(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    lm: LMConfig = LMConfig()  # pretrain-lm only
+    lm: LMConfig = LMConfig()  # pretrain-lm; cutoffs and div_value also shape train.lm_loss_weight's head
+
+    @model_validator(mode="after")
+    def _next_word_reads_left_to_right(self) -> Config:
+        if self.train.lm_loss_weight and (self.model.kind != "rnn" or self.model.bidirectional):
+            raise ValueError("train.lm_loss_weight needs a left-to-right encoder (model.kind: rnn, "
+                             "model.bidirectional: false); set train.lm_loss_weight: 0 for this model")
+        return self
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -22,6 +22,7 @@ from sentiment_rnn.config import Config, ModelConfig, TrainConfig
 from sentiment_rnn.errors import SentimentRNNError
 
 SHARED_PREFIXES = ("embedding.", "encoder.")  # what a classifier takes from its source run
+LM_SOFTMAX_PREFIXES = ("head.head.", "head.tail.")  # a pretrain-lm run's adaptive softmax (train.lm_loss_weight)
 SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
 
 
@@ -35,6 +36,7 @@ class InitSource:
     path: Path  # the source run, resolved
     weights_sha256: str  # of its model.safetensors as read now
     state: dict[str, torch.Tensor]  # its embedding.* and encoder.* tensors
+    lm_softmax: dict[str, torch.Tensor]  # a pretrain-lm run's head.* softmax tensors; empty for a classifier
 
     def record(self) -> dict:
         """What the new run's meta.json says about where it started."""
@@ -66,7 +68,10 @@ def read_init_source(config: Config) -> InitSource | None:
     if recorded is not None and recorded != digest:
         raise SentimentRNNError(f"{where}: {rundir.WEIGHTS} has sha256 {digest[:12]}..., but its meta.json "
                                 f"records {recorded[:12]}...; the weights were changed after training, train it again")
-    return InitSource(run.resolve(), digest, shared_tensors(run, payload))
+    state = read_weights(run, payload)
+    shared = {k: v for k, v in state.items() if k.startswith(SHARED_PREFIXES)}
+    softmax = {k: v for k, v in state.items() if k.startswith(LM_SOFTMAX_PREFIXES)}
+    return InitSource(run.resolve(), digest, shared, softmax)
 
 
 def check_same_shape(run: Path, model: ModelConfig) -> None:
@@ -82,7 +87,7 @@ def check_same_shape(run: Path, model: ModelConfig) -> None:
                                     f"set model.{key}: {theirs} or start from a run of the same shape")
 
 
-def shared_tensors(run: Path, payload: bytes) -> dict[str, torch.Tensor]:
+def read_weights(run: Path, payload: bytes) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
@@ -91,7 +96,7 @@ def shared_tensors(run: Path, payload: bytes) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise SentimentRNNError(f"model.init_from '{run}': {rundir.WEIGHTS} is not readable ({str(exc)[:80]}); "
                                 "train the source run again") from None
-    return {k: v for k, v in state.items() if k.startswith(SHARED_PREFIXES)}
+    return state
 
 
 def load_init(model: nn.Module, source: InitSource | None) -> None:
@@ -112,10 +117,17 @@ def load_init(model: nn.Module, source: InitSource | None) -> None:
 
 
 def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    """(name, parameters) from input to output; a model without the seam is one group."""
-    if hasattr(model, "parameter_groups"):
-        return model.parameter_groups()
-    return [("all", list(model.parameters()))]
+    """(name, parameters) from input to output; a model without the seam is one group. Parameters the seam
+    does not name (the training-time next-word head of train.lm_loss_weight) train with the top group."""
+    if not hasattr(model, "parameter_groups"):
+        return [("all", list(model.parameters()))]
+    groups = model.parameter_groups()
+    named = {id(p) for _, params in groups for p in params}
+    rest = [p for p in model.parameters() if id(p) not in named]
+    if rest:
+        top_name, top = groups[-1]
+        groups[-1] = (top_name, top + rest)
+    return groups
 
 
 def layered_parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:

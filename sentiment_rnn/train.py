@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sentiment_rnn import checkpoint, distributed, finetune, rundir, runtime
+from sentiment_rnn import checkpoint, distributed, finetune, next_word, rundir, runtime
 from sentiment_rnn import data as data_lib
 from sentiment_rnn.checkpoint import Progress
 from sentiment_rnn.config import Config, TrainConfig, dump_config
@@ -360,6 +360,7 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     loaders = setup_data(config, splits, tokenizer, device)
     model = setup_model(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
     finetune.load_init(model, source)
+    next_word.attach_head(model, config, tokenizer.get_vocab_size(), source.lm_softmax if source else {})
     coverage = load_pretrained(model, config, tokenizer)
     optimizer = build_optimizer(model, config.train)
     weights = class_weights(config.train, splits)
@@ -376,6 +377,7 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
 
     reporter.stage("Scoring the test split")
     model.load_state_dict(progress.best["state"])
+    next_word.detach_head(model)  # it served training only: scoring and the saved run are the classifier alone
     test = predict_batches(model, loaders.test, device)
     metrics = run_metrics(progress, test, splits, model, coverage, device, threads)
     metrics["class_weights"] = weights  # what the loss used: None, train.class_weights, or "balanced" computed
@@ -409,13 +411,11 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
             start = time.perf_counter() - progress.seconds
             for step, batch in enumerate(parts.loaders.train, start=progress.batches_done + 1):
                 input_ids, lengths, y = to_device(batch, parts.device)
-                with parts.autocast:
-                    logits = parts.net(input_ids, lengths)  # [B, C]
-                loss = parts.loss_fn(logits.float(), y)
+                logits, loss, total = batch_loss(parts, input_ids, lengths, y)  # [B, C], sentiment loss, minimised
                 if not torch.isfinite(loss):
                     raise non_finite_loss(loss.item(), epoch, step, cfg, checkpoint_path(parts))
                 parts.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 # Gradients through time can explode: clip their global norm, and record it before clipping.
                 norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or float("inf"))
                 parts.optimizer.step()
@@ -435,6 +435,21 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
             if interrupt.requested:
                 raise TrainingInterrupted(parts.output, progress.epoch, 0)
     return progress
+
+
+def batch_loss(parts: Parts, input_ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor):
+    """The logits, the sentiment loss (what the run reports) and the loss minimised: the sentiment loss,
+    plus train.lm_loss_weight times the next-word loss on the same sentences when that is on."""
+    weight = parts.config.train.lm_loss_weight
+    with parts.autocast:
+        if not weight:
+            logits = parts.net(input_ids, lengths)  # [B, C]
+        else:
+            logits, out = parts.net(input_ids, lengths, return_outputs=True)  # [B, C], [T, B, H]
+    loss = parts.loss_fn(logits.float(), y)
+    if not weight:
+        return logits, loss, loss
+    return logits, loss, loss + weight * next_word.loss(parts.model, out, input_ids, lengths)
 
 
 def start_epoch(parts: Parts, progress: Progress) -> int:

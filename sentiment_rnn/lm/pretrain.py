@@ -29,7 +29,7 @@ from torch import nn
 from sentiment_rnn import checkpoint, rundir, runtime
 from sentiment_rnn.config import Config, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.finetune import weights_sha256
+from sentiment_rnn.finetune import InitSource, read_init_source, weights_sha256
 from sentiment_rnn.lm import data as lm_data
 from sentiment_rnn.lm.model import LanguageModel, build_language_model, check_model_config, detach
 from sentiment_rnn.lm.tokenizer import train_lm_tokenizer
@@ -76,6 +76,16 @@ class LMProgress:
 
     def next_epoch(self) -> None:
         self.epoch, self.batches_done, self.loss_sum, self.tokens, self.seconds = self.epoch + 1, 0, 0.0, 0, 0.0
+
+
+def read_lm_source(config: Config) -> InitSource | None:
+    """model.init_from for pretrain-lm: a language model to continue (ULMFiT's second step, the LM fine-tuned
+    on the target task's own text), checked as train checks it; it must have an output softmax."""
+    source = read_init_source(config)
+    if source is not None and not source.lm_softmax:
+        raise SentimentRNNError(f"model.init_from '{config.model.init_from}' is a classifier run; pretrain-lm "
+                                "continues a pretrain-lm run (it needs that run's output softmax)")
+    return source
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -145,12 +155,16 @@ def finish_epoch(p: LMProgress, seconds: float, val_loss: float) -> dict:
     p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + p.tokens
     return record
 
-def prepare_data(config: Config, output: Path, resume: bool, reporter: Reporter):
-    """Corpus -> tokenizer -> encoded training batches and held-out stream, and the corpus record."""
+def prepare_data(config: Config, output: Path, resume: bool, reporter: Reporter, source: InitSource | None = None):
+    """Corpus -> tokenizer (model.init_from's, when continuing a language model) -> encoded training batches
+    and held-out stream, and the corpus record."""
     reporter.stage("Reading the corpus")
     train_docs, held_docs = lm_data.split_held_out(lm_data.corpus_documents(config), config.lm.held_out)
     if resume:
         tokenizer = load_tokenizer(output / rundir.TOKENIZER)
+    elif source is not None:
+        reporter.stage(f"Reusing the tokenizer of {source.path}")
+        tokenizer = load_tokenizer(source.path / rundir.TOKENIZER)
     else:
         reporter.stage(f"Training the tokenizer on {len(train_docs):,} documents")
         tokenizer = train_lm_tokenizer(train_docs, config.tokenizer)
@@ -186,7 +200,8 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
         check_output(output, overwrite)
     threads = runtime.configure_threads(config.train.threads)
     seed_everything(config.seed)
-    tokenizer, batches, held, record = prepare_data(config, output, resume, reporter)
+    source = read_lm_source(config)
+    tokenizer, batches, held, record = prepare_data(config, output, resume, reporter, source)
     if not resume:
         if output.is_dir():
             shutil.rmtree(output)
@@ -196,7 +211,7 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
             rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
             rundir.atomic_write(output / rundir.TOKENIZER, tokenizer.to_str())
             rundir.write_json(output / CORPUS, record)
-        return _pretrain_into(config, output, tokenizer, batches, held, record, threads, reporter, resume)
+        return _pretrain_into(config, output, tokenizer, batches, held, record, threads, reporter, resume, source)
     except BaseException:
         if not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
             shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
@@ -204,10 +219,16 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
 
 
 def _pretrain_into(config: Config, output: Path, tokenizer, batches, held: torch.Tensor, record: dict,
-                   threads: int, reporter: Reporter, resume: bool) -> dict:
+                   threads: int, reporter: Reporter, resume: bool, source: InitSource | None) -> dict:
     tcfg, bptt = config.train, config.lm.bptt
     seed_everything(config.seed)
     model = build_language_model(config.model, config.lm, tokenizer.get_vocab_size())
+    if source is not None:
+        try:
+            model.load_state_dict({**source.state, **source.lm_softmax})  # every tensor: strict
+        except RuntimeError:
+            raise SentimentRNNError(f"model.init_from '{source.path}' has another output softmax; give lm.cutoffs "
+                                    "and lm.div_value the values of its config.yaml") from None
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ckpt_path = output / rundir.CHECKPOINT
     p, hidden = LMProgress(), None
@@ -256,12 +277,13 @@ def _pretrain_into(config: Config, output: Path, tokenizer, batches, held: torch
                "train_seconds": p.train_seconds, "tokens_per_s": p.train_tokens / max(p.train_seconds, 1e-9),
                "parameters": sum(t.numel() for t in model.parameters()), "threads": threads,
                "corpus": record, "loss_per_step": p.losses}
-    save_run(output, model, tokenizer, config, metrics)
+    save_run(output, model, tokenizer, config, metrics, source)
     ckpt_path.unlink(missing_ok=True)  # the run is complete: the checkpoint has served
     return metrics
 
 
-def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metrics: dict) -> None:
+def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metrics: dict,
+             source: InitSource | None = None) -> None:
     """Weights, meta and the learning curve first; metrics.json last, so its presence means the run is complete."""
     from safetensors.torch import save as save_safetensors
 
@@ -272,7 +294,7 @@ def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metr
         "kind": "language_model", "weights_sha256": weights_sha256(payload), "vocab_size": tokenizer.get_vocab_size(),
         "cutoffs": model.head.cutoffs[:-1],
         "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
-        "versions": rundir.versions()})
+        "init_from": source.record() if source else None, "versions": rundir.versions()})
     from sentiment_rnn.plots import plot_lm_curve
 
     plot_lm_curve(metrics, output / rundir.CURVES)
