@@ -140,6 +140,8 @@ def test_cli_pretrains_fine_tunes_and_predicts(tmp_path):
     assert done.returncode == 0, done.stderr
     done = run_cli("predict", "--model", str(clf), "the flower is so beautiful")
     assert done.returncode == 0 and ("positive" in done.stdout or "negative" in done.stdout), done.stderr
+    wrong = run_cli("predict", "--model", str(lm), "the flower is so beautiful")
+    assert wrong.returncode == 1 and "is a pretrain-lm run" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
     bad = run_cli("train", "-c", "configs/finetune.yaml", "-o", str(tmp_path / "bad"),
                   "--set", f"model.init_from={tmp_path / 'missing'}")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
