@@ -99,6 +99,22 @@ def _heavy_imports() -> Iterator[None]:
     gc.freeze()
 
 
+def config_and_output(config: Path | None, default: str, set_: list[str] | None, output: Path | None,
+                      overwrite: bool, resume: Path | None, runs: Path):
+    """The run's config and directory: a resumed run's own (with the --set keys a resume may change), else
+    --config (or the shipped `default`) and --output, or runs/<config name>/."""
+    from sentiment_rnn.config import load_config
+
+    if resume is None:
+        cfg = load_config(config or default, set_)
+        return cfg, output or runs / cfg.name
+    from sentiment_rnn.checkpoint import resume_config
+
+    if overwrite or (output is not None and output != resume):
+        raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
+    return resume_config(resume, config, set_), resume
+
+
 @app.command()
 @handle_errors
 def train(
@@ -117,20 +133,11 @@ def train(
 ) -> None:
     """Train a classifier from a YAML config (default: the shipped `default`) and save the run directory."""
     with _heavy_imports():
-        from sentiment_rnn.config import load_config
         from sentiment_rnn.console import RichReporter, console, metrics_table
         from sentiment_rnn.distributed import is_main
         from sentiment_rnn.train import train as train_run
 
-    if resume is not None:
-        from sentiment_rnn.checkpoint import resume_config
-
-        if overwrite or (output is not None and output != resume):
-            raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
-        cfg, out = resume_config(resume, config, set_), resume
-    else:
-        cfg = load_config(config or DEFAULT_CONFIG, set_)
-        out = output or Path("runs") / cfg.name
+    cfg, out = config_and_output(config, DEFAULT_CONFIG, set_, output, overwrite, resume, Path("runs"))
     if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
         console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
                       f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
@@ -667,20 +674,11 @@ def pretrain_lm(
 ) -> None:
     """Pretrain the classifier's embedding and encoder as a next-word language model on unlabeled text."""
     with _heavy_imports():
-        from sentiment_rnn.config import load_config
         from sentiment_rnn.console import LMReporter, console
         from sentiment_rnn.lm.pretrain import pretrain_lm as run_pretraining
 
-    if resume is not None:
-        from sentiment_rnn.checkpoint import resume_config
-
-        if overwrite or (output is not None and output != resume):
-            raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
-        cfg, out = resume_config(resume, config, set_), resume
-    else:
-        cfg = load_config(config or "lm", set_)
-        # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
-        out = output or Path("runs") / "pretrained" / cfg.name
+    # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
+    cfg, out = config_and_output(config, "lm", set_, output, overwrite, resume, Path("runs") / "pretrained")
     console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} language model "
                   f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
                   f"{cfg.lm.source} -> {out}")
