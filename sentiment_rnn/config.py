@@ -147,6 +147,9 @@ class LMConfig(_Strict):
     # embedded corpora read (their training rows under seed and data.split)
     corpora: list[str] = ["rotten_tomatoes", "imdb"]
     held_out: float = Field(0.01, gt=0.0, lt=0.5)  # share of the corpus's documents kept aside for held-out perplexity
+    # next_word: a language model; autoencoder: each window read into one state, then reconstructed from it
+    # (Dai & Le 2015's sequence autoencoder); it reads documents, so it needs batching: documents
+    objective: Literal["next_word", "autoencoder"] = "next_word"
     # one continuous stream with state carried, or segments of single documents
     batching: Literal["stream", "documents"] = "stream"
     bptt: int = Field(35, ge=2)  # tokens per truncated-BPTT segment
@@ -155,6 +158,15 @@ class LMConfig(_Strict):
     div_value: float = Field(4.0, ge=1.0)  # each tail cluster's projection is this many times narrower
     # end each epoch's training after this many seconds (equal-time comparisons)
     time_limit_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _autoencoder_reads_documents(self) -> LMConfig:
+        # A stream's segments start mid-sentence with a carried state; an autoencoder summarises each window
+        # from a zero state, so the two cannot be combined.
+        if self.objective == "autoencoder" and self.batching == "stream":
+            raise ValueError("lm.objective: autoencoder reads each document window from a zero state; set "
+                             "lm.batching: documents")
+        return self
 
 
 class Config(_Strict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from sentiment_rnn.errors import SentimentRNNError
 
 SHARED_PREFIXES = ("embedding.", "encoder.")  # what a classifier takes from its source run
 LM_SOFTMAX_PREFIXES = ("head.head.", "head.tail.")  # a pretrain-lm run's adaptive softmax (train.lm_loss_weight)
+DECODER_PREFIX = "decoder."  # a sequence-autoencoder run's decoder: only pretrain-lm, continuing it, reads it
 SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
 
 
@@ -37,6 +38,7 @@ class InitSource:
     weights_sha256: str  # of its model.safetensors as read now
     state: dict[str, torch.Tensor]  # its embedding.* and encoder.* tensors
     lm_softmax: dict[str, torch.Tensor]  # a pretrain-lm run's head.* softmax tensors; empty for a classifier
+    decoder: dict[str, torch.Tensor] = field(default_factory=dict)  # an autoencoder run's decoder.* tensors
 
     def record(self) -> dict:
         """What the new run's meta.json says about where it started."""
@@ -71,7 +73,8 @@ def read_init_source(config: Config) -> InitSource | None:
     state = read_weights(run, payload)
     shared = {k: v for k, v in state.items() if k.startswith(SHARED_PREFIXES)}
     softmax = {k: v for k, v in state.items() if k.startswith(LM_SOFTMAX_PREFIXES)}
-    return InitSource(run.resolve(), digest, shared, softmax)
+    decoder = {k: v for k, v in state.items() if k.startswith(DECODER_PREFIX)}
+    return InitSource(run.resolve(), digest, shared, softmax, decoder)
 
 
 def check_same_shape(run: Path, model: ModelConfig) -> None:

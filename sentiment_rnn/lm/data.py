@@ -11,6 +11,10 @@ Batching (lm.batching):
   is carried from one segment to the next, so the model learns from context longer than a segment.
 - "documents": each document cut into bptt-token windows, windows shuffled, each window read from a
   zero state, as the classifier reads a sentence. Padding targets are skipped by the loss.
+
+Under lm.objective autoencoder the windows do not overlap and each batch's inputs and targets are the same
+windows: the model reads a window and reconstructs it. Its held-out text is the held-out documents'
+windows, read in order, so held-out perplexity is reconstruction perplexity.
 """
 
 from __future__ import annotations
@@ -115,9 +119,21 @@ def document_windows(encoded: list[list[int]], bptt: int) -> torch.Tensor:
     return torch.tensor(windows, dtype=torch.long).view(-1, bptt + 1)
 
 
-def window_batch(windows: torch.Tensor, order: torch.Tensor, index: int, batch_size: int):
-    """Inputs and targets of batch `index` in the epoch's window order: both [T, B]."""
-    rows = windows[order[index * batch_size:(index + 1) * batch_size]]  # [B, bptt + 1]
+def autoencoder_windows(encoded: list[list[int]], bptt: int) -> torch.Tensor:
+    """Each document cut into windows of bptt tokens, right-padded with [PAD]=0: [S, bptt].
+
+    Unlike document_windows they do not overlap: every token is reconstructed once, in its own window.
+    """
+    windows = [doc[start:start + bptt] for doc in encoded for start in range(0, len(doc), bptt)]
+    return torch.tensor([w + [0] * (bptt - len(w)) for w in windows], dtype=torch.long).view(-1, bptt)
+
+
+def window_batch(windows: torch.Tensor, order: torch.Tensor, index: int, batch_size: int, reconstruct: bool):
+    """Inputs and targets of batch `index` in the given window order: both [T, B]. Next-word windows hold one
+    token more than they read; a reconstructed window is its own target."""
+    rows = windows[order[index * batch_size:(index + 1) * batch_size]]  # [B, bptt + 1], or [B, bptt]
+    if reconstruct:
+        return rows.t(), rows.t()  # [T, B] each
     return rows[:, :-1].t(), rows[:, 1:].t()  # [T, B] each
 
 
@@ -137,12 +153,14 @@ class StreamBatches:
 
 
 class WindowBatches:
-    """Document windows in a fresh seeded order each epoch; each window starts from a zero state."""
+    """Document windows in a fresh seeded order each epoch (seed None: in their own order, for held-out
+    scoring); each window starts from a zero state."""
 
     carries_state = False
 
-    def __init__(self, windows: torch.Tensor, batch_size: int, seed: int):
-        self.windows, self.batch_size, self.seed = windows, batch_size, seed  # windows [S, bptt + 1]
+    def __init__(self, windows: torch.Tensor, batch_size: int, seed: int | None, reconstruct: bool = False):
+        self.windows, self.batch_size, self.seed = windows, batch_size, seed  # windows [S, bptt (+ 1)]
+        self.reconstruct = reconstruct  # autoencoder: a window is its own target
         self._order: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -150,18 +168,33 @@ class WindowBatches:
 
     def batch(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._order is None or self._order[0] != epoch:  # a function of seed and epoch alone: resumable
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._order = (epoch, torch.randperm(self.windows.shape[0], generator=generator))
-        return window_batch(self.windows, self._order[1], index, self.batch_size)
+            count = self.windows.shape[0]
+            if self.seed is None:
+                order = torch.arange(count)
+            else:
+                order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            self._order = (epoch, order)
+        return window_batch(self.windows, self._order[1], index, self.batch_size, self.reconstruct)
+
+
+def held_out_batches(encoded: list[list[int]], config: Config):
+    """What held-out perplexity is scored on: the held-out stream, state carried across segments, or under
+    the autoencoder the held-out documents' windows, each reconstructed from its own summary."""
+    bptt, batch_size = config.lm.bptt, config.lm.eval_batch_size
+    if config.lm.objective == "autoencoder":
+        return WindowBatches(autoencoder_windows(encoded, bptt), batch_size, None, reconstruct=True)
+    return StreamBatches(batchify(stream(encoded), batch_size, bptt, "held-out"), bptt)
 
 
 def training_batches(encoded: list[list[int]], config: Config):
-    """The training batches lm.batching asks for; too little text for one batch is a one-line error."""
+    """The training batches lm.batching and lm.objective ask for; too little text for one batch is a one-line
+    error."""
     bptt, batch_size = config.lm.bptt, config.train.batch_size
     if config.lm.batching == "stream":
         return StreamBatches(batchify(stream(encoded), batch_size, bptt, "training"), bptt)
-    windows = document_windows(encoded, bptt)
+    reconstruct = config.lm.objective == "autoencoder"
+    windows = autoencoder_windows(encoded, bptt) if reconstruct else document_windows(encoded, bptt)
     if windows.shape[0] < batch_size:
         raise SentimentRNNError(f"the LM training text gives {windows.shape[0]} windows of {bptt} tokens, too few to "
                                 f"fill one batch of {batch_size}; add text to lm.source or lower train.batch_size")
-    return WindowBatches(windows, batch_size, config.seed)
+    return WindowBatches(windows, batch_size, config.seed, reconstruct)

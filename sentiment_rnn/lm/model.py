@@ -54,9 +54,14 @@ class LanguageModel(nn.Module):
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, hidden: Hidden | None = None):
         """Mean next-word cross-entropy over the real (non-[PAD]) targets, their count, and the final state."""
         out, hidden = self(input_ids, hidden)  # [T, B, H]
-        keep = targets.reshape(-1) != 0  # [T*B]; [PAD] targets only occur in document windows
-        flat = out.reshape(-1, out.shape[-1])[keep]  # [N, H]
-        return self.head(flat, targets.reshape(-1)[keep]).loss, int(keep.sum()), hidden
+        return (*real_token_loss(self.head, out, targets), hidden)
+
+
+def real_token_loss(head: nn.AdaptiveLogSoftmaxWithLoss, out: torch.Tensor, targets: torch.Tensor):
+    """out [T, B, H], targets [T, B] -> (mean cross-entropy over the non-[PAD] targets, their count)."""
+    keep = targets.reshape(-1) != 0  # [T*B]; [PAD] targets only occur in document windows
+    flat = out.reshape(-1, out.shape[-1])[keep]  # [N, H]
+    return head(flat, targets.reshape(-1)[keep]).loss, int(keep.sum())
 
 
 def detach(hidden: Hidden) -> Hidden:
@@ -70,12 +75,15 @@ def check_model_config(cfg: ModelConfig) -> None:
                                 "model.encoder: layer and model.bidirectional: false")
 
 
-def build_language_model(model_cfg: ModelConfig, lm_cfg: LMConfig, vocab_size: int) -> LanguageModel:
-    """The LM around the very embedding and encoder modules a classifier of model_cfg would have."""
+def build_language_model(model_cfg: ModelConfig, lm_cfg: LMConfig, vocab_size: int) -> nn.Module:
+    """The LM (lm.objective next_word) or the sequence autoencoder (autoencoder) around the very embedding and
+    encoder modules a classifier of model_cfg would have."""
+    from sentiment_rnn.lm.autoencoder import SequenceAutoencoder
     from sentiment_rnn.models import build_model
 
     check_model_config(model_cfg)
     classifier = build_model(model_cfg, vocab_size, 2, lm_cfg.bptt)  # its head is dropped: classes do not matter
-    return LanguageModel(classifier.embedding, classifier.encoder, model_cfg.hidden_size, vocab_size,
-                         usable_cutoffs(lm_cfg.cutoffs, vocab_size), lm_cfg.div_value,
-                         model_cfg.embedding_dropout, model_cfg.head_dropout)
+    kind = SequenceAutoencoder if lm_cfg.objective == "autoencoder" else LanguageModel
+    return kind(classifier.embedding, classifier.encoder, model_cfg.hidden_size, vocab_size,
+                usable_cutoffs(lm_cfg.cutoffs, vocab_size), lm_cfg.div_value,
+                model_cfg.embedding_dropout, model_cfg.head_dropout)

@@ -1,12 +1,15 @@
-"""`sentiment-rnn pretrain-lm`: train the classifier's embedding and encoder as a next-word language model.
+"""`sentiment-rnn pretrain-lm`: train the classifier's embedding and encoder as a next-word language model,
+or (lm.objective: autoencoder) as the encoder of a sequence autoencoder (lm/autoencoder.py).
 
 Reads top to bottom: config -> corpus -> tokenizer -> batches -> model -> optimizer -> explicit loop ->
 save. The optimizer, epochs, batch size, threads and checkpointing are the train.* keys; corpus and
 batching are lm.* (config.py). Held-out perplexity is scored every epoch on lm.held_out of the corpus's own
-training documents, never on a classifier's validation or test rows.
+training documents, never on a classifier's validation or test rows; under the autoencoder it is the
+reconstruction perplexity of those documents' windows.
 
 Run directory: config.yaml, tokenizer.json, corpus.json (what was read, checked on --resume), then at the
-end model.safetensors (embedding.*, encoder.*, head.*), meta.json, curves.png and metrics.json last;
+end model.safetensors (embedding.*, encoder.*, head.*, and the autoencoder's decoder.*), meta.json
+(with lm.objective), curves.png and metrics.json last;
 checkpoint.pt while training. A resume restores model, optimizer, RNG and the carried hidden state, so it
 ends with the same weights as an uninterrupted run.
 """
@@ -31,7 +34,7 @@ from sentiment_rnn.config import Config, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 from sentiment_rnn.finetune import InitSource, read_init_source, weights_sha256
 from sentiment_rnn.lm import data as lm_data
-from sentiment_rnn.lm.model import LanguageModel, build_language_model, check_model_config, detach
+from sentiment_rnn.lm.model import build_language_model, check_model_config, detach
 from sentiment_rnn.lm.tokenizer import train_lm_tokenizer
 from sentiment_rnn.tokenizer import load_tokenizer
 from sentiment_rnn.train import seed_everything
@@ -82,9 +85,18 @@ def read_lm_source(config: Config) -> InitSource | None:
     """model.init_from for pretrain-lm: a language model to continue (ULMFiT's second step, the LM fine-tuned
     on the target task's own text), checked as train checks it; it must have an output softmax."""
     source = read_init_source(config)
-    if source is not None and not source.lm_softmax:
+    if source is None:
+        return None
+    if not source.lm_softmax:
         raise SentimentRNNError(f"model.init_from '{config.model.init_from}' is a classifier run; pretrain-lm "
                                 "continues a pretrain-lm run (it needs that run's output softmax)")
+    # The softmax of an autoencoder run reads its decoder's states, a next-word LM's its encoder's: continuing
+    # one as the other would start the new objective from a head trained for another input.
+    theirs = rundir.read_json(source.path / rundir.META).get("objective", "next_word")
+    if theirs != config.lm.objective:
+        raise SentimentRNNError(f"model.init_from '{config.model.init_from}' was pretrained with lm.objective "
+                                f"{theirs}, this config has {config.lm.objective}; set lm.objective: {theirs} to "
+                                "continue it (train's model.init_from starts a classifier from either)")
     return source
 
 
@@ -132,13 +144,14 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, lr: float):
 
 
 @torch.no_grad()
-def held_out_loss(model: LanguageModel, data: torch.Tensor, bptt: int) -> float:
-    """Mean next-word loss over the held-out stream [N/B, B], state carried across segments."""
+def held_out_loss(model: nn.Module, batches) -> float:
+    """Mean per-token loss over the held-out batches (lm.data.held_out_batches): next-word loss over the
+    stream, state carried across segments, or the autoencoder's reconstruction loss over document windows."""
     model.eval()
     total, count, hidden = 0.0, 0, None
-    for start in range(0, data.shape[0] - 1, bptt):
-        inputs, targets = lm_data.stream_segment(data, start, bptt)  # [T, B] each
-        loss, n, hidden = model.loss(inputs, targets, hidden)
+    for index in range(len(batches)):
+        inputs, targets = batches.batch(index, 0)  # [T, B] each
+        loss, n, hidden = model.loss(inputs, targets, hidden if batches.carries_state else None)
         total, count = total + loss.item() * n, count + n
     model.train()
     return total / count
@@ -157,7 +170,7 @@ def finish_epoch(p: LMProgress, seconds: float, val_loss: float) -> dict:
 
 def prepare_data(config: Config, output: Path, resume: bool, reporter: Reporter, source: InitSource | None = None):
     """Corpus -> tokenizer (model.init_from's, when continuing a language model) -> encoded training batches
-    and held-out stream, and the corpus record."""
+    and held-out batches, and the corpus record."""
     reporter.stage("Reading the corpus")
     train_docs, held_docs = lm_data.split_held_out(lm_data.corpus_documents(config), config.lm.held_out)
     if resume:
@@ -171,8 +184,8 @@ def prepare_data(config: Config, output: Path, resume: bool, reporter: Reporter,
     reporter.stage("Tokenizing")
     encoded = lm_data.encode_documents(tokenizer, train_docs)
     batches = lm_data.training_batches(encoded, config)
-    held_ids = lm_data.stream(lm_data.encode_documents(tokenizer, held_docs))
-    held = lm_data.batchify(held_ids, config.lm.eval_batch_size, config.lm.bptt, "held-out")
+    held_encoded = lm_data.encode_documents(tokenizer, held_docs)
+    held, held_ids = lm_data.held_out_batches(held_encoded, config), lm_data.stream(held_encoded)
     train_ids = lm_data.stream(encoded)
     record = {"source": config.lm.source, "corpora": list(config.lm.corpora), "seed": config.seed,
               "split": list(config.data.split), "documents": len(train_docs), "held_out_documents": len(held_docs),
@@ -218,14 +231,14 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
         raise
 
 
-def _pretrain_into(config: Config, output: Path, tokenizer, batches, held: torch.Tensor, record: dict,
+def _pretrain_into(config: Config, output: Path, tokenizer, batches, held, record: dict,
                    threads: int, reporter: Reporter, resume: bool, source: InitSource | None) -> dict:
-    tcfg, bptt = config.train, config.lm.bptt
+    tcfg = config.train
     seed_everything(config.seed)
     model = build_language_model(config.model, config.lm, tokenizer.get_vocab_size())
     if source is not None:
         try:
-            model.load_state_dict({**source.state, **source.lm_softmax})  # every tensor: strict
+            model.load_state_dict({**source.state, **source.lm_softmax, **source.decoder})  # every tensor: strict
         except RuntimeError:
             raise SentimentRNNError(f"model.init_from '{source.path}' has another output softmax; give lm.cutoffs "
                                     "and lm.div_value the values of its config.yaml") from None
@@ -266,14 +279,15 @@ def _pretrain_into(config: Config, output: Path, tokenizer, batches, held: torch
                     save_checkpoint(ckpt_path, model, optimizer, p, hidden)
                     if interrupt.requested:
                         raise LMInterrupted(output, p.epoch, p.batches_done)
-            reporter.epoch_end(finish_epoch(p, time.perf_counter() - start, held_out_loss(model, held, bptt)))
+            reporter.epoch_end(finish_epoch(p, time.perf_counter() - start, held_out_loss(model, held)))
             p.next_epoch()
             hidden = None  # each epoch reads the stream from its start
             save_checkpoint(ckpt_path, model, optimizer, p, hidden)
             if interrupt.requested:
                 raise LMInterrupted(output, p.epoch, 0)
 
-    metrics = {"history": p.history, "held_out_perplexity": p.history[-1]["held_out_perplexity"],
+    metrics = {"objective": config.lm.objective, "history": p.history,
+               "held_out_perplexity": p.history[-1]["held_out_perplexity"],
                "train_seconds": p.train_seconds, "tokens_per_s": p.train_tokens / max(p.train_seconds, 1e-9),
                "parameters": sum(t.numel() for t in model.parameters()), "threads": threads,
                "corpus": record, "loss_per_step": p.losses}
@@ -282,7 +296,7 @@ def _pretrain_into(config: Config, output: Path, tokenizer, batches, held: torch
     return metrics
 
 
-def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metrics: dict,
+def save_run(output: Path, model: nn.Module, tokenizer, config: Config, metrics: dict,
              source: InitSource | None = None) -> None:
     """Weights, meta and the learning curve first; metrics.json last, so its presence means the run is complete."""
     from safetensors.torch import save as save_safetensors
@@ -293,7 +307,7 @@ def save_run(output: Path, model: LanguageModel, tokenizer, config: Config, metr
     rundir.write_json(output / rundir.META, {
         "kind": "language_model", "weights_sha256": weights_sha256(payload), "vocab_size": tokenizer.get_vocab_size(),
         "cutoffs": model.head.cutoffs[:-1],
-        "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
+        "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching, "objective": config.lm.objective,
         "init_from": source.record() if source else None, "versions": rundir.versions()})
     from sentiment_rnn.plots import plot_lm_curve
 
