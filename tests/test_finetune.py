@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from sentiment_rnn import finetune, next_word, rundir
+from sentiment_rnn.compare import compare_baseline
 from sentiment_rnn.config import load_config
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.lm.pretrain import pretrain_lm
@@ -200,3 +201,16 @@ def test_pretrain_lm_continues_a_language_model_with_its_tokenizer(lm_run, tmp_p
         pretrain_lm(load_config(ROOT / "configs" / "lm.yaml", [*SHAPE, *TINY_LM, f"model.init_from={classifier}"]),
                     tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_compare_baseline_starts_both_models_from_the_pretrained_embedding(lm_run, tmp_path):
+    # lm_loss_weight is on: the RNN trains with it, the baseline (no recurrent encoder) without
+    config = finetune_config(lm_run, "train.lm_loss_weight=0.5")
+    result = compare_baseline(config, tmp_path / "cmp", seeds=1)
+    pretrained = load_file(str(lm_run / rundir.WEIGHTS))["embedding.weight"]
+    for prefix in ("rnn", "baseline"):
+        run = tmp_path / "cmp" / f"{prefix}-seed0"
+        assert json.loads((run / rundir.META).read_text())["init_from"]["path"] == str(lm_run.resolve())
+        assert (run / rundir.TOKENIZER).read_text() == (lm_run / rundir.TOKENIZER).read_text()
+        assert load_file(str(run / rundir.WEIGHTS))["embedding.weight"].shape == pretrained.shape
+    assert set(result["models"]) == {"rnn", "per_word_linear"} and "probe_flip_rate" in result["models"]["rnn"]["mean"]
