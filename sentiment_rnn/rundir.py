@@ -150,7 +150,7 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     run = resolve_run(model_dir)
     config = load_config(run / CONFIG)
     meta = read_json(run / META)
-    if meta.get("kind") == "language_model":
+    if isinstance(meta, dict) and meta.get("kind") == "language_model":
         raise SentimentRNNError(f"'{run}' is a pretrain-lm run: a language model, with no classifier to predict with; "
                                 f"fine-tune one from it: sentiment-rnn train -c finetune --set model.init_from={run}")
     try:
