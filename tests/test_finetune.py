@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from sentiment_rnn import finetune, next_word, rundir
+from sentiment_rnn.cli import app
 from sentiment_rnn.compare import compare_baseline
 from sentiment_rnn.config import load_config
 from sentiment_rnn.errors import SentimentRNNError
@@ -141,11 +143,12 @@ def test_cli_pretrains_fine_tunes_and_predicts(tmp_path):
     assert done.returncode == 0, done.stderr
     done = run_cli("predict", "--model", str(clf), "the flower is so beautiful")
     assert done.returncode == 0 and ("positive" in done.stdout or "negative" in done.stdout), done.stderr
-    wrong = run_cli("predict", "--model", str(lm), "the flower is so beautiful")
-    assert wrong.returncode == 1 and "is a pretrain-lm run" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
-    bad = run_cli("train", "-c", "configs/finetune.yaml", "-o", str(tmp_path / "bad"),
-                  "--set", f"model.init_from={tmp_path / 'missing'}")
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    # The refusals run in-process (the same Typer app and error boundary), which spares a start-up each.
+    wrong = CliRunner().invoke(app, ["predict", "--model", str(lm), "the flower is so beautiful"])
+    assert wrong.exit_code == 1 and "is a pretrain-lm run" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
+    bad = CliRunner().invoke(app, ["train", "-c", "configs/finetune.yaml", "-o", str(tmp_path / "bad"),
+                                   "--set", f"model.init_from={tmp_path / 'missing'}"])
+    assert bad.exit_code == 1 and "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 

@@ -124,6 +124,14 @@ def test_empty_corpus_and_too_small_corpus_fail_in_one_line_and_write_nothing(tm
     assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()
 
 
+def in_process(*args: str):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    return CliRunner().invoke(app, ["pretrain-lm", *args])
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sentiment-rnn", "pretrain-lm", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
@@ -138,14 +146,15 @@ def test_cli_pretrains_a_tiny_lm_and_refuses_bad_input(tmp_path):
     files = {p.name for p in run.iterdir()}
     assert {"config.yaml", "tokenizer.json", "model.safetensors", "meta.json", "metrics.json", "curves.png"} <= files
     assert "checkpoint.pt" not in files
-    again = cli("--config", str(LM), *sets, "--output", str(run))
-    assert again.returncode == 1 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    finished = cli("--resume", str(run))
-    assert finished.returncode == 1 and "already finished" in finished.stderr
+    # The refusals run in-process (the same Typer app and error boundary), which spares a start-up each.
+    again = in_process("--config", str(LM), *sets, "--output", str(run))
+    assert again.exit_code == 1 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    finished = in_process("--resume", str(run))
+    assert finished.exit_code == 1 and "already finished" in finished.stderr
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
-    bad = cli("--config", str(LM), *sets, "--set", f"lm.source={empty}", "--output", str(tmp_path / "nothing"))
-    assert bad.returncode == 1 and bad.stderr.startswith("Error:") and "empty" in bad.stderr
+    bad = in_process("--config", str(LM), *sets, "--set", f"lm.source={empty}", "--output", str(tmp_path / "nothing"))
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error:") and "empty" in bad.stderr
     assert not (tmp_path / "nothing").exists()
 
 
