@@ -442,14 +442,12 @@ def batch_loss(parts: Parts, input_ids: torch.Tensor, lengths: torch.Tensor, y: 
     plus train.lm_loss_weight times the next-word loss on the same sentences when that is on."""
     weight = parts.config.train.lm_loss_weight
     with parts.autocast:
-        if not weight:
-            logits = parts.net(input_ids, lengths)  # [B, C]
+        if weight:  # the next-word loss reads the top layer's outputs [T, B, H]
+            logits, out = parts.net(input_ids, lengths, return_outputs=True)  # [B, C]
         else:
-            logits, out = parts.net(input_ids, lengths, return_outputs=True)  # [B, C], [T, B, H]
+            logits = parts.net(input_ids, lengths)  # [B, C]; not every model returns outputs (the baseline)
     loss = parts.loss_fn(logits.float(), y)
-    if not weight:
-        return logits, loss, loss
-    return logits, loss, loss + weight * next_word.loss(parts.model, out, input_ids, lengths)
+    return logits, loss, loss + weight * next_word.loss(parts.model, out, input_ids, lengths) if weight else loss
 
 
 def start_epoch(parts: Parts, progress: Progress) -> int:

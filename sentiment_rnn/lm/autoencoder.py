@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.lm.model import Hidden, real_token_loss, recurrent_layer
+from sentiment_rnn.lm.model import Hidden, LanguageModel, real_token_loss, recurrent_layer
 from sentiment_rnn.lm.tokenizer import EOS, SPECIAL
 
 EOS_ID = SPECIAL.index(EOS)  # the LM tokenizer's fixed id for [EOS] (lm.tokenizer checks it when training)
@@ -27,23 +27,17 @@ def mirror(rnn: nn.RNNBase) -> nn.RNNBase:
     return type(rnn)(rnn.input_size, rnn.hidden_size, num_layers=rnn.num_layers, dropout=rnn.dropout, **kwargs)
 
 
-class SequenceAutoencoder(nn.Module):
+class SequenceAutoencoder(LanguageModel):
     """Embedding -> encoder (state at each window's last real token) -> decoder (teacher forced) -> softmax.
 
-    Built like LanguageModel (same arguments, same `embedding.*`, `encoder.*` and `head.*` keys) plus
-    `decoder.*`, and scored through the same loss(input_ids, targets, hidden) so pretrain-lm's loop, held-out
+    The language model's parts (same arguments, same `embedding.*`, `encoder.*` and `head.*` keys) plus
+    `decoder.*`, scored through the same loss(input_ids, targets, hidden) so pretrain-lm's loop, held-out
     scoring and checkpoints serve both objectives.
     """
 
-    def __init__(self, embedding: nn.Embedding, encoder: nn.Module, hidden_size: int, vocab_size: int,
-                 cutoffs: list[int], div_value: float, embedding_dropout: float = 0.0, output_dropout: float = 0.0):
-        super().__init__()
-        self.embedding = embedding
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.encoder = encoder
-        self.decoder = mirror(recurrent_layer(encoder))
-        self.output_dropout = nn.Dropout(output_dropout)
-        self.head = nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs, div_value=div_value)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoder = mirror(recurrent_layer(self.encoder))
 
     def summary(self, windows: torch.Tensor) -> Hidden:
         """windows [T, B], right-padded with [PAD]=0 -> the encoder's final state of every layer, h (and c for

@@ -231,17 +231,23 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
         raise
 
 
-def _pretrain_into(config: Config, output: Path, tokenizer, batches, held, record: dict,
-                   threads: int, reporter: Reporter, resume: bool, source: InitSource | None) -> dict:
-    tcfg = config.train
+def setup_model(config: Config, vocab_size: int, source: InitSource | None) -> nn.Module:
+    """The objective's model, freshly seeded, or continuing model.init_from's run with every one of its tensors."""
     seed_everything(config.seed)
-    model = build_language_model(config.model, config.lm, tokenizer.get_vocab_size())
+    model = build_language_model(config.model, config.lm, vocab_size)
     if source is not None:
         try:
             model.load_state_dict({**source.state, **source.lm_softmax, **source.decoder})  # every tensor: strict
         except RuntimeError:
             raise SentimentRNNError(f"model.init_from '{source.path}' has another output softmax; give lm.cutoffs "
                                     "and lm.div_value the values of its config.yaml") from None
+    return model
+
+
+def _pretrain_into(config: Config, output: Path, tokenizer, batches, held, record: dict,
+                   threads: int, reporter: Reporter, resume: bool, source: InitSource | None) -> dict:
+    tcfg = config.train
+    model = setup_model(config, tokenizer.get_vocab_size(), source)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ckpt_path = output / rundir.CHECKPOINT
     p, hidden = LMProgress(), None
