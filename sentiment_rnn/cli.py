@@ -43,9 +43,12 @@ ModelOpt = Annotated[Path | None, typer.Option(
 
 
 def fail(message: str, code: int = 1) -> None:
+    from rich.markup import escape
+
     from sentiment_rnn.console import err_console
 
-    err_console.print(f"[bold red]Error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+    # escape: a message may name "[glove]" or "[PAD]", which rich would otherwise read as markup and drop
+    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -31,8 +31,12 @@ class DataConfig(_Strict):
     text_column: str = "text"  # column holding the text
     label_column: str = "label"  # column holding the label (int or string)
     train_split: str = "train"  # split (or file stem, in a folder) to train on
-    validation_split: str | None = None  # None: the source's 'validation' split if it has one, else carved from train
-    test_split: str | None = None  # None: the source's 'test' split if it has one, else carved from train
+    # None: the source's own labeled 'validation' / 'test' split if it has one, else carved from train;
+    # the train split's name (e.g. train): carved from it even where the source has its own
+    validation_split: str | None = None
+    test_split: str | None = None
+    # names of integer labels 0, 1, ... that have none (e.g. [negative, positive]); a ClassLabel's own win
+    label_names: list[str] | None = None
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
     limit: int | None = Field(None, ge=10)  # use only this many source rows (tiny runs, tests)
@@ -50,6 +54,14 @@ class DataConfig(_Strict):
                              f"e.g. [0.8, 0.1, 0.1]; got {len(value)}: {list(value)}")
         return value
 
+    @field_validator("label_names")
+    @classmethod
+    def _two_or_more_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value) or not all(value)):
+            raise ValueError(f"data.label_names must be two or more distinct names, label 0's first, e.g. "
+                             f"[negative, positive] (got {value})")
+        return value
+
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:
         if any(s <= 0 for s in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
@@ -61,10 +73,13 @@ class TokenizerConfig(_Strict):
     lowercase: bool = True  # fold case before splitting
     min_frequency: int = Field(2, ge=1)  # words seen fewer times map to [UNK]
     max_vocab: int = Field(20_000, ge=3)  # vocabulary size cap, [PAD] and [UNK] included
+    split_contractions: bool = False  # "don't" -> "do n't", as the Penn Treebank (SST-2, GloVe) writes it
 
 
 class EmbeddingConfig(_Strict):
-    pretrained: str | None = None  # GloVe-format text file (word + embedding_dim numbers per line)
+    # glove-6b-50d (GloVe 6B, 50 dims, from the [glove] extra; fills the first 50 of embedding_dim), or a
+    # GloVe-format text file (word + embedding_dim numbers per line)
+    pretrained: str | None = None
     freeze: bool = False  # keep pretrained vectors fixed during training
 
 

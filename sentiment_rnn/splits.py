@@ -44,6 +44,31 @@ def column_numpy(ds: datasets.Dataset, name: str) -> np.ndarray:
     return np.concatenate(parts) if parts else column[name].to_numpy()
 
 
+def _label_missing(labels, feature):
+    """Rows without a label: empty or NaN, or -1 in a ClassLabel column (how the Hub marks unlabeled rows)."""
+    missing = pc.is_null(labels, nan_is_null=True)
+    if isinstance(feature, datasets.ClassLabel):
+        missing = pc.or_(missing, pc.fill_null(pc.equal(labels, -1), False))
+    return missing
+
+
+def is_unlabeled(ds: datasets.Dataset, cfg: DataConfig) -> bool:
+    """A split of texts whose labels are all missing (a GLUE test split: -1 everywhere), or that has no label
+    column at all: it can be predicted, never scored."""
+    if cfg.label_column not in ds.column_names:
+        return cfg.text_column in ds.column_names
+    feature = ds.features[cfg.label_column]
+    for batch in ds.select_columns([cfg.label_column]).with_format("arrow").iter(65_536):
+        if not pc.all(_label_missing(batch.column(cfg.label_column), feature)).as_py():
+            return False
+    return len(ds) > 0
+
+
+def unlabeled_error(split: str, source: str, fix: str) -> SentimentRNNError:
+    return SentimentRNNError(f"split '{split}' of '{source}' has no labels (every label is -1 or empty), so it "
+                             f"cannot be scored; {fix}")
+
+
 def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint: bool = False) -> None:
     """Both columns exist and every row has a text and a label; else name the first bad row.
 
@@ -59,12 +84,13 @@ def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint
     if len(ds) == 0:
         raise SentimentRNNError(f"split '{split}' of '{cfg.source}' is empty; give a source with rows")
     start = 0  # one Arrow batch at a time: trimming a whole text column would copy all of it into memory
+    feature = ds.features[cfg.label_column]
     for batch in ds.select_columns([cfg.text_column, cfg.label_column]).with_format("arrow").iter(65_536):
         texts, labels = batch.column(cfg.text_column), batch.column(cfg.label_column)
-        no_label = pc.is_null(labels, nan_is_null=True)
+        no_label = _label_missing(labels, feature)
         # Kleene "or": a null text gives null from the comparison, and a plain "or" would turn true into null.
         no_text = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(pc.cast(texts, "string")), ""))
-        for mask, what in ((no_label, "no label (empty or NaN)"), (no_text, "an empty text")):
+        for mask, what in ((no_label, "no label (empty, NaN or -1)"), (no_text, "an empty text")):
             if pc.any(mask).as_py():
                 row = start + int(pc.index(mask, True).as_py())
                 raise SentimentRNNError(f"split '{split}' row {row + 1} has {what}; fix or remove that row")
@@ -83,12 +109,19 @@ def _is_int(key: str) -> bool:
 
 
 def label_names(raw: dict[str, datasets.Dataset], cfg: DataConfig) -> list[str]:
-    """The labels of the given splits: a ClassLabel's names, else every value found, as strings, sorted
-    (numerically when every label is an integer)."""
+    """The labels of the given splits: a ClassLabel's names, else data.label_names for integer labels
+    0, 1, ..., else every value found, as strings, sorted (numerically when every label is an integer)."""
     feature = next(iter(raw.values())).features[cfg.label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     keys = {_label_key(v) for ds in raw.values() for v in ds.unique(cfg.label_column)}
+    if cfg.label_names is not None:
+        known = {str(i) for i in range(len(cfg.label_names))}
+        stray = sorted(keys - known)
+        if stray:
+            raise SentimentRNNError(f"data.label_names names labels 0..{len(known) - 1}, but the data has label "
+                                    f"{stray[0]!r}; give one name per integer label, label 0's first")
+        return list(cfg.label_names)
     if all(_is_int(k) for k in keys):
         return sorted(keys, key=int)
     return sorted(keys)
@@ -104,10 +137,18 @@ def to_ids(ds: datasets.Dataset, cfg: DataConfig, names: list[str], split: str) 
     given = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     lookup = {n: i for i, n in enumerate(names)}
 
+    named = None if given else cfg.label_names  # integer labels named by the config
+
+    def key(value) -> str:
+        if given:
+            return given[value]
+        k = _label_key(value)
+        return named[int(k)] if named and _is_int(k) and 0 <= int(k) < len(named) else k
+
     def convert(labels):
         if given == names:
             return {"label": labels}
-        keys = [given[v] for v in labels] if given else [_label_key(v) for v in labels]
+        keys = [key(v) for v in labels]
         unknown = next((k for k in keys if k not in lookup), None)
         if unknown is not None:
             raise SentimentRNNError(f"split '{split}' has label {unknown!r}, which is not one of {names}; "
@@ -163,19 +204,27 @@ def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: in
     return train.select(kept), train.select(validation), train.select(test)
 
 
-def held_out_splits(cfg: DataConfig, available) -> dict[str, str]:
-    """The source's own splits serving as validation and test: those configured, else those it has."""
-    chosen = {}
+def held_out_splits(cfg: DataConfig, raw) -> tuple[dict[str, str], dict[str, int]]:
+    """The source's own splits serving as validation and test: those configured, else those it has that carry
+    labels; a part named after the training split is carved from it. Also returns the source's own
+    validation/test splits left out for having no labels, with their sizes: they are never scored."""
+    chosen, unlabeled = {}, {}
     for part in HELD_OUT:
         split = getattr(cfg, f"{part}_split")
-        if split is not None and split not in available:
+        if split is not None and split not in raw:
             raise SentimentRNNError(
-                f"'{cfg.source}' has no split '{split}' (splits: {', '.join(available)}); set data.{part}_split")
-        if split is None and part in available and part != cfg.train_split:
-            split = part
-        if split is not None:
+                f"'{cfg.source}' has no split '{split}' (splits: {', '.join(raw)}); set data.{part}_split")
+        if split is not None and split != cfg.train_split and is_unlabeled(raw[split], cfg):
+            raise unlabeled_error(split, cfg.source, f"set data.{part}_split to a labeled split, or to "
+                                                     f"{cfg.train_split} to carve it from the training split")
+        if split is None and part in raw and part != cfg.train_split:
+            if is_unlabeled(raw[part], cfg):
+                unlabeled[part] = len(raw[part])
+            else:
+                split = part
+        if split is not None and split != cfg.train_split:
             chosen[part] = split
-    return chosen
+    return chosen, unlabeled
 
 
 def _parts(train: datasets.Dataset, given: dict[str, datasets.Dataset], shares, seed: int) -> dict:
@@ -200,7 +249,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.train_split not in raw:
         raise SentimentRNNError(
             f"'{cfg.source}' has no split '{cfg.train_split}' (splits: {', '.join(raw)}); set data.train_split")
-    named = held_out_splits(cfg, raw)
+    named, unlabeled = held_out_splits(cfg, raw)
     used = {split: raw[split] for split in (cfg.train_split, *named.values())}
     for split, ds in used.items():
         check_columns(ds, cfg, split)
@@ -222,6 +271,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         "splits": {"train": cfg.train_split, **{part: named.get(part, cfg.train_split) for part in HELD_OUT}},
         "rows": {k: column_numpy(v, ROW).tolist() for k, v in parts.items() if k != "train"},
         "sizes": {k: len(v) for k, v in parts.items()},
+        "unlabeled": unlabeled,  # the source's own splits without labels, never scored
     }
     return Splits(parts["train"], parts["validation"], parts["test"], names, record)
 
@@ -234,7 +284,10 @@ def describe_splits(record: dict) -> str:
         split = record["splits"][part]
         origin = f"split '{split}'" if part == "train" or split != train else f"carved from '{train}'"
         said.append(f"{part} {record['sizes'][part]:,} rows ({origin})")
-    return f"Data {record.get('source_given', record['source'])}: " + ", ".join(said)
+    line = f"Data {record.get('source_given', record['source'])}: " + ", ".join(said)
+    for split, rows in record.get("unlabeled", {}).items():
+        line += f"; split '{split}' ({rows:,} rows) has no labels and is never scored"
+    return line
 
 
 def recorded_split(cfg: DataConfig, record: dict, part: str = "test",
@@ -270,5 +323,9 @@ def load_eval_data(cfg: DataConfig, split: str | None, names: list[str]) -> tupl
                 f"'{cfg.source}' has no test split (splits: {', '.join(raw)}); choose one with --split")
     if split not in raw:
         raise SentimentRNNError(f"'{cfg.source}' has no split '{split}' (splits: {', '.join(raw)}); use --split")
+    if is_unlabeled(raw[split], cfg):
+        others = [s for s in raw if s != split]
+        fix = f"score a labeled split with --split ({', '.join(others)})" if others else "give labeled data"
+        raise unlabeled_error(split, cfg.source, fix + ", or classify its texts with sentiment-rnn predict")
     check_columns(raw[split], cfg, split, option_hint=True)
     return to_ids(raw[split], cfg, names, split), split

