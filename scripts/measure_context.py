@@ -22,7 +22,8 @@ VARIANTS = {
     "default-glove": ("default", ["model.embedding.pretrained=glove-6b-50d"]),
     "sst2": ("sst2", []),
     "sst2-noglove": ("sst2", ["model.embedding.pretrained=null"]),
-    "sst2-glove50": ("sst2", ["model.embedding_dim=50"]),
+    "sst2-noglove100": ("sst2", ["model.embedding.pretrained=null", "model.embedding_dim=100"]),
+    "sst2-glove100": ("sst2", ["model.embedding_dim=100"]),  # GloVe's 50 dimensions + 50 learned
     "sst2-1layer": ("sst2", ["model.num_layers=1"]),
     "sst2-bilstm": ("sst2", ["model.bidirectional=true"]),
     "sst2-gru": ("sst2", ["model.cell=gru"]),
@@ -77,9 +78,9 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/context"))
     args = parser.parse_args()
     summary_path = args.root / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for variant in args.variants:
         records = [measure(train(variant, seed, args.sets, args.root)) for seed in args.seeds]
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}  # other processes' too
         summary[variant] = {"seeds": args.seeds, "per_seed": records,
                             "mean": {k: spread([r[k] for r in records]) for k in records[0]}}
         summary_path.write_text(json.dumps(summary, indent=2))
