@@ -183,21 +183,9 @@ def run_sweep(config: str | Path, items: list[str] | None, seeds: str, output: P
     for job in planned:
         if states[job.run] == "done":
             reporter.stage(f"Kept finished run {job.run} (metrics.json present)")
-    todo = [job for job in planned if states[job.run] != "done"]
     output.mkdir(parents=True, exist_ok=True)
-    try:
-        if jobs == 1 or len(todo) <= 1:
-            for i, job in enumerate(todo, 1):
-                _announce(reporter, job, states[job.run], i, len(todo))
-                train(job.config, job.run, reporter, overwrite=job.run.exists() and states[job.run] == "new",
-                      resume=states[job.run] == "resume", report_to=report_to)
-        else:
-            try:
-                _train_parallel(todo, states, jobs, report_to, reporter)
-            except KeyboardInterrupt:  # the processes got the Ctrl-C too, and checkpointed
-                raise SweepInterrupted(output) from None
-    except TrainingInterrupted:
-        raise SweepInterrupted(output) from None
+    (output / SUMMARY).unlink(missing_ok=True)  # an earlier sweep's summary would not describe this one
+    _train_missing([job for job in planned if states[job.run] != "done"], states, jobs, report_to, reporter, output)
     summary = summarize(planned, pairs, output, probe_path)
     summary.update(config=str(config), grid=parse_grid(items), trained=sum(s == "new" for s in states.values()),
                    resumed=sum(s == "resume" for s in states.values()),
@@ -207,6 +195,22 @@ def run_sweep(config: str | Path, items: list[str] | None, seeds: str, output: P
     plot_sweep(summary, output / FIGURE)
     rundir.write_json(output / SUMMARY, summary)
     return summary
+
+
+def _train_missing(todo: list[Job], states: dict, jobs: int, report_to: str | None, reporter: Reporter,
+                   output: Path) -> None:
+    """Train (or resume) the jobs, here one after the other or in `jobs` processes; Ctrl-C stops them at a
+    checkpoint and raises SweepInterrupted."""
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for i, job in enumerate(todo, 1):
+                _announce(reporter, job, states[job.run], i, len(todo))
+                train(job.config, job.run, reporter, overwrite=job.run.exists() and states[job.run] == "new",
+                      resume=states[job.run] == "resume", report_to=report_to)
+        else:
+            _train_parallel(todo, states, jobs, report_to, reporter)
+    except (TrainingInterrupted, KeyboardInterrupt):  # under --jobs the processes got the Ctrl-C too
+        raise SweepInterrupted(output) from None
 
 
 def _announce(reporter: Reporter, job: Job, how: str, i: int, total: int) -> None:
