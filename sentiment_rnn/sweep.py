@@ -38,8 +38,8 @@ class SweepInterrupted(TrainingInterrupted):
 
     def __init__(self, output: Path):
         self.run, self.resume_command = output, f"the same sentiment-rnn sweep command (--output {output})"
-        SentimentRNNError.__init__(self, "sweep stopped; finished runs are kept and the interrupted one has its "
-                                         f"checkpoint. Continue with {self.resume_command}")
+        SentimentRNNError.__init__(self, "sweep stopped; finished runs are kept and each interrupted run has "
+                                         f"its checkpoint. Continue with {self.resume_command}")
 
 
 @dataclass
