@@ -42,6 +42,18 @@ ModelOpt = Annotated[Path | None, typer.Option(
 )]
 
 
+class ReportTo(str, Enum):
+    """sentiment_rnn.tracking.TRACKERS, spelled out: importing it here would slow every command's start."""
+    tensorboard = "tensorboard"
+
+
+ReportToOpt = Annotated[ReportTo | None, typer.Option(
+    "--report-to",
+    help="Also log loss, accuracy, learning rate, gradient norm and tokens/s per step and epoch into the run "
+         "directory for TensorBoard (pip install 'sentiment-rnn\\[tensorboard]'; view: tensorboard --logdir RUN).",
+)]
+
+
 def fail(message: str, code: int = 1) -> None:
     from rich.markup import escape
 
@@ -133,6 +145,7 @@ def train(
              "config.yaml; --set may change only train.epochs, train.lr and train.clip_grad_norm. A "
              "finished run continues from its last epoch with --set train.epochs=N, N above its own.",
     )] = None,
+    report_to: ReportToOpt = None,
 ) -> None:
     """Train a classifier from a YAML config (default: the shipped `default`) and save the run directory."""
     with _heavy_imports():
@@ -144,7 +157,8 @@ def train(
     if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
         console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
                       f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
-    metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite, resume=resume is not None)
+    metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite, resume=resume is not None,
+                        report_to=report_to and report_to.value)
     if not is_main():
         return
     console.print(metrics_table(metrics["test"], f"Test split (best epoch {metrics['best_epoch']})"))
@@ -652,6 +666,45 @@ def serve(
                   f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True)
     sys.stdout.flush()
     run_server(create_app(predictor, metadata, limits), sock)
+
+
+@app.command()
+@handle_errors
+def sweep(
+    config: ConfigOpt = None,
+    seeds: Annotated[str, typer.Option(
+        help="Comma-separated seeds; every setting trains once per seed (as --set seed=N: the seed also carves "
+             "the split unless data.split_seed is set).",
+    )] = "0,1,2",
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s",
+        help="KEY=V1,V2,... repeatable: every combination of the values is a setting; one value is a plain "
+             "override. Commas inside [...] or quotes do not separate values: model.hidden_sizes=[20,15],[32].",
+    )] = None,
+    jobs: Annotated[int, typer.Option(
+        min=1, help="Runs trained at a time, each in its own process with cores/N torch threads (unless "
+                    "train.threads is set).",
+    )] = 1,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Sweep folder, one run directory per setting and seed; default runs/sweep-<config "
+                               "name>/. Rerun the same command to continue a stopped sweep.",
+    )] = None,
+    report_to: ReportToOpt = None,
+) -> None:
+    """Train every combination of --set values over --seeds; mean ± std per setting, the best picked on validation."""
+    with _heavy_imports():
+        from sentiment_rnn.console import RichReporter, console, sweep_table
+        from sentiment_rnn.sweep import SUMMARY, run_sweep
+
+    summary = run_sweep(config or DEFAULT_CONFIG, set_, seeds, output, jobs, report_to and report_to.value,
+                        RichReporter())
+    console.print(sweep_table(summary))
+    for note in summary["notes"]:
+        console.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    out = Path(summary["output"])
+    console.print(f"Best on validation: [bold]{summary['best']['setting']}[/bold]. {summary['trained']} run(s) "
+                  f"trained, {summary['resumed']} resumed, {summary['kept']} kept. Saved [bold]{out / SUMMARY}"
+                  f"[/bold] and [bold]{summary['figure']}[/bold]; each run under {out} works with predict --model.")
 
 
 def main() -> None:

@@ -161,3 +161,22 @@ class LMReporter(RichReporter):
             f"(ppl {record['train_perplexity']:,.1f})  "
             f"held-out ppl {record['held_out_perplexity']:,.1f}  {record['tokens']:,} tokens  "
             f"{record['tokens_per_s']:,.0f} tok/s  {record['seconds']:.1f}s")
+
+
+def sweep_table(summary: dict) -> Table:
+    """sweep's rows: mean ± sample std over seeds per setting, accuracies in percent; ★ the best on validation."""
+    seeds = len(summary["seeds"])
+    table = Table(title=f"Sweep: mean ± sample std over {seeds} seed{'s' * (seeds > 1)} "
+                        f"({', '.join(map(str, summary['seeds']))}); ★ best mean validation accuracy")
+    table.add_column("setting", overflow="fold")
+    for key, label in summary["figures"].items():
+        table.add_column(label + ("" if key == "train_seconds" else " %"), justify="right")
+    for row in summary["settings"]:
+        cells = []
+        for key in summary["figures"]:
+            scale = 1 if key == "train_seconds" else 100  # accuracies in percent, as the README's tables
+            mean, std = row["mean"][key] * scale, row["std"][key]
+            cells.append(f"{mean:.1f}" + ("" if std is None else f" ± {std * scale:.1f}"))
+        star = " ★" if row["setting"] == summary["best"]["setting"] else ""
+        table.add_row(row["setting"] + star, *cells)
+    return table

@@ -158,3 +158,29 @@ def plot_lm_curve(metrics: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save_atomically(plt, fig, path)
+
+
+def plot_sweep(summary: dict, path: Path) -> None:
+    """sweep's figure: per figure (validation and test accuracy, the probe when scored), each setting's runs
+    as points and their mean as a bar with ±1 sample std; the setting chosen on validation is starred."""
+    plt = _pyplot()
+    keys = [k for k in ("val_accuracy", "test_accuracy", "probe_pairs_right") if k in summary["figures"]]
+    rows = summary["settings"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6, 1.2 * len(rows) + 2) * len(keys) / 2 + 2, 4.5),
+                             squeeze=False)
+    names = [row["setting"] + (" ★" if row["setting"] == summary["best"]["setting"] else "") for row in rows]
+    for ax, key in zip(axes[0], keys, strict=True):
+        for x, row in enumerate(rows):
+            values = [run[key] for run in row["runs"]]
+            offsets = [x + 0.08 * (i - (len(values) - 1) / 2) for i in range(len(values))]  # side by side
+            ax.scatter(offsets, values, color="tab:blue", alpha=0.6, zorder=3)
+            ax.errorbar([x], [row["mean"][key]], yerr=[row["std"][key] or 0.0], fmt="_", color="black",
+                        markersize=24, capsize=6, zorder=4)
+        ax.set_xticks(range(len(rows)), names, rotation=20 if len(rows) > 3 else 0, ha="right" if len(rows) > 3
+                      else "center")
+        ax.set(ylabel=summary["figures"][key], xlim=(-0.6, len(rows) - 0.4), title=summary["figures"][key])
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Sweep over seeds {', '.join(map(str, summary['seeds']))}: dots are runs, bars their mean ± sample "
+                 "std; ★ best mean validation accuracy")
+    fig.tight_layout()
+    _save_atomically(plt, fig, path)

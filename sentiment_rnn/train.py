@@ -11,14 +11,14 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from sentiment_rnn import checkpoint, distributed, finetune, next_word, rundir, runtime
+from sentiment_rnn import checkpoint, distributed, finetune, next_word, rundir, runtime, tracking
 from sentiment_rnn import data as data_lib
 from sentiment_rnn.checkpoint import Progress
 from sentiment_rnn.config import Config, TrainConfig, dump_config
@@ -241,12 +241,13 @@ def prepare_output(output: Path, overwrite: bool) -> None:
 
 
 def train(config: Config, output: Path, reporter: Reporter | None = None, overwrite: bool = False,
-          resume: bool = False) -> dict:
+          resume: bool = False, report_to: str | None = None) -> dict:
     """Train, evaluate and save a run; returns metrics.json's content.
 
     `resume=True` continues the unfinished run in `output` from its checkpoint (the config must be the
     run's own: see checkpoint.resume_config), or a finished run from its final state when config.train.epochs
-    is larger than its own (checkpoint.reopen). A run that fails never looks complete (metrics.json is
+    is larger than its own (checkpoint.reopen). `report_to="tensorboard"` also writes the loop's scalars
+    into `output` (sentiment_rnn/tracking.py). A run that fails never looks complete (metrics.json is
     written last); its directory is kept if it has a checkpoint to resume from, removed otherwise.
     """
     main = distributed.is_main()  # under torchrun, rank 0 alone reports and writes the run directory
@@ -257,6 +258,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     elif main:
         check_output(output, overwrite)
     check_pretrained(config)
+    tracking.check(report_to)  # an unknown tracker or a missing package fails before the data is loaded
     source = finetune.read_init_source(config)  # model.init_from, checked before any data is loaded
     device = distributed.setup(resolve_device(config.train.device))  # joins torchrun's process group, if any
     threads = runtime.configure_threads(config.train.threads)  # train.threads, or half the cores (at most 4)
@@ -272,7 +274,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     if resume and main and rundir.is_complete(output):
         reopen_finished(output, splits, config.train, reporter)
     try:
-        return _train_into(config, output, splits, device, threads, reporter, resume, source)
+        return _train_into(config, output, splits, device, threads, reporter, resume, source, report_to)
     except BaseException:
         if main and not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
             shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
@@ -312,6 +314,7 @@ class Parts:
     output: Path
     reporter: Reporter
     probe_batch: tuple  # the validation batch the gradient probe reads
+    logger: tracking.NoLogger = field(default_factory=tracking.NoLogger)  # --report-to's, or one doing nothing
 
 
 def setup_tokenizer(config: Config, output: Path, splits: data_lib.Splits, reporter: Reporter, resume: bool,
@@ -357,7 +360,8 @@ def longest_batch(loader: torch.utils.data.DataLoader):
 
 
 def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
-                reporter: Reporter, resume: bool = False, source: finetune.InitSource | None = None) -> dict:
+                reporter: Reporter, resume: bool = False, source: finetune.InitSource | None = None,
+                report_to: str | None = None) -> dict:
     if distributed.is_main():
         rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
     tokenizer = setup_tokenizer(config, output, splits, reporter, resume, source)
@@ -378,7 +382,8 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     if resume:
         reporter.stage(f"Resuming from {checkpoint_path(parts)}")
         progress = checkpoint.load(checkpoint_path(parts), model, optimizer, lr=config.train.lr, scheduler=scheduler)
-    progress = train_epochs(parts, progress)
+    with tracking.open_logger(report_to if distributed.is_main() else None, output) as parts.logger:
+        progress = train_epochs(parts, progress)
 
     reporter.stage("Scoring the test split")
     model.load_state_dict(progress.best["state"])
@@ -428,6 +433,7 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
                     parts.scheduler.step()  # schedules count batches, not epochs
                 record_step(progress, step, float(norm), loss.item(), logits, y, lengths)
                 parts.reporter.step(loss.item(), progress.correct / progress.seen, progress.tokens)
+                parts.logger.step(progress.step, loss.item(), float(norm), parts.optimizer)
                 if step >= steps:
                     break  # the end-of-epoch checkpoint below covers the last step
                 if interrupt.requested or checkpoint_due(cfg, progress):
@@ -503,6 +509,7 @@ def finish_epoch(parts: Parts, progress: Progress, seconds: float) -> None:
             progress.probes.append({"epoch": epoch, "norms": norms})
     record["best"] = keep_if_best(progress, parts.model, val, epoch)
     parts.reporter.epoch_end(record)
+    parts.logger.epoch(record, parts.optimizer)
     progress.stopped = progress.stale >= cfg.patience
     progress.next_epoch()
 
