@@ -200,30 +200,6 @@ def _warn_if_emulated(precision: Precision) -> None:
                           "than fp32 here")
 
 
-def _read_lines(source) -> Iterator[str]:
-    """Decode line by line so one bad line becomes one error record, not a crash. A UTF-8 byte order mark
-    (as some editors write) is not part of the first text."""
-    for number, raw in enumerate(source):
-        if number == 0:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError:
-            yield "\0undecodable"
-
-
-def _records(predictor, texts: list[str], file: Path | None) -> Iterator[dict]:
-    if file is not None:
-        if not file.is_file():
-            raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
-        with file.open("rb") as fh:
-            yield from _fix_undecodable(predictor.stream(_read_lines(fh)))
-    elif texts == ["-"]:
-        yield from _fix_undecodable(predictor.stream(_read_lines(sys.stdin.buffer)))
-    else:
-        yield from predictor.predict(texts)
-
-
 def _chosen_run(model: Path | None) -> Path:
     """The run to use; without --model the most recent one, said on stderr so that output stays clean."""
     if model is not None:
@@ -235,14 +211,6 @@ def _chosen_run(model: Path | None) -> Path:
     err_console.print(f"Using {run}, the most recent complete run under {DEFAULT_ROOT}/; choose another with --model",
                       highlight=False, soft_wrap=True)
     return run
-
-
-def _fix_undecodable(records: Iterator[dict]) -> Iterator[dict]:
-    for rec in records:
-        if rec["text"] == "\0undecodable":
-            yield {"text": None, "error": "line is not valid UTF-8"}
-        else:
-            yield rec
 
 
 @app.command()
@@ -267,13 +235,9 @@ def predict(
     )] = False,
 ) -> None:
     """Classify texts: label and class probabilities."""
-    texts = texts or []
-    if not texts and file is None:
-        raise SentimentRNNError("nothing to classify; give TEXT arguments, --file PATH or '-' for stdin")
-    if texts and file is not None:
-        raise SentimentRNNError("give either TEXT arguments or --file, not both")
-    if file is None and texts != ["-"] and not all(t.strip() for t in texts):
-        raise SentimentRNNError("an empty text cannot be classified; pass a non-empty sentence")
+    from sentiment_rnn.inputs import open_texts, prediction_stream
+
+    source = open_texts(texts or [], file, "classify")
     if _uses_onnx(backend, model, precision):
         from sentiment_rnn.onnx_backend import OnnxPredictor, resolve_export
 
@@ -286,7 +250,7 @@ def predict(
         _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0
-    records = _records(predictor, texts, file)
+    records = prediction_stream(predictor, source)
     if fmt is Format.jsonl:
         for rec in records:
             sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -297,11 +261,12 @@ def predict(
         sys.stdout.write(json.dumps(collected, ensure_ascii=False, indent=2) + "\n")
     else:
         count = _print_predictions(records, predictor.labels)
-    if file is not None or texts == ["-"]:
+    if not isinstance(source, list):
         from sentiment_rnn.console import err_console
 
         seconds = time.perf_counter() - start
-        err_console.print(f"{count} texts in {seconds:.2f}s ({count / max(seconds, 1e-9):,.0f} sentences/s)")
+        err_console.print(f"{count} text{'s' * (count != 1)} in {seconds:.2f}s "
+                          f"({count / max(seconds, 1e-9):,.0f} sentences/s)")
 
 
 RICH_TABLE_ROWS = 200  # rich lays out every cell of a table; for more rows, plain columns print many times faster
@@ -511,34 +476,6 @@ class ExplainFormat(str, Enum):
     json = "json"
 
 
-def _texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
-    """TEXT arguments, or the lines of --file or stdin ('-'), read with predict's helper; all checked first."""
-    if texts and file is not None:
-        raise SentimentRNNError("give either TEXT arguments or --file, not both")
-    if file is None and texts != ["-"]:
-        if not texts:
-            raise SentimentRNNError("nothing to explain; give TEXT arguments, --file PATH or '-' for stdin")
-        if not all(t.strip() for t in texts):
-            raise SentimentRNNError("an empty text cannot be explained; pass a non-empty sentence")
-        return texts
-    if file is not None and not file.is_file():
-        raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
-    if file is not None:
-        with file.open("rb") as fh:
-            lines = [line.rstrip("\r\n") for line in _read_lines(fh)]
-    else:
-        lines = [line.rstrip("\r\n") for line in _read_lines(sys.stdin.buffer)]
-    where = f"line {{}} of '{file}'" if file is not None else "line {} of stdin"
-    for number, line in enumerate(lines, 1):
-        if line == "\0undecodable":
-            raise SentimentRNNError(f"{where.format(number)} is not valid UTF-8; save the file as UTF-8")
-        if not line.strip():
-            raise SentimentRNNError(f"{where.format(number)} is empty; explain needs one non-empty text per line")
-    if not lines:
-        raise SentimentRNNError("the input has no lines; nothing to explain")
-    return lines
-
-
 @app.command()
 @handle_errors
 def export(
@@ -582,7 +519,9 @@ def explain(
     steps: Annotated[int, typer.Option("--steps", min=2, help="Integration steps of integrated gradients.")] = 50,
 ) -> None:
     """Watch the model read each text word by word: running P(positive), integrated gradients, occlusion."""
-    texts = _texts_to_explain(texts or [], file)
+    from sentiment_rnn.inputs import texts_to_explain
+
+    texts = texts_to_explain(texts or [], file)
     if output is not None:
         from sentiment_rnn.explain_render import check_output
 

@@ -17,6 +17,7 @@ import numpy as np
 from sentiment_rnn import rundir
 from sentiment_rnn.batching import pad_lists
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.inputs import lines
 from sentiment_rnn.records import prediction_records, stream_records
 from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.tokenizer import encode_ids, load_tokenizer
@@ -143,7 +144,7 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test") -> dict
     if split not in ("test", "validation"):
         raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'")
     predictor = OnnxPredictor.load(resolve_export(export_dir))
-    rows = [json.loads(line) for line in (predictor.path / HELDOUT).read_text(encoding="utf-8").splitlines() if line]
+    rows = [json.loads(line) for line in lines(predictor.path / HELDOUT) if line]
     rows = [r for r in rows if r["split"] == split]
     if not rows:
         raise SentimentRNNError(f"export '{predictor.path}' holds no {split} rows; evaluate the run directory instead")

@@ -1,0 +1,56 @@
+"""What a new user met on the README's own paths (issue 22): each case runs the installed `sentiment-rnn`,
+in a real subprocess where the process itself matters (its arguments, stdin, a missing torch), else
+through Typer's CliRunner."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
+
+
+def cli(*args, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, input=stdin, cwd=cwd,
+                          timeout=300, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def one_line_error(result, *expected: str) -> str:
+    """The result failed with exactly one `Error:` line naming each expected piece, and no traceback."""
+    output = result.stderr if hasattr(result, "stderr") and isinstance(result.stderr, str) else result.output
+    assert result.returncode != 0 if hasattr(result, "returncode") else result.exit_code != 0, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert "Traceback" not in output
+    for piece in expected:
+        assert piece in lines[0], lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------- item 1
+def test_evaluate_on_an_export_keeps_texts_whose_characters_str_splitlines_would_split_at(tiny_export, tmp_path):
+    export = tmp_path / "onnx"
+    shutil.copytree(tiny_export, export)
+    heldout = export / "heldout.jsonl"
+    rows = [json.loads(line) for line in heldout.read_text(encoding="utf-8").split("\n") if line]
+    tests = [row for row in rows if row["split"] == "test"]
+    tests[0]["text"] = "a next line\u0085inside, and a line separator\u2028too " + tests[0]["text"]
+    heldout.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    meta = json.loads((export / "meta.json").read_text())
+    meta["files"]["heldout.jsonl"] = hashlib.sha256(heldout.read_bytes()).hexdigest()
+    (export / "meta.json").write_text(json.dumps(meta))
+    result = cli("evaluate", "--model", export, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == len(tests)
+
+
+def test_language_model_text_documents_end_at_newlines_only(tmp_path):
+    from sentiment_rnn.inputs import lines
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes("one\u2028document\r\ntwo\u0085still two\nthree\x0cpage\n".encode())
+    assert list(lines(path)) == ["one\u2028document", "two\u0085still two", "three\x0cpage"]
