@@ -7,6 +7,7 @@ checkpoint.pt while training (see checkpoint.py), removed once the run is comple
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -71,6 +72,24 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise SentimentRNNError(f"'{path}' is not valid JSON; the run directory is damaged, train again") from None
+
+
+def sha256(path: Path) -> str:
+    """The file's sha256, read in blocks: a large file never sits in memory whole."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights(run: Path, meta: dict) -> None:
+    """The weights are those training saved: their sha256 is the one meta.json records. A run saved before
+    meta.json recorded it has nothing to compare against and is not checked."""
+    recorded = meta.get("weights_sha256")
+    if recorded is not None and sha256(run / WEIGHTS) != recorded:
+        raise SentimentRNNError(f"'{run / WEIGHTS}' is not the file training saved (its sha256 differs from "
+                                f"{META}'s weights_sha256): it was changed or damaged; train again")
 
 
 def versions() -> dict:
@@ -158,6 +177,7 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     except (KeyError, TypeError, ValueError):
         raise SentimentRNNError(
             f"'{run / META}' lacks vocab_size/label_names/max_length; the run is damaged, train again") from None
+    check_weights(run, meta)
     tokenizer = load_tokenizer(run / TOKENIZER)
     if tokenizer.get_vocab_size() != vocab_size:
         raise SentimentRNNError(

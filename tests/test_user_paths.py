@@ -54,3 +54,15 @@ def test_language_model_text_documents_end_at_newlines_only(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes("one\u2028document\r\ntwo\u0085still two\nthree\x0cpage\n".encode())
     assert list(lines(path)) == ["one\u2028document", "two\u0085still two", "three\x0cpage"]
+
+
+# ------------------------------------------------------------------------------------------- item 2
+def test_predict_refuses_weights_changed_after_training(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    weights = bytearray((run / "model.safetensors").read_bytes())
+    middle = len(weights) // 2
+    weights[middle:middle + 8] = b"\x7f" * 8  # still a valid safetensors file: only some weights change
+    (run / "model.safetensors").write_bytes(bytes(weights))
+    one_line_error(cli("predict", "--model", run, "a moving film"), f"'{run / 'model.safetensors'}'",
+                   "sha256", "train again")
