@@ -43,9 +43,13 @@ ModelOpt = Annotated[Path | None, typer.Option(
 
 
 def fail(message: str, code: int = 1) -> None:
+    """Print `Error: message` and exit; the message is printed as it is written, never read as rich markup
+    (a hint such as pip install 'sentiment-rnn[serve]' keeps its brackets)."""
+    from rich.markup import escape
+
     from sentiment_rnn.console import err_console
 
-    err_console.print(f"[bold red]Error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -57,9 +61,12 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as exc:
+            from rich.markup import escape
+
             from sentiment_rnn.console import err_console
 
-            err_console.print(f"[bold yellow]Interrupted:[/bold yellow] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold yellow]Interrupted:[/bold yellow] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(130) from None
         except SentimentRNNError as exc:
             fail(str(exc))
@@ -209,7 +216,7 @@ def _chosen_run(model: Path | None) -> Path:
 
     run = find_latest_run()
     err_console.print(f"Using {run}, the most recent complete run under {DEFAULT_ROOT}/; choose another with --model",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     return run
 
 
@@ -377,6 +384,7 @@ def compare_baseline(
         from sentiment_rnn.compare import compare_baseline as run_comparison
         from sentiment_rnn.config import load_config
         from sentiment_rnn.console import RichReporter, comparison_table, console
+    from rich.markup import escape
 
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     out = output or Path("runs") / f"compare-{cfg.name}"
@@ -385,7 +393,7 @@ def compare_baseline(
     result = run_comparison(cfg, out, seeds, probe, RichReporter(), overwrite=overwrite, positive=positive_label)
     console.print(comparison_table(result))
     for note in result["notes"]:
-        console.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{out / COMPARISON}[/bold] and "
                   f"[bold]{result['figure']}[/bold]; each run under {out} works with predict --model.")
 
@@ -549,7 +557,7 @@ def explain(
             err_console.print(f"[yellow]Note:[/yellow] {escape(note)} (text {escape(repr(record['text'][:40]))})",
                               highlight=False, soft_wrap=True)
     if output is not None:
-        err_console.print(f"Wrote {output}", highlight=False)
+        err_console.print(f"Wrote {output}", highlight=False, markup=False)
 
 
 @app.command()

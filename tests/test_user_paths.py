@@ -66,3 +66,10 @@ def test_predict_refuses_weights_changed_after_training(tiny_run, tmp_path):
     (run / "model.safetensors").write_bytes(bytes(weights))
     one_line_error(cli("predict", "--model", run, "a moving film"), f"'{run / 'model.safetensors'}'",
                    "sha256", "train again")
+
+
+# ------------------------------------------------------------------------------------------- item 3
+def test_error_text_is_printed_literally_not_as_rich_markup(tmp_path):
+    missing = tmp_path / "runs" / "missing[v2]"
+    line = one_line_error(cli("predict", "--model", missing, "good"), f"'{missing}'")
+    assert "[v2]" in line
