@@ -10,6 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from sentiment_rnn.cli import app
 
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 
@@ -21,8 +24,11 @@ def cli(*args, stdin: str | None = None, cwd: Path | None = None, env: dict | No
 
 def one_line_error(result, *expected: str) -> str:
     """The result failed with exactly one `Error:` line naming each expected piece, and no traceback."""
-    output = result.stderr if hasattr(result, "stderr") and isinstance(result.stderr, str) else result.output
-    assert result.returncode != 0 if hasattr(result, "returncode") else result.exit_code != 0, output
+    if hasattr(result, "returncode"):  # a subprocess
+        output, failed = result.stderr, result.returncode != 0
+    else:  # Typer's CliRunner
+        output, failed = result.output, result.exit_code != 0
+    assert failed, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), output
     assert "Traceback" not in output
@@ -73,3 +79,23 @@ def test_error_text_is_printed_literally_not_as_rich_markup(tmp_path):
     missing = tmp_path / "runs" / "missing[v2]"
     line = one_line_error(cli("predict", "--model", missing, "good"), f"'{missing}'")
     assert "[v2]" in line
+
+
+# ------------------------------------------------------------------------------------------- item 4
+def test_predict_and_explain_read_a_pipe_dev_stdin_and_process_substitution(tiny_run, tmp_path):
+    fifo = tmp_path / "texts.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"printf 'good\\nbad\\n' > '{fifo}'"])
+    piped = cli("predict", "--model", tiny_run, "--format", "jsonl", "--file", fifo)
+    writer.wait(timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(line)["text"] for line in piped.stdout.splitlines()] == ["good", "bad"]
+    from_stdin = cli("predict", "--model", tiny_run, "--format", "jsonl", "--file", "/dev/stdin", stdin="fine\n")
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert json.loads(from_stdin.stdout)["text"] == "fine"
+    substituted = subprocess.run(["bash", "-c", f"'{CLI}' explain --model '{tiny_run}' --format json "
+                                  "--file <(printf 'a moving film\\n')"], capture_output=True, text=True, timeout=300)
+    assert substituted.returncode == 0, substituted.stderr
+    assert json.loads(substituted.stdout)[0]["text"] == "a moving film"
+    one_line_error(CliRunner().invoke(app, ["predict", "--model", str(tiny_run), "--file", str(tmp_path)]),
+                   "is a directory")
