@@ -72,6 +72,11 @@ def handle_errors(fn: Callable) -> Callable:
             fail(str(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "torch":
+                raise
+            fail("torch is not installed, and this command needs it; install it with: pip install torch==2.13.0 "
+                 "(README, 'Installing PyTorch'), or predict and evaluate on an ONNX export (--model RUN/onnx)")
         except OSError as exc:
             where = f" '{exc.filename}'" if exc.filename else ""
             fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free disk space")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,10 @@ def test_predict_and_explain_read_a_pipe_dev_stdin_and_process_substitution(tiny
     fifo = tmp_path / "texts.fifo"
     os.mkfifo(fifo)
     writer = subprocess.Popen(["sh", "-c", f"printf 'good\\nbad\\n' > '{fifo}'"])
-    piped = cli("predict", "--model", tiny_run, "--format", "jsonl", "--file", fifo)
-    writer.wait(timeout=60)
+    try:
+        piped = cli("predict", "--model", tiny_run, "--format", "jsonl", "--file", fifo)
+    finally:
+        writer.kill()  # blocked forever when nothing opened the pipe
     assert piped.returncode == 0, piped.stderr
     assert [json.loads(line)["text"] for line in piped.stdout.splitlines()] == ["good", "bad"]
     from_stdin = cli("predict", "--model", tiny_run, "--format", "jsonl", "--file", "/dev/stdin", stdin="fine\n")
@@ -99,3 +102,25 @@ def test_predict_and_explain_read_a_pipe_dev_stdin_and_process_substitution(tiny
     assert json.loads(substituted.stdout)[0]["text"] == "a moving film"
     one_line_error(CliRunner().invoke(app, ["predict", "--model", str(tiny_run), "--file", str(tmp_path)]),
                    "is a directory")
+
+
+# ------------------------------------------------------------------------------------------- item 5
+NO_TORCH = """
+import sys
+class NoTorch:  # an export-only install: `import torch` fails as it would without the package
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+from sentiment_rnn.cli import main
+sys.argv = ["sentiment-rnn", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["predict", "--model", "RUN", "good"], ["train", "--config", "tiny"]])
+def test_without_torch_a_command_that_needs_it_says_what_to_install(args, tiny_run, tmp_path):
+    argv = [str(tiny_run) if a == "RUN" else a for a in args]
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    one_line_error(result, "torch is not installed", "pip install torch==2.13.0")
