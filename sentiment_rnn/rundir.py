@@ -115,10 +115,20 @@ def is_complete(run: Path) -> bool:
 
 def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
     """The most recently completed run under root, for predict/evaluate without --model."""
-    candidates = [p for p in root.glob("*") if p.is_dir() and is_complete(p)] if root.is_dir() else []
+    candidates = [p for p in root.glob("*") if p.is_dir() and is_complete(p) and not _is_language_model(p)] \
+        if root.is_dir() else []
     if not candidates:
         raise SentimentRNNError(f"no trained run found under '{root}/'; train one first or pass --model RUN_DIR")
     return max(candidates, key=lambda p: (p / METRICS).stat().st_mtime)
+
+
+def _is_language_model(run: Path) -> bool:
+    """A pretrain-lm run: complete, but with no classifier for predict, evaluate or explain to use."""
+    try:
+        meta = json.loads((run / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False  # a damaged meta.json is reported when the run is loaded
+    return isinstance(meta, dict) and meta.get("kind") == "language_model"
 
 
 def resolve_run(model: Path | None) -> Path:

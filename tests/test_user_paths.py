@@ -124,3 +124,23 @@ def test_without_torch_a_command_that_needs_it_says_what_to_install(args, tiny_r
     result = subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, timeout=300,
                             cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
     one_line_error(result, "torch is not installed", "pip install torch==2.13.0")
+
+
+# ------------------------------------------------------------------------------------------- item 7
+def test_without_model_the_latest_run_is_never_a_language_model(tiny_run, tmp_path):
+    shutil.copytree(tiny_run, tmp_path / "runs" / "classifier")
+    lm = tmp_path / "runs" / "lm"
+    shutil.copytree(tiny_run, lm)
+    meta = json.loads((lm / "meta.json").read_text())
+    (lm / "meta.json").write_text(json.dumps({**meta, "kind": "language_model"}))
+    os.utime(lm / "metrics.json")  # the most recent run under runs/
+    result = cli("predict", "good", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "runs/classifier" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- item 9
+def test_throughput_line_counts_one_text_in_the_singular(tiny_run):
+    result = cli("predict", "--model", tiny_run, "-", stdin="a moving film\n")
+    assert result.returncode == 0, result.stderr
+    assert "1 text in " in result.stderr
