@@ -530,6 +530,9 @@ def explain(
         "--output", "-o", help="Also write a figure: FILE.png (matplotlib) or FILE.html (one self-contained page).",
     )] = None,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Integration steps of integrated gradients.")] = 50,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Label the readings lean toward; default: the label named positive or pos (any case), "
+                         "else each text's predicted label.")] = None,
 ) -> None:
     """Watch the model read each text word by word: running P(positive), integrated gradients, occlusion."""
     from sentiment_rnn.inputs import texts_to_explain
@@ -542,7 +545,7 @@ def explain(
     with _heavy_imports():
         from sentiment_rnn.explain import Explainer
 
-        explainer = Explainer.from_dir(model)
+        explainer = Explainer.from_dir(model, target=target)
     records = [explainer.explain(text, steps) for text in texts]
     from rich.markup import escape
 

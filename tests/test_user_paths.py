@@ -144,3 +144,18 @@ def test_throughput_line_counts_one_text_in_the_singular(tiny_run):
     result = cli("predict", "--model", tiny_run, "-", stdin="a moving film\n")
     assert result.returncode == 0, result.stderr
     assert "1 text in " in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- item 6
+def test_explain_leans_toward_target_or_a_positive_label_in_any_case_else_the_predicted_class(tiny_run):
+    from sentiment_rnn.explain import target_class
+
+    result = CliRunner().invoke(app, ["explain", "--model", str(tiny_run), "--format", "json", "--target", "negative",
+                                      "a moving film"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)[0]
+    assert record["target"] == "negative"
+    assert record["tokens"][-1]["p_running"] == pytest.approx(record["probabilities"]["negative"], abs=1e-5)
+    one_line_error(CliRunner().invoke(app, ["explain", "--model", str(tiny_run), "--target", "good", "fine"]),
+                   "--target 'good' is not one of the model's labels")
+    assert target_class(["NEG", "POS"]) == 1 and target_class(["bad", "good", "neutral"]) is None
