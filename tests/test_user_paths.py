@@ -159,3 +159,14 @@ def test_explain_leans_toward_target_or_a_positive_label_in_any_case_else_the_pr
     one_line_error(CliRunner().invoke(app, ["explain", "--model", str(tiny_run), "--target", "good", "fine"]),
                    "--target 'good' is not one of the model's labels")
     assert target_class(["NEG", "POS"]) == 1 and target_class(["bad", "good", "neutral"]) is None
+
+
+def test_continuing_a_finished_run_by_one_epoch_names_that_epoch(tmp_path):
+    run = tmp_path / "run"
+    tiny = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    first = CliRunner().invoke(app, ["train", "-c", str(tiny), "--set", "train.epochs=1", "--set", "data.limit=120",
+                                     "-o", str(run)])
+    assert first.exit_code == 0, first.output
+    more = CliRunner().invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
+    assert more.exit_code == 0, more.output
+    assert "Continuing the finished run with epoch 2" in more.output and "to 2" not in more.output
