@@ -23,10 +23,12 @@ from typing import Annotated
 import typer
 
 from sentiment_rnn import __version__
+from sentiment_rnn.cli_parsing import FlagsTakeNoValue
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 
+# rich_markup_mode None: click's plain help wraps at word boundaries and shows no <bool> after a flag
 app = typer.Typer(help="Train, evaluate and serve recurrent (RNN) sentiment classifiers.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c",
@@ -645,3 +647,7 @@ def pretrain_lm(
     console.print(f"Held-out {scored} {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
                   f"epoch(s); trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s. "
                   f"Run saved to [bold]{out}[/bold]")
+
+
+for _command in app.registered_commands:  # every command: `--flag true` is refused, not read as a text
+    _command.cls = FlagsTakeNoValue

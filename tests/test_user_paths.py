@@ -170,3 +170,14 @@ def test_continuing_a_finished_run_by_one_epoch_names_that_epoch(tmp_path):
     more = CliRunner().invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
     assert more.exit_code == 0, more.output
     assert "Continuing the finished run with epoch 2" in more.output and "to 2" not in more.output
+
+
+# ------------------------------------------------------------------------------------------- item 8
+def test_help_shows_no_bool_metavar_nor_cut_words_at_80_columns_and_flags_take_no_value(tiny_run):
+    for command in ("predict", "compare-baseline", "pretrain-embeddings", "train"):
+        shown = cli(command, "--help", env={"COLUMNS": "80"}).stdout
+        assert "Usage" in shown and "<bool>" not in shown and "…" not in shown, shown
+        assert max(len(line) for line in shown.splitlines()) <= 80
+    refused = cli("predict", "--model", tiny_run, "--fast", "true", "good")
+    assert refused.returncode == 2 and "--fast is a flag and takes no value" in refused.stderr
+    assert not refused.stdout
