@@ -203,6 +203,6 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise SentimentRNNError(f"'{run / WEIGHTS}' does not fit config.yaml ({first[:160]}); train again") from None
+        raise SentimentRNNError(f"'{run / WEIGHTS}' does not fit config.yaml ({first}); train again") from None
     model.to(device=torch.device(device), dtype=getattr(torch, PRECISIONS[precision])).eval()
     return LoadedRun(run, config, tokenizer, model, meta)

@@ -181,3 +181,21 @@ def test_help_shows_no_bool_metavar_nor_cut_words_at_80_columns_and_flags_take_n
     refused = cli("predict", "--model", tiny_run, "--fast", "true", "good")
     assert refused.returncode == 2 and "--fast is a flag and takes no value" in refused.stderr
     assert not refused.stdout
+
+
+# ------------------------------------------------------------------------------------------- item 9
+def test_a_shape_mismatch_names_both_shapes_whole(tiny_run, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from sentiment_rnn import rundir
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    state = load_file(str(run / "model.safetensors"))
+    state["encoder.rnn.weight_ih_l0"] = torch.zeros(2560, 10, 1)
+    save_file(state, str(run / "model.safetensors"))
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "weights_sha256": rundir.sha256(run / "model.safetensors")}))
+    line = one_line_error(CliRunner().invoke(app, ["predict", "--model", str(run), "good"]), "does not fit config.yaml")
+    assert "torch.Size([2560, 10, 1])" in line and "torch.Size([16, 100])" in line and line.endswith("; train again")
