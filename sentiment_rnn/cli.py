@@ -23,10 +23,12 @@ from typing import Annotated
 import typer
 
 from sentiment_rnn import __version__
+from sentiment_rnn.cli_parsing import FlagsTakeNoValue
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 
+# rich_markup_mode None: click's plain help wraps at word boundaries and shows no <bool> after a flag
 app = typer.Typer(help="Train, evaluate and serve recurrent (RNN) sentiment classifiers.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c",
@@ -55,12 +57,13 @@ ReportToOpt = Annotated[ReportTo | None, typer.Option(
 
 
 def fail(message: str, code: int = 1) -> None:
+    """Print `Error: message` and exit; the message is printed as it is written, never read as rich markup
+    (a hint such as pip install 'sentiment-rnn[serve]' keeps its brackets)."""
     from rich.markup import escape
 
     from sentiment_rnn.console import err_console
 
-    # escape: a message may name "[glove]" or "[PAD]", which rich would otherwise read as markup and drop
-    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -72,14 +75,22 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as exc:
+            from rich.markup import escape
+
             from sentiment_rnn.console import err_console
 
-            err_console.print(f"[bold yellow]Interrupted:[/bold yellow] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold yellow]Interrupted:[/bold yellow] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(130) from None
         except SentimentRNNError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "torch":
+                raise
+            fail("torch is not installed, and this command needs it; install it with: pip install torch==2.13.0 "
+                 "(README, 'Installing PyTorch'), or predict and evaluate on an ONNX export (--model RUN/onnx)")
         except OSError as exc:
             where = f" '{exc.filename}'" if exc.filename else ""
             fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free disk space")
@@ -217,30 +228,6 @@ def _warn_if_emulated(precision: Precision) -> None:
                           "than fp32 here")
 
 
-def _read_lines(source) -> Iterator[str]:
-    """Decode line by line so one bad line becomes one error record, not a crash. A UTF-8 byte order mark
-    (as some editors write) is not part of the first text."""
-    for number, raw in enumerate(source):
-        if number == 0:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError:
-            yield "\0undecodable"
-
-
-def _records(predictor, texts: list[str], file: Path | None) -> Iterator[dict]:
-    if file is not None:
-        if not file.is_file():
-            raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
-        with file.open("rb") as fh:
-            yield from _fix_undecodable(predictor.stream(_read_lines(fh)))
-    elif texts == ["-"]:
-        yield from _fix_undecodable(predictor.stream(_read_lines(sys.stdin.buffer)))
-    else:
-        yield from predictor.predict(texts)
-
-
 def _chosen_run(model: Path | None) -> Path:
     """The run to use; without --model the most recent one, said on stderr so that output stays clean."""
     if model is not None:
@@ -250,16 +237,8 @@ def _chosen_run(model: Path | None) -> Path:
 
     run = find_latest_run()
     err_console.print(f"Using {run}, the most recent complete run under {DEFAULT_ROOT}/; choose another with --model",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     return run
-
-
-def _fix_undecodable(records: Iterator[dict]) -> Iterator[dict]:
-    for rec in records:
-        if rec["text"] == "\0undecodable":
-            yield {"text": None, "error": "line is not valid UTF-8"}
-        else:
-            yield rec
 
 
 @app.command()
@@ -284,13 +263,9 @@ def predict(
     )] = False,
 ) -> None:
     """Classify texts: label and class probabilities."""
-    texts = texts or []
-    if not texts and file is None:
-        raise SentimentRNNError("nothing to classify; give TEXT arguments, --file PATH or '-' for stdin")
-    if texts and file is not None:
-        raise SentimentRNNError("give either TEXT arguments or --file, not both")
-    if file is None and texts != ["-"] and not all(t.strip() for t in texts):
-        raise SentimentRNNError("an empty text cannot be classified; pass a non-empty sentence")
+    from sentiment_rnn.inputs import open_texts, prediction_stream
+
+    source = open_texts(texts or [], file, "classify")
     if _uses_onnx(backend, model, precision):
         from sentiment_rnn.onnx_backend import OnnxPredictor, resolve_export
 
@@ -303,7 +278,7 @@ def predict(
         _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0
-    records = _records(predictor, texts, file)
+    records = prediction_stream(predictor, source)
     if fmt is Format.jsonl:
         for rec in records:
             sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -314,11 +289,12 @@ def predict(
         sys.stdout.write(json.dumps(collected, ensure_ascii=False, indent=2) + "\n")
     else:
         count = _print_predictions(records, predictor.labels)
-    if file is not None or texts == ["-"]:
+    if not isinstance(source, list):
         from sentiment_rnn.console import err_console
 
         seconds = time.perf_counter() - start
-        err_console.print(f"{count} texts in {seconds:.2f}s ({count / max(seconds, 1e-9):,.0f} sentences/s)")
+        err_console.print(f"{count} text{'s' * (count != 1)} in {seconds:.2f}s "
+                          f"({count / max(seconds, 1e-9):,.0f} sentences/s)")
 
 
 RICH_TABLE_ROWS = 200  # rich lays out every cell of a table; for more rows, plain columns print many times faster
@@ -429,6 +405,7 @@ def compare_baseline(
         from sentiment_rnn.compare import compare_baseline as run_comparison
         from sentiment_rnn.config import load_config
         from sentiment_rnn.console import RichReporter, comparison_table, console
+    from rich.markup import escape
 
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     out = output or Path("runs") / f"compare-{cfg.name}"
@@ -437,7 +414,7 @@ def compare_baseline(
     result = run_comparison(cfg, out, seeds, probe, RichReporter(), overwrite=overwrite, positive=positive_label)
     console.print(comparison_table(result))
     for note in result["notes"]:
-        console.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{out / COMPARISON}[/bold] and "
                   f"[bold]{result['figure']}[/bold]; each run under {out} works with predict --model.")
 
@@ -528,34 +505,6 @@ class ExplainFormat(str, Enum):
     json = "json"
 
 
-def _texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
-    """TEXT arguments, or the lines of --file or stdin ('-'), read with predict's helper; all checked first."""
-    if texts and file is not None:
-        raise SentimentRNNError("give either TEXT arguments or --file, not both")
-    if file is None and texts != ["-"]:
-        if not texts:
-            raise SentimentRNNError("nothing to explain; give TEXT arguments, --file PATH or '-' for stdin")
-        if not all(t.strip() for t in texts):
-            raise SentimentRNNError("an empty text cannot be explained; pass a non-empty sentence")
-        return texts
-    if file is not None and not file.is_file():
-        raise SentimentRNNError(f"input file '{file}' not found; pass an existing text file, one text per line")
-    if file is not None:
-        with file.open("rb") as fh:
-            lines = [line.rstrip("\r\n") for line in _read_lines(fh)]
-    else:
-        lines = [line.rstrip("\r\n") for line in _read_lines(sys.stdin.buffer)]
-    where = f"line {{}} of '{file}'" if file is not None else "line {} of stdin"
-    for number, line in enumerate(lines, 1):
-        if line == "\0undecodable":
-            raise SentimentRNNError(f"{where.format(number)} is not valid UTF-8; save the file as UTF-8")
-        if not line.strip():
-            raise SentimentRNNError(f"{where.format(number)} is empty; explain needs one non-empty text per line")
-    if not lines:
-        raise SentimentRNNError("the input has no lines; nothing to explain")
-    return lines
-
-
 @app.command()
 @handle_errors
 def export(
@@ -597,9 +546,14 @@ def explain(
         "--output", "-o", help="Also write a figure: FILE.png (matplotlib) or FILE.html (one self-contained page).",
     )] = None,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Integration steps of integrated gradients.")] = 50,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Label the readings lean toward; default: the label named positive or pos (any case), "
+                         "else each text's predicted label.")] = None,
 ) -> None:
     """Watch the model read each text word by word: running P(positive), integrated gradients, occlusion."""
-    texts = _texts_to_explain(texts or [], file)
+    from sentiment_rnn.inputs import texts_to_explain
+
+    texts = texts_to_explain(texts or [], file)
     if output is not None:
         from sentiment_rnn.explain_render import check_output
 
@@ -607,7 +561,7 @@ def explain(
     with _heavy_imports():
         from sentiment_rnn.explain import Explainer
 
-        explainer = Explainer.from_dir(model)
+        explainer = Explainer.from_dir(model, target=target)
     records = [explainer.explain(text, steps) for text in texts]
     from rich.markup import escape
 
@@ -627,7 +581,7 @@ def explain(
             err_console.print(f"[yellow]Note:[/yellow] {escape(note)} (text {escape(repr(record['text'][:40]))})",
                               highlight=False, soft_wrap=True)
     if output is not None:
-        err_console.print(f"Wrote {output}", highlight=False)
+        err_console.print(f"Wrote {output}", highlight=False, markup=False)
 
 
 @app.command()
@@ -746,3 +700,7 @@ def pretrain_lm(
     console.print(f"Held-out {scored} {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
                   f"epoch(s); trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s. "
                   f"Run saved to [bold]{out}[/bold]")
+
+
+for _command in app.registered_commands:  # every command: `--flag true` is refused, not read as a text
+    _command.cls = FlagsTakeNoValue

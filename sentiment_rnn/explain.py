@@ -159,27 +159,37 @@ def encode(tokenizer, text: str, max_length: int) -> Encoded:
     return Encoded(list(enc.ids[:max_length]), list(enc.tokens[:max_length]), words, len(enc.ids))
 
 
-def target_class(labels: list[str]) -> int:
-    """The class explanations lean toward: 'positive' where the run has it, else the second class."""
-    return labels.index("positive") if "positive" in labels else min(1, len(labels) - 1)
+POSITIVE_NAMES = ("positive", "pos")  # as compare-baseline: a label named so, in any case, is the positive one
+
+
+def target_class(labels: list[str], given: str | None = None) -> int | None:
+    """The class explanations lean toward: `given` (explain --target), else the one label named 'positive'
+    or 'pos' in any case; None where there is no such label: each text's predicted class then."""
+    if given is not None:
+        if given not in labels:
+            raise SentimentRNNError(f"--target {given!r} is not one of the model's labels {labels}; pass one of them")
+        return labels.index(given)
+    named = [i for i, label in enumerate(labels) if label.lower() in POSITIVE_NAMES]
+    return named[0] if len(named) == 1 else None
 
 
 class Explainer:
     """A loaded run that explains texts; the model stays in float32 and eval mode."""
 
-    def __init__(self, run: LoadedRun):
+    def __init__(self, run: LoadedRun, target: str | None = None):
         self.run, self.model = run, run.model
         self.kind = model_kind(self.model)
         self.method = reading_method(self.model)
         self.labels: list[str] = list(run.meta["label_names"])
-        self.target = target_class(self.labels)
+        self.fixed_target = target_class(self.labels, target)  # None: each text's predicted class
+        self.target = self.fixed_target if self.fixed_target is not None else 0
         self.max_length = int(run.meta["max_length"])
         self.unk = run.tokenizer.token_to_id(UNK)
 
     @classmethod
-    def from_dir(cls, model_dir: Path | None, threads: int | None = None) -> Explainer:
+    def from_dir(cls, model_dir: Path | None, threads: int | None = None, target: str | None = None) -> Explainer:
         runtime.configure_threads(threads)
-        return cls(load_run(model_dir))
+        return cls(load_run(model_dir), target)
 
     def encode(self, text: str) -> Encoded:
         if not text.strip():
@@ -199,6 +209,8 @@ class Explainer:
         ids = torch.tensor(enc.ids)  # [T]
         with torch.no_grad():
             logits = self.model(ids.view(-1, 1), torch.tensor([len(enc.ids)]))[0]  # [C]
+        self.target = self.fixed_target if self.fixed_target is not None else int(logits.argmax())
+        with torch.no_grad():
             running = running_logits(self.model, ids).softmax(-1)[:, self.target]  # [T]
         probabilities = logits.softmax(-1)
         ig = integrated_gradients(self.model, ids, self.target, steps)

@@ -115,7 +115,7 @@ def load_init(model: nn.Module, source: InitSource | None) -> None:
         model.load_state_dict({k: source.state[k] for k in own}, strict=False)
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise SentimentRNNError(f"model.init_from '{source.path}' does not fit this model ({first[:160]}); "
+        raise SentimentRNNError(f"model.init_from '{source.path}' does not fit this model ({first}); "
                                 "start from a run of the same model.* shape") from None
 
 

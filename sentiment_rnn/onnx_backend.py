@@ -7,7 +7,6 @@ Loading checks that every file the export lists is there and unchanged (sha256 i
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,7 +16,9 @@ import numpy as np
 from sentiment_rnn import rundir
 from sentiment_rnn.batching import pad_lists
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.inputs import lines
 from sentiment_rnn.records import prediction_records, stream_records
+from sentiment_rnn.rundir import sha256
 from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.tokenizer import encode_ids, load_tokenizer
 
@@ -49,14 +50,6 @@ def resolve_export(model: Path | None) -> Path:
     if not is_export(path):
         raise SentimentRNNError(f"'{path}' holds no ONNX export; write one with: sentiment-rnn export --model {path}")
     return path
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_export(path: Path) -> dict:
@@ -143,7 +136,7 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test") -> dict
     if split not in ("test", "validation"):
         raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'")
     predictor = OnnxPredictor.load(resolve_export(export_dir))
-    rows = [json.loads(line) for line in (predictor.path / HELDOUT).read_text(encoding="utf-8").splitlines() if line]
+    rows = [json.loads(line) for line in lines(predictor.path / HELDOUT) if line]
     rows = [r for r in rows if r["split"] == split]
     if not rows:
         raise SentimentRNNError(f"export '{predictor.path}' holds no {split} rows; evaluate the run directory instead")

@@ -7,6 +7,7 @@ checkpoint.pt while training (see checkpoint.py), removed once the run is comple
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -73,6 +74,24 @@ def read_json(path: Path) -> dict:
         raise SentimentRNNError(f"'{path}' is not valid JSON; the run directory is damaged, train again") from None
 
 
+def sha256(path: Path) -> str:
+    """The file's sha256, read in blocks: a large file never sits in memory whole."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights(run: Path, meta: dict) -> None:
+    """The weights are those training saved: their sha256 is the one meta.json records. A run saved before
+    meta.json recorded it has nothing to compare against and is not checked."""
+    recorded = meta.get("weights_sha256")
+    if recorded is not None and sha256(run / WEIGHTS) != recorded:
+        raise SentimentRNNError(f"'{run / WEIGHTS}' is not the file training saved (its sha256 differs from "
+                                f"{META}'s weights_sha256): it was changed or damaged; train again")
+
+
 def versions() -> dict:
     """Python and library versions plus the git commit, recorded in meta.json for audits."""
     found = {"python": platform.python_version()}
@@ -96,10 +115,20 @@ def is_complete(run: Path) -> bool:
 
 def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
     """The most recently completed run under root, for predict/evaluate without --model."""
-    candidates = [p for p in root.glob("*") if p.is_dir() and is_complete(p)] if root.is_dir() else []
+    candidates = [p for p in root.glob("*") if p.is_dir() and is_complete(p) and not _is_language_model(p)] \
+        if root.is_dir() else []
     if not candidates:
         raise SentimentRNNError(f"no trained run found under '{root}/'; train one first or pass --model RUN_DIR")
     return max(candidates, key=lambda p: (p / METRICS).stat().st_mtime)
+
+
+def _is_language_model(run: Path) -> bool:
+    """A pretrain-lm run: complete, but with no classifier for predict, evaluate or explain to use."""
+    try:
+        meta = json.loads((run / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False  # a damaged meta.json is reported when the run is loaded
+    return isinstance(meta, dict) and meta.get("kind") == "language_model"
 
 
 def resolve_run(model: Path | None) -> Path:
@@ -158,6 +187,7 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     except (KeyError, TypeError, ValueError):
         raise SentimentRNNError(
             f"'{run / META}' lacks vocab_size/label_names/max_length; the run is damaged, train again") from None
+    check_weights(run, meta)
     tokenizer = load_tokenizer(run / TOKENIZER)
     if tokenizer.get_vocab_size() != vocab_size:
         raise SentimentRNNError(
@@ -173,6 +203,6 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise SentimentRNNError(f"'{run / WEIGHTS}' does not fit config.yaml ({first[:160]}); train again") from None
+        raise SentimentRNNError(f"'{run / WEIGHTS}' does not fit config.yaml ({first}); train again") from None
     model.to(device=torch.device(device), dtype=getattr(torch, PRECISIONS[precision])).eval()
     return LoadedRun(run, config, tokenizer, model, meta)

@@ -288,7 +288,8 @@ def reopen_finished(output: Path, splits: data_lib.Splits, cfg: TrainConfig, rep
     checkpoint.check_same_data(output, splits.record)
     epoch, stopped_early = checkpoint.reopen(output)
     reset = f"; early stopping had ended it after epoch {epoch - 1}, patience starts afresh" if stopped_early else ""
-    reporter.stage(f"Continuing the finished run from epoch {epoch} to {cfg.epochs}{reset}")
+    more = f"epoch {epoch}" if epoch == cfg.epochs else f"epochs {epoch} to {cfg.epochs}"
+    reporter.stage(f"Continuing the finished run with {more}{reset}")
 
 
 @dataclass

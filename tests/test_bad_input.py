@@ -240,6 +240,14 @@ def resave_weights(out: Path, change) -> None:
     state = load_file(str(out / rundir.WEIGHTS))
     change(state)
     save_file(state, str(out / rundir.WEIGHTS))
+    rehash(out)
+
+
+def rehash(out: Path) -> None:
+    """Record the weights' new sha256 in meta.json, so loading goes past the digest check to the file itself."""
+    meta = json.loads((out / rundir.META).read_text())
+    meta["weights_sha256"] = rundir.sha256(out / rundir.WEIGHTS)
+    (out / rundir.META).write_text(json.dumps(meta))
 
 
 def shrink_tokenizer(out: Path) -> None:
@@ -264,11 +272,11 @@ PREDICT_CASES = {
     "model dir lacks weights": Case(predict_with(lambda o: (o / rundir.WEIGHTS).unlink()), "has no model.safetensors"),
     "model dir lacks tokenizer": Case(predict_with(lambda o: (o / rundir.TOKENIZER).unlink()), "has no tokenizer.json"),
     "truncated weights": Case(predict_with(lambda o: write(
-        o / rundir.WEIGHTS, (o / rundir.WEIGHTS).read_bytes()[:500])), "is not a readable safetensors file"),
-    "corrupted weights": Case(predict_with(lambda o: write(o / rundir.WEIGHTS, os.urandom(4096))),
-                              "is not a readable safetensors file"),
-    "pickle posing as weights": Case(predict_with(lambda o: write(
-        o / rundir.WEIGHTS, evil_pickle_bytes(o.parent / "MARKER"))), "is not a readable safetensors file"),
+        o / rundir.WEIGHTS, (o / rundir.WEIGHTS).read_bytes()[:500])), "is not the file training saved"),
+    "corrupted weights, digest updated": Case(predict_with(lambda o: (
+        write(o / rundir.WEIGHTS, os.urandom(4096)), rehash(o))), "is not a readable safetensors file"),
+    "pickle posing as weights": Case(predict_with(lambda o: (write(
+        o / rundir.WEIGHTS, evil_pickle_bytes(o.parent / "MARKER")), rehash(o))), "is not a readable safetensors file"),
     "weights of the wrong shape": Case(predict_with(lambda o: resave_weights(
         o, lambda s: s.update({"head.weight": torch.zeros(2, 3)}))), "does not fit config.yaml"),
     "weights missing a key": Case(predict_with(lambda o: resave_weights(o, lambda s: s.pop("head.bias"))),

@@ -215,7 +215,7 @@ def test_a_finished_run_continues_from_its_last_epoch_to_exactly_the_longer_run(
 
     result = continue_run(run, "train.epochs=3")
     assert result.exit_code == 0, result.output
-    assert "Continuing the finished run from epoch 3 to 3" in result.output
+    assert "Continuing the finished run with epoch 3" in result.output
     assert_same_run(run, three_epochs)  # history, test scores and best weights
     three = json.loads((run / rundir.METRICS).read_text())
     assert without_timing(three)["history"][:2] == without_timing(two)["history"]  # the history is kept

@@ -27,12 +27,13 @@ import torch
 
 from sentiment_rnn.config import Config, DataConfig
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.inputs import lines
 from sentiment_rnn.lm.tokenizer import EOS
 
 
 def _text_file(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return list(lines(path))  # split at "\n" only: U+2028 and friends are part of a document
     except UnicodeDecodeError:
         raise SentimentRNNError(
             f"lm.source '{path}' is not UTF-8 text; save it as UTF-8, one document per line") from None
