@@ -129,6 +129,9 @@ def _copy(src: Path, tmp_path: Path) -> Path:
      "tokenizer.json' differs from the file that was exported"),
     (lambda d: (d / "labels.json").write_text('["positive", "negative"]'), "labels.json' differs"),
     (lambda d: (d / "meta.json").write_text("{"), "meta.json' is damaged"),
+    (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes() + b"\0"), "model.onnx' differs"),
+    (lambda d: (d / "config.yaml").write_text((d / "config.yaml").read_text() + "\n"), "config.yaml' differs"),
+    (lambda d: (d / "heldout.jsonl").write_text((d / "heldout.jsonl").read_text()[::-1]), "heldout.jsonl' differs"),
 ])
 def test_a_damaged_export_is_one_line_and_exit_1(exported, tmp_path, damage, message):
     broken = _copy(exported, tmp_path)
@@ -183,3 +186,21 @@ def test_predict_and_evaluate_work_in_a_venv_without_torch(exported, tmp_path):
     evaluated = _cli("evaluate", "--model", str(exported), "--json", python=python)
     assert evaluated.returncode == 0, evaluated.stderr
     assert 0.0 <= json.loads(evaluated.stdout)["accuracy"] <= 1.0
+
+
+def test_export_overwrite_replaces_an_export_whole_and_a_parity_failure_writes_nothing(exported, tiny_run, tmp_path,
+                                                                                       monkeypatch):
+    from sentiment_rnn import export
+
+    out = _copy(exported, tmp_path)
+    (out / "stale.txt").write_text("left from an earlier export")
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(["meta.json", *meta["files"]])
+
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # any difference, even none, is now too much
+    refused = tmp_path / "refused"
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(refused)])
+    assert result.exit_code == 1 and "the ONNX graph's probabilities differ from torch's" in result.output
+    assert not refused.exists() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no staging left
