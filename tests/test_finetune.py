@@ -219,3 +219,31 @@ def test_compare_baseline_starts_both_models_from_the_pretrained_embedding(lm_ru
         assert (run / rundir.TOKENIZER).read_text() == (lm_run / rundir.TOKENIZER).read_text()
         assert torch.allclose(load_file(str(run / rundir.WEIGHTS))["embedding.weight"], pretrained, atol=1e-6), prefix
     assert set(result["models"]) == {"rnn", "per_word_linear"} and "probe_flip_rate" in result["models"]["rnn"]["mean"]
+
+
+def test_warmup_linear_rises_over_the_warmup_steps_then_falls_linearly_to_zero():
+    from sentiment_rnn.train import build_scheduler
+
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr=0.01", "train.schedule=warmup_linear",
+                                                          "train.warmup_steps=3", "train.epochs=2"])
+    model = build_model(config.model, 50, 2, 24)
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch=5)  # 10 steps in all
+    rates = []
+    for _ in range(11):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.01 * f for f in (1 / 4, 2 / 4, 3 / 4, 7 / 7, 6 / 7, 5 / 7, 4 / 7, 3 / 7, 2 / 7, 1 / 7, 0)]
+    assert rates == pytest.approx(expected)
+
+
+def test_train_with_warmup_linear_ends_at_a_zero_rate_and_saves_the_schedule(tmp_path):
+    from sentiment_rnn import checkpoint
+
+    run = tmp_path / "run"
+    train(load_config(ROOT / "configs" / "tiny.yaml", ["train.schedule=warmup_linear", "train.warmup_steps=2",
+                                                       "train.epochs=1", "train.max_steps=4"]), run)
+    final = checkpoint.read(run / checkpoint.FINAL)
+    assert final["scheduler"]["last_epoch"] == 4  # stepped once per batch
+    assert [group["lr"] for group in final["optimizer"]["param_groups"]] == [0.0, 0.0]  # decayed to zero at the end
