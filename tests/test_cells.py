@@ -105,13 +105,16 @@ def test_extra_padding_with_garbage_leaves_final_state_unchanged(cell, bidirecti
     assert torch.all(out_long[SEQ_LEN:] == 0)
 
 
-def test_dropout_is_applied_between_layers_not_after_the_last():
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_dropout_is_applied_between_layers_not_after_the_last(bidirectional):
     torch.manual_seed(0)
-    encoder = CellEncoder(INPUT_SIZE, [HIDDEN_SIZE], dropout=0.9).train()
     x = padded_batch(dtype=torch.float32)
-    out_train, _ = encoder(x, LENGTHS)
-    out_eval, _ = encoder.eval()(x, LENGTHS)
-    torch.testing.assert_close(out_train, out_eval)
+    one = CellEncoder(INPUT_SIZE, [HIDDEN_SIZE], dropout=0.9, bidirectional=bidirectional)
+    torch.testing.assert_close(one.train()(x, LENGTHS)[0], one.eval()(x, LENGTHS)[0])  # nothing after the top layer
+    two = CellEncoder(INPUT_SIZE, [HIDDEN_SIZE, 15], dropout=0.9, bidirectional=bidirectional)
+    out_eval, _ = two.eval()(x, LENGTHS)
+    out_train, _ = two.train()(x, LENGTHS)
+    assert not torch.allclose(out_train, out_eval)  # layer 1 reads a dropped-out layer 0
 
 
 def test_state_dict_keys_name_layer_and_direction():

@@ -310,3 +310,58 @@ def test_a_scheduled_run_resumes_to_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     got, want = (json.loads((tmp_path / r / rundir.METRICS).read_text()) for r in ("straight", "resumed"))
     assert got["test"] == want["test"] and got["grad_norm_per_step"] == want["grad_norm_per_step"]
+
+
+def test_overwrite_replaces_the_whole_run_directory_leaving_no_stale_state(tiny_run, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / rundir.CHECKPOINT).write_bytes(b"stale checkpoint of an earlier run")
+    (run / checkpoint.FINAL).write_bytes(b"stale final state of an earlier run")
+    (run / "notes.txt").write_text("left by hand")
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(run), "--overwrite",
+                                      "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert rundir.is_complete(run) and not (run / rundir.CHECKPOINT).exists() and not (run / "notes.txt").exists()
+    assert checkpoint.read(run / checkpoint.FINAL)["progress"]["epoch"] == 2  # this run's own final state
+    assert len(json.loads((run / rundir.METRICS).read_text())["history"]) == 1
+
+
+CSV_ROWS = [(f"a {'great' if i % 2 else 'dull'} film, review {i}", i % 2) for i in range(80)]
+
+
+def write_csv(path: Path, rows) -> Path:
+    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    return path
+
+
+@pytest.mark.parametrize("state", ["finished", "unfinished"])
+def test_resume_refuses_data_that_changed_since_training_started(state, tmp_path):
+    data = write_csv(tmp_path / "reviews.csv", CSV_ROWS)
+    run = tmp_path / "run"
+    train(load_config(TINY, [f"data.source={data}", "train.epochs=1", "train.grad_probe_epochs=[]"]), run)
+    if state == "unfinished":  # as a kill after the first epoch leaves it
+        shutil.copyfile(run / checkpoint.FINAL, run / rundir.CHECKPOINT)
+        (run / rundir.METRICS).unlink()
+    write_csv(data, [(text, 1 - label) if i == 3 else (text, label) for i, (text, label) in enumerate(CSV_ROWS)])
+    before = sorted(p.name for p in run.iterdir())
+    result = continue_run(run, "train.epochs=2")
+    assert result.exit_code == 1, result.output
+    assert f"the data of '{run}' changed since training started" in result.output
+    assert sorted(p.name for p in run.iterdir()) == before and rundir.is_complete(run) == (state == "finished")
+
+
+def test_resume_refuses_a_checkpoint_whose_weights_do_not_fit_the_model(tiny_run, tmp_path):
+    import io
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    ckpt = checkpoint.read(run / checkpoint.FINAL)
+    del ckpt["model"]["head.bias"]  # a readable checkpoint, but not of this model
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    (run / rundir.CHECKPOINT).write_bytes(buffer.getvalue())
+    (run / rundir.METRICS).unlink()
+    result = continue_run(run)
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "checkpoint.pt' is damaged or was not written by sentiment-rnn" in errors[0]
+    assert "head.bias" in errors[0] and "train again with --overwrite" in errors[0]
+    assert (run / rundir.CHECKPOINT).is_file() and not rundir.is_complete(run)

@@ -1,9 +1,12 @@
 """The installed `sentiment-rnn` command, end to end in real subprocesses: train -> predict -> evaluate."""
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,8 +32,10 @@ def test_train_writes_a_complete_auditable_run(cli_run):
     assert {"config.yaml", "tokenizer.json", "model.safetensors", "meta.json", "split.json",
             "metrics.json", "curves.png"} <= names
     metrics = json.loads((cli_run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
-    assert len(metrics["test"]["confusion_matrix"]) == 2
+    test, matrix = metrics["test"], metrics["test"]["confusion_matrix"]
+    assert len(matrix) == 2 and sum(map(sum, matrix)) == test["n"] == metrics["sizes"]["test"] > 0
+    assert test["accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / test["n"])  # the matrix's diagonal
+    assert len(metrics["history"]) == 2 and metrics["best_epoch"] in (1, 2)  # tiny.yaml: 2 epochs
     assert metrics["history"] and metrics["tokens_per_s"] > 0
     meta = json.loads((cli_run / "meta.json").read_text())
     assert meta["label_names"] == ["negative", "positive"] and meta["versions"]["torch"]
@@ -92,10 +97,23 @@ def test_evaluate_scores_the_runs_recorded_test_split(cli_run):
 
 
 def test_predict_and_evaluate_find_the_most_recent_run_without_model(cli_run, tmp_path):
-    shutil.copytree(cli_run, tmp_path / "runs" / "tiny")
-    result = run("predict", "what a joy", cwd=tmp_path)
+    # two complete runs: the newer one (by metrics.json, written last) sorts first by name and was copied first
+    for name, age_s in (("a-newer", 60), ("b-older", 3600)):
+        shutil.copytree(cli_run, tmp_path / "runs" / name)
+        stamp = time.time() - age_s
+        os.utime(tmp_path / "runs" / name / "metrics.json", (stamp, stamp))
+    newer = Path("runs") / "a-newer"
+    result = run("predict", "--format", "json", "what a joy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "what a joy" in result.stdout
+    assert json.loads(result.stdout)[0]["text"] == "what a joy"
+    assert f"Using {newer}, the most recent complete run" in result.stderr
+    result = run("evaluate", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"Using {newer}, the most recent complete run" in result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["run"] == str(newer) and metrics["split"] == "test"
+    trained = json.loads((cli_run / "metrics.json").read_text())["test"]
+    assert metrics["confusion_matrix"] == trained["confusion_matrix"]
 
 
 def test_predict_does_not_import_datasets_pandas_or_matplotlib(cli_run):
@@ -109,11 +127,20 @@ def test_predict_does_not_import_datasets_pandas_or_matplotlib(cli_run):
 
 
 def test_help_and_version_work_for_every_command():
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
     assert run("--version").stdout.startswith("sentiment-rnn ")
-    listing = run("--help").stdout
-    for command in ("train", "predict", "evaluate"):
-        assert command in listing
-        result = run(command, "--help")
-        assert result.returncode == 0 and "Usage" in result.stdout
+    listing = run("--help").stdout  # the installed command lists every command the Typer app has
+    commands = get_command(app).commands
+    assert len(commands) >= 10
+    for name, command in commands.items():
+        assert re.search(rf"^\W*{re.escape(name)}\s{{2,}}\w", listing, re.MULTILINE), f"--help does not list {name}"
+        result = CliRunner().invoke(app, [name, "--help"])  # in-process: one start-up for all of them
+        assert result.exit_code == 0 and "Usage" in result.output, (name, result.output)
+        assert " ".join(command.help.split()[:4]) in " ".join(result.output.split()), name  # its own help text
+    assert "Usage" in run("train", "--help").stdout
     module = subprocess.run([sys.executable, "-m", "sentiment_rnn", "--version"], capture_output=True, text=True)
     assert module.stdout.startswith("sentiment-rnn ")

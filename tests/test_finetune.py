@@ -53,7 +53,9 @@ def test_init_from_copies_exactly_the_pretrained_tensors_and_reuses_the_tokenize
     assert shared and all(torch.equal(model.state_dict()[k], pretrained[k]) for k in shared)
 
     out = tmp_path / "run"
-    train(config, out)
+    train(finetune_config(lm_run, "train.lr=1e-9"), out)  # a rate near zero: the saved weights are the start
+    saved = load_file(str(out / rundir.WEIGHTS))
+    assert all(torch.allclose(saved[k], pretrained[k], atol=1e-6) for k in shared), "train() did not start from the LM"
     assert (out / rundir.TOKENIZER).read_text() == (lm_run / rundir.TOKENIZER).read_text()
     meta = json.loads((out / rundir.META).read_text())
     lm_meta = json.loads((lm_run / rundir.META).read_text())
@@ -208,12 +210,40 @@ def test_pretrain_lm_continues_a_language_model_with_its_tokenizer(lm_run, tmp_p
 
 def test_compare_baseline_starts_both_models_from_the_pretrained_embedding(lm_run, tmp_path):
     # lm_loss_weight is on: the RNN trains with it, the baseline (no recurrent encoder) without
-    config = finetune_config(lm_run, "train.lm_loss_weight=0.5")
+    config = finetune_config(lm_run, "train.lm_loss_weight=0.5", "train.lr=1e-9")  # the saved weights are the start
     result = compare_baseline(config, tmp_path / "cmp", seeds=1)
     pretrained = load_file(str(lm_run / rundir.WEIGHTS))["embedding.weight"]
     for prefix in ("rnn", "baseline"):
         run = tmp_path / "cmp" / f"{prefix}-seed0"
         assert json.loads((run / rundir.META).read_text())["init_from"]["path"] == str(lm_run.resolve())
         assert (run / rundir.TOKENIZER).read_text() == (lm_run / rundir.TOKENIZER).read_text()
-        assert load_file(str(run / rundir.WEIGHTS))["embedding.weight"].shape == pretrained.shape
+        assert torch.allclose(load_file(str(run / rundir.WEIGHTS))["embedding.weight"], pretrained, atol=1e-6), prefix
     assert set(result["models"]) == {"rnn", "per_word_linear"} and "probe_flip_rate" in result["models"]["rnn"]["mean"]
+
+
+def test_warmup_linear_rises_over_the_warmup_steps_then_falls_linearly_to_zero():
+    from sentiment_rnn.train import build_scheduler
+
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr=0.01", "train.schedule=warmup_linear",
+                                                          "train.warmup_steps=3", "train.epochs=2"])
+    model = build_model(config.model, 50, 2, 24)
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch=5)  # 10 steps in all
+    rates = []
+    for _ in range(11):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.01 * f for f in (1 / 4, 2 / 4, 3 / 4, 7 / 7, 6 / 7, 5 / 7, 4 / 7, 3 / 7, 2 / 7, 1 / 7, 0)]
+    assert rates == pytest.approx(expected)
+
+
+def test_train_with_warmup_linear_ends_at_a_zero_rate_and_saves_the_schedule(tmp_path):
+    from sentiment_rnn import checkpoint
+
+    run = tmp_path / "run"
+    train(load_config(ROOT / "configs" / "tiny.yaml", ["train.schedule=warmup_linear", "train.warmup_steps=2",
+                                                       "train.epochs=1", "train.max_steps=4"]), run)
+    final = checkpoint.read(run / checkpoint.FINAL)
+    assert final["scheduler"]["last_epoch"] == 4  # stepped once per batch
+    assert [group["lr"] for group in final["optimizer"]["param_groups"]] == [0.0, 0.0]  # decayed to zero at the end

@@ -1,6 +1,7 @@
 """pretrain-lm: tokenizer that reads RT and IMDB alike, a loss that falls, exact resume, bad input, the CLI;
 the sequence-autoencoder objective and a classifier started from it."""
 
+import json
 import os
 import signal
 import subprocess
@@ -283,3 +284,23 @@ def test_split_contractions_reads_a_users_dont_as_the_treebank_writes_it(user, t
     assert pieces(split, user) == pieces(split, treebank) == treebank.split()
     plain = untrained_tokenizer(TokenizerConfig())
     assert pieces(plain, user) != pieces(plain, treebank)  # the default splits at every apostrophe
+
+
+def test_resume_refuses_a_changed_corpus_and_overwrite_replaces_the_run(tmp_path):
+    corpus, run = tmp_path / "corpus.txt", tmp_path / "lm"
+    lines = [f"the {w} film was {v} and the cast was {w} too" for w in ("long", "short", "odd") for v in
+             ("great", "dull", "fine", "bad")] * 20
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tiny_config(f"lm.source={corpus}", "lm.held_out=0.1", "train.checkpoint_every=1")
+    with pytest.raises(TrainingInterrupted):
+        pretrain_lm(config, run, InterruptAt(2))
+    corpus.write_text("\n".join([*lines, "one more review was added"]) + "\n", encoding="utf-8")
+    with pytest.raises(SentimentRNNError, match=f"the corpus of '{run}' changed since pretraining started"):
+        pretrain_lm(config, run, resume=True)
+    assert (run / rundir.CHECKPOINT).is_file() and not rundir.is_complete(run)  # still resumable
+
+    (run / "notes.txt").write_text("left by hand")
+    pretrain_lm(config, run, overwrite=True)
+    assert rundir.is_complete(run) and not (run / rundir.CHECKPOINT).exists() and not (run / "notes.txt").exists()
+    record = json.loads((run / "corpus.json").read_text())
+    assert record["documents"] + record["held_out_documents"] == len(lines) + 1  # the new corpus, every line of it

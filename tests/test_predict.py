@@ -79,3 +79,21 @@ def test_predict_fast_option_prints_the_plain_probabilities(tiny_run):
     for record in json.loads(plain.stdout):
         assert by_text[record["text"]]["label"] == record["label"]
         assert abs(by_text[record["text"]]["probability"] - record["probability"]) < 1e-5
+
+
+def test_streaming_past_several_4096_line_chunks_keeps_one_record_per_line_in_order(tiny_run):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    lines = texts_of_mixed_lengths(2 * 4096 + 7)  # two full chunks and a partial third
+    for i in (0, 4095, 4096, 8191, 8192, len(lines) - 1):  # empty lines at the chunk boundaries
+        lines[i] = "   "
+    result = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "--format", "jsonl", "-"],
+                                input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output[-500:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in records] == lines
+    assert [i for i, r in enumerate(records) if "error" in r] == [0, 4095, 4096, 8191, 8192, len(lines) - 1]
+    expected = Predictor.from_dir(tiny_run).predict(lines[4090:4100])  # the same texts read in one call
+    assert records[4090:4100] == expected

@@ -14,8 +14,12 @@ def test_ci_runs_exactly_the_readme_quick_start_commands():
     ci_lines = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines()
                 if ln and not ln.startswith(("#", "set ", "cd "))]
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    assert len(ci_lines) == 2
-    for line in ci_lines:
+    development = README.split("## Development", 1)[1].split("\n## ", 1)[0]
+    *setup, first, second = ci_lines
+    assert len(setup) <= 1 and all("apt-get install" in line for line in setup)  # a system package, no more
+    for line in setup:  # installed before the quick start, as the README's Development section says
+        assert f"```bash\n{line}\n```" in development
+    for line in (first, second):
         assert f"```bash\n{line}\n```" in quick_start
 
 

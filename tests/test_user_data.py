@@ -290,3 +290,47 @@ def test_predict_table_of_many_texts_prints_plain_aligned_rows(tmp_path, tiny_ru
     assert lines[1].endswith("a dull film number 0") and lines[-1].startswith("error")
     column = lines[0].index("text")
     assert all(line[column:].startswith("a ") for line in lines[1:-1])  # the texts start in one column
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """The cells of each row of rich's tables in `output`, keyed by the row's first cell."""
+    found = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) > 1 and cells[0]:
+            found.setdefault(cells[0], []).append(cells[1:])
+    return found
+
+
+def test_evaluate_prints_the_per_class_table_and_the_confusion_matrix_of_the_recorded_test_rows(tiny_run):
+    result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    test = json.loads((tiny_run / "metrics.json").read_text())["test"]
+    assert f"{tiny_run} on rotten_tomatoes, test split" in result.output
+    assert "Confusion matrix (rows: true, columns: predicted)" in result.output
+    rows = table_rows(result.output)
+    for label, matrix_row in zip(test["labels"], test["confusion_matrix"], strict=True):
+        m = test["per_class"][label]
+        metrics_cells, confusion_cells = rows[label]  # its row in each table
+        assert metrics_cells == [f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+        assert confusion_cells == [str(v) for v in matrix_row]
+    assert rows["accuracy"] == [["", "", f"{test['accuracy']:.3f}", str(test["n"])]]
+    assert rows["macro F1"] == [["", "", f"{test['macro_f1']:.3f}", ""]]
+
+
+def test_evaluate_reads_other_column_names_with_text_column_and_label_column(tmp_path, tiny_run):
+    data = rows(["negative", "positive"], 30)
+    path = tmp_path / "reviews.csv"
+    path.write_text("id,review,verdict\n" + "".join(f"{i},{text},{label}\n" for i, (text, label) in enumerate(data)))
+    plain = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(path), "--json"])
+    assert plain.exit_code == 1 and plain.output.startswith("Error:") and "text" in plain.output, plain.output
+    result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(path), "--json",
+                                      "--text-column", "review", "--label-column", "verdict"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    truth = [sum(1 for _, label in data if label == name) for name in ("negative", "positive")]
+    assert metrics["n"] == 30 and [sum(row) for row in metrics["confusion_matrix"]] == truth
+    # the same rows under the run's own column names score the same
+    write(tmp_path / "same.csv", data)
+    same = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(tmp_path / "same.csv"), "--json"])
+    assert json.loads(same.stdout)["confusion_matrix"] == metrics["confusion_matrix"]

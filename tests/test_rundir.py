@@ -1,0 +1,118 @@
+"""The run directory: the most recent complete run is found, an incomplete one is named and refused, files
+appear whole or not at all. In-process and quick: scripts/mutate.py runs these against rundir.py's mutants."""
+
+import os
+import shutil
+import time
+
+import pytest
+
+from sentiment_rnn import rundir
+from sentiment_rnn.errors import SentimentRNNError
+
+
+def copy_run(tiny_run, root, name: str, age_s: float):
+    """A copy of tiny_run under root/name whose metrics.json was written age_s seconds ago."""
+    run = root / name
+    shutil.copytree(tiny_run, run)
+    stamp = time.time() - age_s
+    os.utime(run / rundir.METRICS, (stamp, stamp))
+    return run
+
+
+def test_the_most_recent_complete_run_is_picked_whatever_the_names_and_copy_order(tiny_run, tmp_path):
+    # names sort against their age and the copies are made oldest-last, so neither order can pass for recency
+    copy_run(tiny_run, tmp_path, "a-newest", 10)
+    copy_run(tiny_run, tmp_path, "z-middle", 500)
+    copy_run(tiny_run, tmp_path, "m-oldest", 1000)
+    unfinished = copy_run(tiny_run, tmp_path, "b-unfinished", 0)
+    (unfinished / rundir.WEIGHTS).unlink()  # newer, but not complete
+    (tmp_path / "stray.txt").write_text("not a run")
+    assert rundir.find_latest_run(tmp_path) == tmp_path / "a-newest"
+    os.utime(tmp_path / "m-oldest" / rundir.METRICS)  # written now: it becomes the latest
+    assert rundir.find_latest_run(tmp_path) == tmp_path / "m-oldest"
+
+
+def test_no_complete_run_is_an_error_naming_the_folder_and_the_fix(tiny_run, tmp_path):
+    for root in (tmp_path / "absent", tmp_path):
+        with pytest.raises(SentimentRNNError, match=f"no trained run found under '{root}/'.*--model RUN_DIR"):
+            rundir.find_latest_run(root)
+    unfinished = copy_run(tiny_run, tmp_path, "run", 0)
+    (unfinished / rundir.METRICS).unlink()
+    with pytest.raises(SentimentRNNError, match="no trained run found"):
+        rundir.find_latest_run(tmp_path)
+
+
+@pytest.mark.parametrize("missing", rundir.REQUIRED)
+def test_a_run_without_one_required_file_is_incomplete_and_named(missing, tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path, "run", 0)
+    assert rundir.is_complete(run) and rundir.resolve_run(run) == run
+    (run / missing).unlink()
+    assert not rundir.is_complete(run)
+    with pytest.raises(SentimentRNNError) as err:
+        rundir.resolve_run(run)
+    if missing == rundir.METRICS:
+        assert "training did not finish; train again" in str(err.value)
+    else:
+        assert f"has no {missing}: train again" in str(err.value)
+
+
+def test_resolve_run_says_what_the_path_is_instead(tiny_run, tmp_path):
+    cases = [(tmp_path / "absent", "does not exist"), (tmp_path / "file.csv", "is a file, not a run directory"),
+             (tmp_path / "empty", "is not a run directory (no config.yaml, no metrics.json)")]
+    (tmp_path / "file.csv").write_text("text,label\n")
+    (tmp_path / "empty").mkdir()
+    for path, words in cases:
+        with pytest.raises(SentimentRNNError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            rundir.resolve_run(path)
+    unfinished = copy_run(tiny_run, tmp_path, "unfinished", 0)
+    (unfinished / rundir.METRICS).unlink()
+    (unfinished / rundir.CHECKPOINT).write_bytes(b"")
+    with pytest.raises(SentimentRNNError, match=f"resume it with: sentiment-rnn train --resume {unfinished}$"):
+        rundir.resolve_run(unfinished)
+
+
+def test_atomic_writer_leaves_the_old_file_and_no_temporary_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "meta.json"
+    rundir.write_json(path, {"a": 1})
+    with pytest.raises(RuntimeError), rundir.atomic_writer(path) as fh:
+        fh.write(b"half of a new file")
+        raise RuntimeError("killed mid-write")
+    assert rundir.read_json(path) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+    rundir.atomic_write(path, "caf\u00e9")
+    assert path.read_bytes() == "caf\u00e9".encode()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0o600
+
+
+def test_read_json_names_a_missing_or_damaged_file(tmp_path):
+    with pytest.raises(SentimentRNNError, match="is missing; the run directory is incomplete"):
+        rundir.read_json(tmp_path / "meta.json")
+    for damaged in (b"{", b"\xff\xfe{}"):
+        (tmp_path / "meta.json").write_bytes(damaged)
+        with pytest.raises(SentimentRNNError, match="is not valid JSON; the run directory is damaged"):
+            rundir.read_json(tmp_path / "meta.json")
+
+
+def test_load_run_rebuilds_the_trained_model_in_eval_mode_and_refuses_mixed_files(tiny_run, tmp_path):
+    import json
+
+    loaded = rundir.load_run(tiny_run)
+    assert not loaded.model.training and loaded.meta["label_names"] == ["negative", "positive"]
+    assert loaded.tokenizer.get_vocab_size() == loaded.meta["vocab_size"]
+    with pytest.raises(SentimentRNNError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
+        rundir.load_run(tiny_run, precision="fp16")
+    run = copy_run(tiny_run, tmp_path, "run", 0)
+    meta = json.loads((run / rundir.META).read_text())
+    (run / rundir.META).write_text(json.dumps({**meta, "vocab_size": meta["vocab_size"] + 1}))
+    with pytest.raises(SentimentRNNError, match="mixes files of different runs"):
+        rundir.load_run(run)
+    (run / rundir.META).write_text(json.dumps({**meta, "kind": "language_model"}))
+    with pytest.raises(SentimentRNNError, match="is a pretrain-lm run"):
+        rundir.load_run(run)
+    (run / rundir.META).write_text(json.dumps(meta))
+    (run / rundir.WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(SentimentRNNError, match="is not a readable safetensors file"):
+        rundir.load_run(run)
