@@ -114,5 +114,9 @@ def test_load_run_rebuilds_the_trained_model_in_eval_mode_and_refuses_mixed_file
         rundir.load_run(run)
     (run / rundir.META).write_text(json.dumps(meta))
     (run / rundir.WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(SentimentRNNError, match="is not the file training saved"):
+        rundir.load_run(run)  # the weights no longer match meta.json's hash
+    # with a hash that matches the damaged file, the safetensors parser is what refuses it
+    (run / rundir.META).write_text(json.dumps({**meta, "weights_sha256": rundir.sha256(run / rundir.WEIGHTS)}))
     with pytest.raises(SentimentRNNError, match="is not a readable safetensors file"):
         rundir.load_run(run)
