@@ -52,7 +52,7 @@ class ReportTo(str, Enum):
 ReportToOpt = Annotated[ReportTo | None, typer.Option(
     "--report-to",
     help="Also log loss, accuracy, learning rate, gradient norm and tokens/s per step and epoch into the run "
-         "directory for TensorBoard (pip install 'sentiment-rnn\\[tensorboard]'; view: tensorboard --logdir RUN).",
+         "directory for TensorBoard (pip install 'sentiment-rnn[tensorboard]'; view: tensorboard --logdir RUN).",
 )]
 
 

@@ -141,6 +141,7 @@ def test_help_and_version_work_for_every_command():
         result = CliRunner().invoke(app, [name, "--help"])  # in-process: one start-up for all of them
         assert result.exit_code == 0 and "Usage" in result.output, (name, result.output)
         assert " ".join(command.help.split()[:4]) in " ".join(result.output.split()), name  # its own help text
+        assert "\\[" not in result.output, (name, result.output)  # help is plain text: no markup escapes shown
     assert "Usage" in run("train", "--help").stdout
     module = subprocess.run([sys.executable, "-m", "sentiment_rnn", "--version"], capture_output=True, text=True)
     assert module.stdout.startswith("sentiment-rnn ")
