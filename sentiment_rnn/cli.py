@@ -682,22 +682,18 @@ def pretrain_lm(
              "checkpoint; --set may change only train.lr and train.clip_grad_norm.",
     )] = None,
 ) -> None:
-    """Pretrain the classifier's embedding and encoder on unlabeled text, as a next-word language model or
-    (lm.objective: autoencoder) as a sequence autoencoder."""
+    """Pretrain the classifier's embedding and encoder on unlabeled text, as a next-word language model."""
     with _heavy_imports():
         from sentiment_rnn.console import LMReporter, console
         from sentiment_rnn.lm.pretrain import pretrain_lm as run_pretraining
 
     # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
     cfg, out = config_and_output(config, "lm", set_, output, overwrite, resume, Path("runs") / "pretrained")
-    what = "sequence autoencoder" if cfg.lm.objective == "autoencoder" else "language model"
-    console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} {what} "
+    console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} language model "
                   f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
                   f"{cfg.lm.source} -> {out}")
     metrics = run_pretraining(cfg, out, LMReporter(), overwrite=overwrite, resume=resume is not None)
-    # The autoencoder's held-out perplexity is that of reconstructing the held-out windows, not of the next word.
-    scored = "reconstruction perplexity" if cfg.lm.objective == "autoencoder" else "perplexity"
-    console.print(f"Held-out {scored} {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
+    console.print(f"Held-out perplexity {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
                   f"epoch(s); trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s. "
                   f"Run saved to [bold]{out}[/bold]")
 

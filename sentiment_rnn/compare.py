@@ -100,8 +100,6 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
             cfg = config.model_copy(deep=True)
             cfg.seed, cfg.name, cfg.model.kind = seed, f"{config.name}-{prefix}-seed{seed}", kind
             cfg.data.split_seed = split_seed  # every seed on the same rows: the spread is the models' own
-            if kind != "rnn":
-                cfg.train.lm_loss_weight = 0.0  # the baseline has no recurrent encoder to predict next words with
             run = output_dir / f"{prefix}-seed{seed}"
             reporter.stage(f"Seed {seed} ({i + 1}/{seeds}): training {LABELS[kind]} -> {run}")
             runs[kind] = (run, train(cfg, run, reporter))

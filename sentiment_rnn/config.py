@@ -136,8 +136,6 @@ class TrainConfig(_Strict):
     schedule: Literal["constant", "onecycle", "warmup_linear"] = "constant"  # learning rate per batch
     warmup_steps: int = Field(100, ge=0)  # schedule warmup_linear: steps of linear warm-up before the linear decay
     unfreeze: int | None = Field(None, ge=1)  # gradual unfreezing: epochs per layer group, head first; None: all train
-    # weight of the auxiliary next-word loss on the same sentences (sentiment_rnn/next_word.py); 0: off
-    lm_loss_weight: float = Field(0.0, ge=0)
     # loss weight per class (label order); balanced: n / (classes * count) on the training split
     class_weights: Literal["balanced"] | list[float] | None = None
 
@@ -162,9 +160,6 @@ class LMConfig(_Strict):
     # embedded corpora read (their training rows under seed and data.split)
     corpora: list[str] = ["rotten_tomatoes", "imdb"]
     held_out: float = Field(0.01, gt=0.0, lt=0.5)  # share of the corpus's documents kept aside for held-out perplexity
-    # next_word: a language model; autoencoder: each window read into one state, then reconstructed from it
-    # (Dai & Le 2015's sequence autoencoder); it reads documents, so it needs batching: documents
-    objective: Literal["next_word", "autoencoder"] = "next_word"
     # one continuous stream with state carried, or segments of single documents
     batching: Literal["stream", "documents"] = "stream"
     bptt: int = Field(35, ge=2)  # tokens per truncated-BPTT segment
@@ -174,15 +169,6 @@ class LMConfig(_Strict):
     # end each epoch's training after this many seconds (equal-time comparisons)
     time_limit_s: float | None = Field(None, gt=0)
 
-    @model_validator(mode="after")
-    def _autoencoder_reads_documents(self) -> LMConfig:
-        # A stream's segments start mid-sentence with a carried state; an autoencoder summarises each window
-        # from a zero state, so the two cannot be combined.
-        if self.objective == "autoencoder" and self.batching == "stream":
-            raise ValueError("lm.objective: autoencoder reads each document window from a zero state; set "
-                             "lm.batching: documents")
-        return self
-
 
 class Config(_Strict):
     name: str = "default"  # run name; the run lands in runs/<name>/ unless --output says otherwise
@@ -191,14 +177,29 @@ class Config(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    lm: LMConfig = LMConfig()  # pretrain-lm; cutoffs and div_value also shape train.lm_loss_weight's head
+    lm: LMConfig = LMConfig()  # pretrain-lm
 
-    @model_validator(mode="after")
-    def _next_word_reads_left_to_right(self) -> Config:
-        if self.train.lm_loss_weight and (self.model.kind != "rnn" or self.model.bidirectional):
-            raise ValueError("train.lm_loss_weight needs a left-to-right encoder (model.kind: rnn, "
-                             "model.bidirectional: false); set train.lm_loss_weight: 0 for this model")
-        return self
+
+# Keys of features measured and removed (README, "Transfer": the rows marked removed), with the value that
+# meant "off". A saved run's config.yaml holds them at that value and loads as before; any other value is
+# refused in one line, so a config written for the feature never trains without it unnoticed.
+RETIRED = {
+    ("train", "lm_loss_weight"): (0.0, "the auxiliary next-word loss tripled training time for no gain"),
+    ("lm", "objective"): ("next_word", "the sequence autoencoder scored below training from scratch"),
+}
+
+
+def _drop_retired(raw: dict, origin: str, overrides: dict[str, str]) -> None:
+    """Remove retired keys at their "off" value; refuse any other value, naming the removal."""
+    for (section, key), (off, reason) in RETIRED.items():
+        node = raw.get(section)
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        if value != off:
+            where = _origin_of((section, key), origin, overrides)
+            raise SentimentRNNError(f"{where}: {section}.{key} was removed ({reason}; README, Transfer); "
+                                    f"delete the key (a saved run loads without it) and train or load again")
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -241,6 +242,7 @@ def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[st
     """
     if not isinstance(raw, dict):
         raise SentimentRNNError(f"{origin}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    _drop_retired(raw, origin, overrides or {})
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

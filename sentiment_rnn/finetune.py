@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +22,7 @@ from sentiment_rnn.config import Config, ModelConfig, TrainConfig
 from sentiment_rnn.errors import SentimentRNNError
 
 SHARED_PREFIXES = ("embedding.", "encoder.")  # what a classifier takes from its source run
-LM_SOFTMAX_PREFIXES = ("head.head.", "head.tail.")  # a pretrain-lm run's adaptive softmax (train.lm_loss_weight)
-DECODER_PREFIX = "decoder."  # a sequence-autoencoder run's decoder: only pretrain-lm, continuing it, reads it
+LM_SOFTMAX_PREFIXES = ("head.head.", "head.tail.")  # a pretrain-lm run's adaptive softmax: continuing it reads it
 SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
 
 
@@ -38,7 +37,6 @@ class InitSource:
     weights_sha256: str  # of its model.safetensors as read now
     state: dict[str, torch.Tensor]  # its embedding.* and encoder.* tensors
     lm_softmax: dict[str, torch.Tensor]  # a pretrain-lm run's head.* softmax tensors; empty for a classifier
-    decoder: dict[str, torch.Tensor] = field(default_factory=dict)  # an autoencoder run's decoder.* tensors
 
     def record(self) -> dict:
         """What the new run's meta.json says about where it started."""
@@ -73,8 +71,7 @@ def read_init_source(config: Config) -> InitSource | None:
     state = read_weights(run, payload)
     shared = {k: v for k, v in state.items() if k.startswith(SHARED_PREFIXES)}
     softmax = {k: v for k, v in state.items() if k.startswith(LM_SOFTMAX_PREFIXES)}
-    decoder = {k: v for k, v in state.items() if k.startswith(DECODER_PREFIX)}
-    return InitSource(run.resolve(), digest, shared, softmax, decoder)
+    return InitSource(run.resolve(), digest, shared, softmax)
 
 
 def check_same_shape(run: Path, model: ModelConfig) -> None:
@@ -120,17 +117,10 @@ def load_init(model: nn.Module, source: InitSource | None) -> None:
 
 
 def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    """(name, parameters) from input to output; a model without the seam is one group. Parameters the seam
-    does not name (the training-time next-word head of train.lm_loss_weight) train with the top group."""
+    """(name, parameters) from input to output; a model without the seam is one group."""
     if not hasattr(model, "parameter_groups"):
         return [("all", list(model.parameters()))]
-    groups = model.parameter_groups()
-    named = {id(p) for _, params in groups for p in params}
-    rest = [p for p in model.parameters() if id(p) not in named]
-    if rest:
-        top_name, top = groups[-1]
-        groups[-1] = (top_name, top + rest)
-    return groups
+    return model.parameter_groups()
 
 
 def layered_parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:

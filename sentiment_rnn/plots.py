@@ -149,11 +149,7 @@ def plot_lm_curve(metrics: dict, path: Path) -> None:
     ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"training (mean of {window} steps)")
     ends = np.cumsum([h["steps"] for h in metrics["history"]])
     ax.plot(ends, [h["held_out_loss"] for h in metrics["history"]], "o-", label="held-out")
-    if metrics.get("objective") == "autoencoder":
-        ylabel, title = "reconstruction cross-entropy (log perplexity)", "Sequence autoencoder"
-    else:
-        ylabel, title = "next-word cross-entropy (log perplexity)", "Language model"
-    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    ax.set(xlabel="optimizer step", ylabel="next-word cross-entropy (log perplexity)", title="Language model")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

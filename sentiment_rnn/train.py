@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sentiment_rnn import checkpoint, distributed, finetune, next_word, rundir, runtime, tracking
+from sentiment_rnn import checkpoint, distributed, finetune, rundir, runtime, tracking
 from sentiment_rnn import data as data_lib
 from sentiment_rnn.checkpoint import Progress
 from sentiment_rnn.config import Config, TrainConfig, dump_config
@@ -370,7 +370,6 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     loaders = setup_data(config, splits, tokenizer, device)
     model = setup_model(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
     finetune.load_init(model, source)
-    next_word.attach_head(model, config, tokenizer.get_vocab_size(), source.lm_softmax if source else {})
     coverage = load_pretrained(model, config, tokenizer)
     optimizer = build_optimizer(model, config.train)
     weights = class_weights(config.train, splits)
@@ -388,7 +387,6 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
 
     reporter.stage("Scoring the test split")
     model.load_state_dict(progress.best["state"])
-    next_word.detach_head(model)  # it served training only: scoring and the saved run are the classifier alone
     test = predict_batches(model, loaders.test, device)
     metrics = run_metrics(progress, test, splits, model, coverage, device, threads)
     metrics["class_weights"] = weights  # what the loss used: None, train.class_weights, or "balanced" computed
@@ -422,11 +420,11 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
             start = time.perf_counter() - progress.seconds
             for step, batch in enumerate(parts.loaders.train, start=progress.batches_done + 1):
                 input_ids, lengths, y = to_device(batch, parts.device)
-                logits, loss, total = batch_loss(parts, input_ids, lengths, y)  # [B, C], sentiment loss, minimised
+                logits, loss = batch_loss(parts, input_ids, lengths, y)  # [B, C], mean cross-entropy
                 if not torch.isfinite(loss):
                     raise non_finite_loss(loss.item(), epoch, step, cfg, checkpoint_path(parts))
                 parts.optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                loss.backward()
                 # Gradients through time can explode: clip their global norm, and record it before clipping.
                 norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or float("inf"))
                 parts.optimizer.step()
@@ -450,16 +448,10 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
 
 
 def batch_loss(parts: Parts, input_ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor):
-    """The logits, the sentiment loss (what the run reports) and the loss minimised: the sentiment loss,
-    plus train.lm_loss_weight times the next-word loss on the same sentences when that is on."""
-    weight = parts.config.train.lm_loss_weight
+    """The logits and the loss of one batch (bf16 autocast on CUDA when train.amp_bf16 asks for it)."""
     with parts.autocast:
-        if weight:  # the next-word loss reads the top layer's outputs [T, B, H]
-            logits, out = parts.net(input_ids, lengths, return_outputs=True)  # [B, C]
-        else:
-            logits = parts.net(input_ids, lengths)  # [B, C]; not every model returns outputs (the baseline)
-    loss = parts.loss_fn(logits.float(), y)
-    return logits, loss, loss + weight * next_word.loss(parts.model, out, input_ids, lengths) if weight else loss
+        logits = parts.net(input_ids, lengths)  # [B, C]
+    return logits, parts.loss_fn(logits.float(), y)
 
 
 def start_epoch(parts: Parts, progress: Progress) -> int:

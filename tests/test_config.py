@@ -57,3 +57,15 @@ def test_missing_file_and_bad_yaml_are_one_line_errors(tmp_path):
 def test_override_without_equals_sign_explains_the_syntax():
     with pytest.raises(SentimentRNNError, match="KEY=VALUE"):
         load_config(None, ["model.hidden_size"])
+
+
+def test_retired_keys_load_at_their_off_value_and_are_refused_otherwise_naming_the_removal(tmp_path):
+    # A run saved before the removal holds both keys at their "off" value in its config.yaml: it still loads.
+    saved = tmp_path / "config.yaml"
+    saved.write_text("train:\n  lm_loss_weight: 0.0\nlm:\n  objective: next_word\n")
+    assert "lm_loss_weight" not in dump_config(load_config(saved))
+    for item, reason in [("train.lm_loss_weight=0.5", "auxiliary next-word loss tripled training time for no gain"),
+                         ("lm.objective=autoencoder", "sequence autoencoder scored below training from scratch")]:
+        with pytest.raises(SentimentRNNError, match=f"^--set {item}: .* was removed \\(the {reason}") as err:
+            load_config(saved, [item])
+        assert len(str(err.value).splitlines()) == 1 and "delete the key" in str(err.value)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from sentiment_rnn import finetune, next_word, rundir
+from sentiment_rnn import finetune, rundir
 from sentiment_rnn.cli import app
 from sentiment_rnn.compare import compare_baseline
 from sentiment_rnn.config import load_config
@@ -21,7 +21,6 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.lm.pretrain import pretrain_lm
 from sentiment_rnn.models import build_model
 from sentiment_rnn.models.rnn import concat_pool
-from sentiment_rnn.predict import Predictor
 from sentiment_rnn.train import build_optimizer, on_epoch_start, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,42 +153,6 @@ def test_cli_pretrains_fine_tunes_and_predicts(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
-def test_next_word_loss_predicts_each_real_next_token_only():
-    config = load_config(ROOT / "configs" / "tiny.yaml", ["train.lm_loss_weight=1.0", "lm.cutoffs=[20]"])
-    torch.manual_seed(0)
-    model = build_model(config.model, 50, 2, 24)
-    next_word.attach_head(model, config, 50, {})
-    ids, lengths = torch.randint(1, 50, (5, 3)), torch.tensor([5, 2, 1])
-    ids[2:, 1] = ids[1:, 2] = 0  # padding past each end
-    _, out = model(ids, lengths, return_outputs=True)  # [5, 3, H]
-    pairs = [(t, b) for b in range(3) for t in range(int(lengths[b]) - 1)]  # 4 + 1 + 0 next words
-    expected = model.next_word(torch.stack([out[t, b] for t, b in pairs]),
-                               torch.stack([ids[t + 1, b] for t, b in pairs])).loss
-    assert len(pairs) == 5 and torch.allclose(next_word.loss(model, out, ids, lengths), expected)
-
-
-def test_next_word_head_starts_from_the_lm_softmax_trains_and_is_not_saved(lm_run, tmp_path):
-    config = finetune_config(lm_run, "train.lm_loss_weight=0.5", "train.layer_lr_decay=2.6")
-    source = finetune.read_init_source(config)
-    model = build_model(config.model, 500, 2, 24)
-    next_word.attach_head(model, config, 500, source.lm_softmax)
-    lm_state = load_file(str(lm_run / rundir.WEIGHTS))
-    head = {k: v for k, v in model.state_dict().items() if k.startswith("next_word.")}
-    assert head and all(torch.equal(v, lm_state["head." + k[len("next_word."):]]) for k, v in head.items())
-    in_groups = {id(p) for g in build_optimizer(model, config.train).param_groups for p in g["params"]}
-    assert in_groups == {id(p) for p in model.parameters()}  # the head trains, with the top group's rate
-
-    train(config, tmp_path / "run")
-    saved = load_file(str(tmp_path / "run" / rundir.WEIGHTS))
-    assert saved and not any(k.startswith("next_word.") for k in saved)
-    assert Predictor.from_dir(tmp_path / "run").probabilities(["a fine film"]).shape == (1, 2)
-
-
-def test_next_word_loss_needs_a_left_to_right_encoder():
-    with pytest.raises(SentimentRNNError, match="train.lm_loss_weight needs a left-to-right encoder"):
-        load_config(ROOT / "configs" / "tiny.yaml", ["train.lm_loss_weight=0.5", "model.bidirectional=true"])
-
-
 def test_pretrain_lm_continues_a_language_model_with_its_tokenizer(lm_run, tmp_path):
     # ULMFiT's second step: the same LM, read on further text; a rate near zero leaves the copied tensors as they were
     out = tmp_path / "continued"
@@ -209,8 +172,7 @@ def test_pretrain_lm_continues_a_language_model_with_its_tokenizer(lm_run, tmp_p
 
 
 def test_compare_baseline_starts_both_models_from_the_pretrained_embedding(lm_run, tmp_path):
-    # lm_loss_weight is on: the RNN trains with it, the baseline (no recurrent encoder) without
-    config = finetune_config(lm_run, "train.lm_loss_weight=0.5", "train.lr=1e-9")  # the saved weights are the start
+    config = finetune_config(lm_run, "train.lr=1e-9")  # the saved weights are the start
     result = compare_baseline(config, tmp_path / "cmp", seeds=1)
     pretrained = load_file(str(lm_run / rundir.WEIGHTS))["embedding.weight"]
     for prefix in ("rnn", "baseline"):

@@ -1,5 +1,4 @@
-"""pretrain-lm: tokenizer that reads RT and IMDB alike, a loss that falls, exact resume, bad input, the CLI;
-the sequence-autoencoder objective and a classifier started from it."""
+"""pretrain-lm: tokenizer that reads RT and IMDB alike, a loss that falls, exact resume, bad input, the CLI."""
 
 import json
 import os
@@ -15,7 +14,7 @@ from sentiment_rnn import rundir
 from sentiment_rnn.config import TokenizerConfig, load_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 from sentiment_rnn.lm import data as lm_data
-from sentiment_rnn.lm.model import build_language_model, recurrent_layer
+from sentiment_rnn.lm.model import build_language_model
 from sentiment_rnn.lm.pretrain import Reporter, pretrain_lm
 from sentiment_rnn.lm.tokenizer import build_lm_tokenizer, train_lm_tokenizer, words
 from sentiment_rnn.models import build_model
@@ -26,7 +25,6 @@ LM = ROOT / "configs" / "lm.yaml"
 TINY = ["data.limit=400", "lm.corpora=[rotten_tomatoes]", "model.hidden_size=24", "model.num_layers=2",
         "tokenizer.max_vocab=500", "train.batch_size=8", "train.epochs=2", "train.threads=1",
         "lm.eval_batch_size=2", "lm.bptt=12", "train.checkpoint_every=null"]
-AUTOENCODER = ["lm.objective=autoencoder", "lm.batching=documents"]
 
 
 def tiny_config(*extra: str):
@@ -98,8 +96,7 @@ class InterruptAt(Reporter):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.parametrize("settings", [["lm.batching=stream"], ["lm.batching=documents"],
-                                      [*AUTOENCODER, "train.max_steps=12"]], ids=["stream", "documents", "autoencoder"])
+@pytest.mark.parametrize("settings", [["lm.batching=stream"], ["lm.batching=documents"]], ids=["stream", "documents"])
 def test_resume_after_ctrl_c_gives_the_weights_of_an_uninterrupted_run(tmp_path, settings):
     config = tiny_config(*settings, "model.embedding_dropout=0.2")  # dropout: RNG state matters
     straight = pretrain_lm(config, tmp_path / "straight")
@@ -178,96 +175,15 @@ def test_default_corpus_is_training_rows_only():
     assert docs and not docs & (set(held.validation["text"]) | set(held.test["text"]))
 
 
-def test_autoencoder_windows_do_not_overlap_and_each_is_its_own_target():
-    windows = lm_data.autoencoder_windows([[5, 6, 7, 8, 2], [9, 2]], bptt=3)
-    assert windows.tolist() == [[5, 6, 7], [8, 2, 0], [9, 2, 0]]
-    batches = lm_data.WindowBatches(windows, 2, None, reconstruct=True)
-    inputs, targets = batches.batch(1, 1)  # held-out order: the windows as they come
-    assert inputs.t().tolist() == targets.t().tolist() == [[9, 2, 0]]
-
-
-def test_sequence_autoencoder_overfits_one_batch():
-    config = tiny_config(*AUTOENCODER)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = build_language_model(config.model, config.lm, vocab_size=50)
-    windows = torch.randint(3, 50, (6, 4))  # [T, B]: four short windows
-    windows[4:, 1] = windows[3:, 3] = 0  # two of them end early
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
-    losses = []
-    for _ in range(100):
-        loss, n, hidden = model.loss(windows, windows)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert n == 6 + 4 + 6 + 3 and hidden is None
-    assert losses[-1] < 0.1 * losses[0], losses[::10]
-
-
-def test_decoder_starts_from_the_encoder_state_at_the_last_real_token():
-    config = tiny_config(*AUTOENCODER)
-    torch.manual_seed(0)
-    model = build_language_model(config.model, config.lm, vocab_size=50).eval()
-    windows = torch.randint(3, 50, (5, 2))  # [T, B]
-    windows[3:, 1] = 0  # the second window has 3 real tokens
-    padded = torch.cat([windows, torch.zeros(4, 2, dtype=torch.long)])  # [9, B]: more [PAD] after each end
-    with torch.no_grad():
-        assert torch.allclose(model.loss(windows, windows)[0], model.loss(padded, padded)[0], atol=1e-6)
-        h, c = model.summary(padded)  # each [layers, B, H]
-        _, (h_alone, c_alone) = recurrent_layer(model.encoder)(model.embedding(windows[:3, 1:]))  # row 2 unpadded
-    assert h.shape[0] == config.model.num_layers == 2
-    assert torch.allclose(h[:, 1:], h_alone, atol=1e-6) and torch.allclose(c[:, 1:], c_alone, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def autoencoder_run(tmp_path_factory) -> Path:
-    """A finished tiny sequence-autoencoder run; copy it before tampering with it."""
-    out = tmp_path_factory.mktemp("autoencoder") / "run"
-    pretrain_lm(tiny_config(*AUTOENCODER, "train.epochs=1", "train.max_steps=10"), out)
-    return out
-
-
-def test_autoencoder_run_saves_its_decoder_and_starts_a_classifier_with_its_encoder(autoencoder_run, tmp_path):
-    from sentiment_rnn.train import train
-
-    state = load_file(autoencoder_run / rundir.WEIGHTS)
-    assert {k.split(".")[0] for k in state} == {"embedding", "encoder", "decoder", "head"}
-    assert rundir.read_json(autoencoder_run / rundir.META)["objective"] == "autoencoder"
-    # train.unfreeze: epoch 1 trains the head alone, so the saved classifier still holds the copied tensors.
-    shape = ["model.cell=lstm", "model.hidden_size=24", "model.num_layers=2", "model.embedding_dim=100"]
-    config = load_config(ROOT / "configs" / "tiny.yaml", [*shape, "train.epochs=1", "train.max_steps=3",
-                                                          "train.unfreeze=5", f"model.init_from={autoencoder_run}"])
-    train(config, tmp_path / "classifier")
-    classifier = load_file(tmp_path / "classifier" / rundir.WEIGHTS)
-    shared = [k for k in classifier if k.startswith(("embedding.", "encoder."))]
-    assert shared and all(torch.equal(classifier[k], state[k]) for k in shared)
-    assert (tmp_path / "classifier" / rundir.TOKENIZER).read_text() == (autoencoder_run / rundir.TOKENIZER).read_text()
-
-
-def test_an_autoencoder_run_continues_as_an_autoencoder_only(autoencoder_run, tmp_path):
-    with pytest.raises(SentimentRNNError, match="pretrained with lm.objective autoencoder, this config has "
-                                                "next_word; set lm.objective: autoencoder") as err:
-        pretrain_lm(tiny_config(f"model.init_from={autoencoder_run}"), tmp_path / "refused")
-    assert "\n" not in str(err.value) and not (tmp_path / "refused").exists()
-    # A rate near zero leaves every copied tensor, the decoder's included, as it was.
-    out = tmp_path / "continued"
-    pretrain_lm(tiny_config(*AUTOENCODER, "train.epochs=1", "train.max_steps=2", "train.lr=1e-9",
-                            f"model.init_from={autoencoder_run}"), out)
-    before, after = load_file(autoencoder_run / rundir.WEIGHTS), load_file(out / rundir.WEIGHTS)
-    assert any(k.startswith("decoder.") for k in before) and before.keys() == after.keys()
-    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
-
-
-def test_autoencoder_over_a_stream_is_a_one_line_config_error_and_writes_nothing(tmp_path):
+def test_the_removed_autoencoder_objective_is_a_one_line_error_naming_the_removal_and_writes_nothing(tmp_path):
     from typer.testing import CliRunner
 
     from sentiment_rnn.cli import app
 
     result = CliRunner().invoke(app, ["pretrain-lm", "--config", str(LM), "--set", "lm.objective=autoencoder",
-                                      "--output", str(tmp_path / "run")])  # lm.yaml says lm.batching: stream
+                                      "--output", str(tmp_path / "run")])
     assert result.exit_code == 1 and result.stderr.startswith("Error: --set lm.objective=autoencoder"), result.output
-    assert len(result.stderr.strip().splitlines()) == 1 and "set lm.batching: documents" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "lm.objective was removed" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

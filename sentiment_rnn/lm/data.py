@@ -12,9 +12,6 @@ Batching (lm.batching):
 - "documents": each document cut into bptt-token windows, windows shuffled, each window read from a
   zero state, as the classifier reads a sentence. Padding targets are skipped by the loss.
 
-Under lm.objective autoencoder the windows do not overlap and each batch's inputs and targets are the same
-windows: the model reads a window and reconstructs it. Its held-out text is the held-out documents'
-windows, read in order, so held-out perplexity is reconstruction perplexity.
 """
 
 from __future__ import annotations
@@ -120,21 +117,10 @@ def document_windows(encoded: list[list[int]], bptt: int) -> torch.Tensor:
     return torch.tensor(windows, dtype=torch.long).view(-1, bptt + 1)
 
 
-def autoencoder_windows(encoded: list[list[int]], bptt: int) -> torch.Tensor:
-    """Each document cut into windows of bptt tokens, right-padded with [PAD]=0: [S, bptt].
-
-    Unlike document_windows they do not overlap: every token is reconstructed once, in its own window.
-    """
-    windows = [doc[start:start + bptt] for doc in encoded for start in range(0, len(doc), bptt)]
-    return torch.tensor([w + [0] * (bptt - len(w)) for w in windows], dtype=torch.long).view(-1, bptt)
-
-
-def window_batch(windows: torch.Tensor, order: torch.Tensor, index: int, batch_size: int, reconstruct: bool):
-    """Inputs and targets of batch `index` in the given window order: both [T, B]. Next-word windows hold one
-    token more than they read; a reconstructed window is its own target."""
-    rows = windows[order[index * batch_size:(index + 1) * batch_size]]  # [B, bptt + 1], or [B, bptt]
-    if reconstruct:
-        return rows.t(), rows.t()  # [T, B] each
+def window_batch(windows: torch.Tensor, order: torch.Tensor, index: int, batch_size: int):
+    """Inputs and targets of batch `index` in the given window order: both [T, B]. A window holds one token
+    more than it reads."""
+    rows = windows[order[index * batch_size:(index + 1) * batch_size]]  # [B, bptt + 1]
     return rows[:, :-1].t(), rows[:, 1:].t()  # [T, B] each
 
 
@@ -159,9 +145,8 @@ class WindowBatches:
 
     carries_state = False
 
-    def __init__(self, windows: torch.Tensor, batch_size: int, seed: int | None, reconstruct: bool = False):
-        self.windows, self.batch_size, self.seed = windows, batch_size, seed  # windows [S, bptt (+ 1)]
-        self.reconstruct = reconstruct  # autoencoder: a window is its own target
+    def __init__(self, windows: torch.Tensor, batch_size: int, seed: int | None):
+        self.windows, self.batch_size, self.seed = windows, batch_size, seed  # windows [S, bptt + 1]
         self._order: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -175,27 +160,22 @@ class WindowBatches:
             else:
                 order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
             self._order = (epoch, order)
-        return window_batch(self.windows, self._order[1], index, self.batch_size, self.reconstruct)
+        return window_batch(self.windows, self._order[1], index, self.batch_size)
 
 
-def held_out_batches(encoded: list[list[int]], config: Config):
-    """What held-out perplexity is scored on: the held-out stream, state carried across segments, or under
-    the autoencoder the held-out documents' windows, each reconstructed from its own summary."""
+def held_out_batches(encoded: list[list[int]], config: Config) -> StreamBatches:
+    """What held-out perplexity is scored on: the held-out stream, state carried across segments."""
     bptt, batch_size = config.lm.bptt, config.lm.eval_batch_size
-    if config.lm.objective == "autoencoder":
-        return WindowBatches(autoencoder_windows(encoded, bptt), batch_size, None, reconstruct=True)
     return StreamBatches(batchify(stream(encoded), batch_size, bptt, "held-out"), bptt)
 
 
 def training_batches(encoded: list[list[int]], config: Config):
-    """The training batches lm.batching and lm.objective ask for; too little text for one batch is a one-line
-    error."""
+    """The training batches lm.batching asks for; too little text for one batch is a one-line error."""
     bptt, batch_size = config.lm.bptt, config.train.batch_size
     if config.lm.batching == "stream":
         return StreamBatches(batchify(stream(encoded), batch_size, bptt, "training"), bptt)
-    reconstruct = config.lm.objective == "autoencoder"
-    windows = autoencoder_windows(encoded, bptt) if reconstruct else document_windows(encoded, bptt)
+    windows = document_windows(encoded, bptt)
     if windows.shape[0] < batch_size:
         raise SentimentRNNError(f"the LM training text gives {windows.shape[0]} windows of {bptt} tokens, too few to "
                                 f"fill one batch of {batch_size}; add text to lm.source or lower train.batch_size")
-    return WindowBatches(windows, batch_size, config.seed, reconstruct)
+    return WindowBatches(windows, batch_size, config.seed)

@@ -14,6 +14,7 @@ from torch import nn
 
 from sentiment_rnn.config import LMConfig, ModelConfig
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.models import build_model
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h, or (h, c) for an LSTM: each [layers, B, H]
 
@@ -75,15 +76,10 @@ def check_model_config(cfg: ModelConfig) -> None:
                                 "model.encoder: layer and model.bidirectional: false")
 
 
-def build_language_model(model_cfg: ModelConfig, lm_cfg: LMConfig, vocab_size: int) -> nn.Module:
-    """The LM (lm.objective next_word) or the sequence autoencoder (autoencoder) around the very embedding and
-    encoder modules a classifier of model_cfg would have."""
-    from sentiment_rnn.lm.autoencoder import SequenceAutoencoder
-    from sentiment_rnn.models import build_model
-
+def build_language_model(model_cfg: ModelConfig, lm_cfg: LMConfig, vocab_size: int) -> LanguageModel:
+    """The LM around the very embedding and encoder modules a classifier of model_cfg would have."""
     check_model_config(model_cfg)
     classifier = build_model(model_cfg, vocab_size, 2, lm_cfg.bptt)  # its head is dropped: classes do not matter
-    kind = SequenceAutoencoder if lm_cfg.objective == "autoencoder" else LanguageModel
-    return kind(classifier.embedding, classifier.encoder, model_cfg.hidden_size, vocab_size,
+    return LanguageModel(classifier.embedding, classifier.encoder, model_cfg.hidden_size, vocab_size,
                 usable_cutoffs(lm_cfg.cutoffs, vocab_size), lm_cfg.div_value,
                 model_cfg.embedding_dropout, model_cfg.head_dropout)

@@ -1,15 +1,12 @@
-"""`sentiment-rnn pretrain-lm`: train the classifier's embedding and encoder as a next-word language model,
-or (lm.objective: autoencoder) as the encoder of a sequence autoencoder (lm/autoencoder.py).
+"""`sentiment-rnn pretrain-lm`: train the classifier's embedding and encoder as a next-word language model.
 
 Reads top to bottom: config -> corpus -> tokenizer -> batches -> model -> optimizer -> explicit loop ->
 save. The optimizer, epochs, batch size, threads and checkpointing are the train.* keys; corpus and
 batching are lm.* (config.py). Held-out perplexity is scored every epoch on lm.held_out of the corpus's own
-training documents, never on a classifier's validation or test rows; under the autoencoder it is the
-reconstruction perplexity of those documents' windows.
+training documents, never on a classifier's validation or test rows.
 
 Run directory: config.yaml, tokenizer.json, corpus.json (what was read, checked on --resume), then at the
-end model.safetensors (embedding.*, encoder.*, head.*, and the autoencoder's decoder.*), meta.json
-(with lm.objective), curves.png and metrics.json last;
+end model.safetensors (embedding.*, encoder.*, head.*), meta.json, curves.png and metrics.json last;
 checkpoint.pt while training. A resume restores model, optimizer, RNG and the carried hidden state, so it
 ends with the same weights as an uninterrupted run.
 """
@@ -90,13 +87,12 @@ def read_lm_source(config: Config) -> InitSource | None:
     if not source.lm_softmax:
         raise SentimentRNNError(f"model.init_from '{config.model.init_from}' is a classifier run; pretrain-lm "
                                 "continues a pretrain-lm run (it needs that run's output softmax)")
-    # The softmax of an autoencoder run reads its decoder's states, a next-word LM's its encoder's: continuing
-    # one as the other would start the new objective from a head trained for another input.
-    theirs = rundir.read_json(source.path / rundir.META).get("objective", "next_word")
-    if theirs != config.lm.objective:
-        raise SentimentRNNError(f"model.init_from '{config.model.init_from}' was pretrained with lm.objective "
-                                f"{theirs}, this config has {config.lm.objective}; set lm.objective: {theirs} to "
-                                "continue it (train's model.init_from starts a classifier from either)")
+    # A sequence-autoencoder run (lm.objective: autoencoder, removed) has a softmax trained on its decoder's
+    # states: continuing it as a language model would start from a head trained for another input.
+    if rundir.read_json(source.path / rundir.META).get("objective", "next_word") != "next_word":
+        raise SentimentRNNError(f"model.init_from '{config.model.init_from}' is a sequence-autoencoder run (removed); "
+                                "pretrain-lm continues language models only: start a new one (train's "
+                                "model.init_from still starts a classifier from it)")
     return source
 
 
@@ -146,7 +142,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, lr: float):
 @torch.no_grad()
 def held_out_loss(model: nn.Module, batches) -> float:
     """Mean per-token loss over the held-out batches (lm.data.held_out_batches): next-word loss over the
-    stream, state carried across segments, or the autoencoder's reconstruction loss over document windows."""
+    stream, state carried across segments."""
     model.eval()
     total, count, hidden = 0.0, 0, None
     for index in range(len(batches)):
@@ -232,12 +228,12 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
 
 
 def setup_model(config: Config, vocab_size: int, source: InitSource | None) -> nn.Module:
-    """The objective's model, freshly seeded, or continuing model.init_from's run with every one of its tensors."""
+    """The language model, freshly seeded, or continuing model.init_from's run with every one of its tensors."""
     seed_everything(config.seed)
     model = build_language_model(config.model, config.lm, vocab_size)
     if source is not None:
         try:
-            model.load_state_dict({**source.state, **source.lm_softmax, **source.decoder})  # every tensor: strict
+            model.load_state_dict({**source.state, **source.lm_softmax})  # every tensor: strict
         except RuntimeError:
             raise SentimentRNNError(f"model.init_from '{source.path}' has another output softmax; give lm.cutoffs "
                                     "and lm.div_value the values of its config.yaml") from None
@@ -292,7 +288,7 @@ def _pretrain_into(config: Config, output: Path, tokenizer, batches, held, recor
             if interrupt.requested:
                 raise LMInterrupted(output, p.epoch, 0)
 
-    metrics = {"objective": config.lm.objective, "history": p.history,
+    metrics = {"history": p.history,
                "held_out_perplexity": p.history[-1]["held_out_perplexity"],
                "train_seconds": p.train_seconds, "tokens_per_s": p.train_tokens / max(p.train_seconds, 1e-9),
                "parameters": sum(t.numel() for t in model.parameters()), "threads": threads,
@@ -313,7 +309,7 @@ def save_run(output: Path, model: nn.Module, tokenizer, config: Config, metrics:
     rundir.write_json(output / rundir.META, {
         "kind": "language_model", "weights_sha256": weights_sha256(payload), "vocab_size": tokenizer.get_vocab_size(),
         "cutoffs": model.head.cutoffs[:-1],
-        "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching, "objective": config.lm.objective,
+        "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
         "init_from": source.record() if source else None, "versions": rundir.versions()})
     from sentiment_rnn.plots import plot_lm_curve
 

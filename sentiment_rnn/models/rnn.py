@@ -98,12 +98,12 @@ class RNNClassifier(nn.Module):
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(encoder.output_size * (3 if pooling == "concat" else 1), num_classes)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, return_outputs: bool = False):
-        """input_ids [T, B], lengths [B] -> logits [B, C] (and the top layer's outputs [T, B, D*H])."""
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """input_ids [T, B], lengths [B] -> logits [B, C]."""
         x = self.embedding_dropout(self.embedding(input_ids))  # [T, B, E]
         out, final = self.encoder(x, lengths)  # [T, B, D*H], [B, D*H]
         logits = self.head(self.head_dropout(self.pool(out, final, lengths)))  # [B, C]
-        return (logits, out) if return_outputs else logits
+        return logits
 
     def pool(self, out: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The head's input: final [B, D*H] itself, or [final, max, mean] [B, 3*D*H] under pooling concat."""
