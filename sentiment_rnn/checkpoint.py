@@ -262,3 +262,10 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             keys.append(f"{prefix}{key}")
     return sorted(keys)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator training draws from (rng_state lists them), so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -116,9 +116,9 @@ def _heavy_imports() -> Iterator[None]:
 
     Importing torch alone runs hundreds of collections that free nothing, and each later full collection
     would walk its hundreds of thousands of objects again. Frozen objects are still freed by reference
-    counting; only the cycle collector skips them. The trick itself lives in sentiment_rnn/speed/process.py.
+    counting; only the cycle collector skips them. The trick itself lives in sentiment_rnn/runtime.py.
     """
-    from sentiment_rnn.speed.process import gc_paused
+    from sentiment_rnn.runtime import gc_paused
 
     with gc_paused():
         yield
@@ -190,8 +190,8 @@ class Precision(str, Enum):
 
 
 PrecisionOpt = Annotated[Precision, typer.Option(
-    help="fp32 runs the model as trained; bf16 is about 1.6x faster on CPUs with native bf16 (AVX512-BF16, AMX), "
-         "with probabilities within about 0.02.")]
+    help="fp32 runs the model as trained; bf16 runs it in bfloat16, faster on CPUs with native bf16 "
+         "(AVX512-BF16, AMX), with slightly different probabilities (README, Benchmarks).")]
 
 
 class Backend(str, Enum):

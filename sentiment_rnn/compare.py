@@ -22,7 +22,7 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.predict import Predictor
 from sentiment_rnn.probe import DEFAULT_PROBE, load_probe, score_probe
-from sentiment_rnn.train import Reporter, prepare_output, train
+from sentiment_rnn.train import Reporter, train
 
 LENGTHS = (16, 64, 256, 1024)  # sentence lengths L at which parameters are counted
 RUN_PREFIX = {"rnn": "rnn", "per_word_linear": "baseline"}  # model kind -> run directory prefix
@@ -90,7 +90,7 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
     positive = positive_label(labels, positive)
     notes = [] if positive else [f"the context probe needs two classes; this data has {len(labels)} "
                                  f"({', '.join(labels)}), so its rows are skipped"]
-    prepare_output(output_dir, overwrite)
+    rundir.prepare_output(output_dir, overwrite)
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {kind: [] for kind in RUN_PREFIX}
     for i in range(seeds):

@@ -12,9 +12,8 @@ import datasets
 import numpy as np
 import torch
 
-from sentiment_rnn.batching import pad_time_major
+from sentiment_rnn.runtime import gc_paused
 from sentiment_rnn.sources import EMBEDDED, EMBEDDED_LABELS, FORMATS, embedded_csv, load_raw, resolve_source
-from sentiment_rnn.speed.process import gc_paused
 from sentiment_rnn.splits import (
     ROW,
     Splits,
@@ -25,7 +24,7 @@ from sentiment_rnn.splits import (
     load_splits,
     recorded_split,
 )
-from sentiment_rnn.tokenizer import encode_ids
+from sentiment_rnn.tokenizer import encode_ids, pad_time_major
 
 __all__ = ["EMBEDDED", "EMBEDDED_LABELS", "FORMATS", "ROW", "BucketBatchSampler", "EncodedBatches", "Splits",
            "column_numpy", "describe_splits", "embedded_csv", "encode", "encode_splits", "label_names",

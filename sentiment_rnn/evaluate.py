@@ -9,8 +9,7 @@ import torch
 from sentiment_rnn import data as data_lib
 from sentiment_rnn import rundir
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.metrics import classification_metrics
-from sentiment_rnn.train import predict_batches
+from sentiment_rnn.scoring import classification_metrics, predict_batches
 
 
 def evaluate_run(model_dir: Path | None, source: str | None = None, split: str | None = None,

@@ -1,6 +1,6 @@
-"""Fine-tuning a classifier that starts from a pretrained run (`model.init_from`), and the training
-techniques that keep what was pretrained: per-layer learning rates (`train.layer_lr_decay`), a per-batch
-schedule (`train.schedule`) and gradual unfreezing (`train.unfreeze`).
+"""Starting from a pretrained run (`model.init_from`): reading and checking the source run, copying its tensors.
+The training techniques that keep what was pretrained (per-layer rates, schedules, gradual unfreezing) are in
+optim.py.
 
 The source is a `pretrain-lm` run or another classifier run. Its embedding and encoder are copied into the
 new classifier (the head is the new task's own), and its tokenizer is reused: the copied word vectors are
@@ -9,8 +9,6 @@ indexed by that tokenizer's ids, so a newly trained vocabulary would scramble th
 
 from __future__ import annotations
 
-import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,17 +16,12 @@ import torch
 from torch import nn
 
 from sentiment_rnn import rundir
-from sentiment_rnn.config import Config, ModelConfig, TrainConfig
+from sentiment_rnn.config import Config, ModelConfig
 from sentiment_rnn.errors import SentimentRNNError
 
 SHARED_PREFIXES = ("embedding.", "encoder.")  # what a classifier takes from its source run
 LM_SOFTMAX_PREFIXES = ("head.head.", "head.tail.")  # a pretrain-lm run's adaptive softmax: continuing it reads it
 SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
-
-
-def weights_sha256(payload: bytes) -> str:
-    """The digest meta.json records for model.safetensors, so a source run's weights can be checked."""
-    return hashlib.sha256(payload).hexdigest()
 
 
 @dataclass
@@ -62,7 +55,7 @@ def read_init_source(config: Config) -> InitSource | None:
                                 f"(--resume {spec}) or point model.init_from at a complete run")
     check_same_shape(run, config.model)
     payload = (run / rundir.WEIGHTS).read_bytes()
-    digest = weights_sha256(payload)
+    digest = rundir.weights_sha256(payload)
     recorded = rundir.read_json(run / rundir.META).get("weights_sha256")
     # A run saved before meta.json recorded the digest has nothing to compare against: it is not checked.
     if recorded is not None and recorded != digest:
@@ -99,10 +92,8 @@ def read_weights(run: Path, payload: bytes) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_init(model: nn.Module, source: InitSource | None) -> None:
+def load_init(model: nn.Module, source: InitSource) -> None:
     """Copy the source's embedding and encoder tensors into the model; each one the model has must be there."""
-    if source is None:
-        return
     own = sorted(k for k in model.state_dict() if k.startswith(SHARED_PREFIXES))
     missing = [k for k in own if k not in source.state]
     if missing:
@@ -116,73 +107,3 @@ def load_init(model: nn.Module, source: InitSource | None) -> None:
                                 "start from a run of the same model.* shape") from None
 
 
-def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    """(name, parameters) from input to output; a model without the seam is one group."""
-    if not hasattr(model, "parameter_groups"):
-        return [("all", list(model.parameters()))]
-    return model.parameter_groups()
-
-
-def layered_parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW param groups with discriminative learning rates (ULMFiT): the head gets train.lr, each group
-    below it train.lr divided by train.layer_lr_decay once more. Lower layers hold the more general
-    pretrained features, so they move least. Weight decay as in train.parameter_groups."""
-    groups = []
-    names = {id(p): n for n, p in model.named_parameters()}
-    for depth, (name, params) in enumerate(reversed(layer_groups(model))):
-        scale = cfg.layer_lr_decay ** -depth
-        decay = [p for p in params if p.ndim >= 2 and not names[id(p)].startswith("embedding")]
-        no_decay = [p for p in params if p.ndim < 2 or names[id(p)].startswith("embedding")]
-        for subset, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
-            if subset:
-                groups.append({"params": subset, "weight_decay": wd, "lr": cfg.lr * scale, "lr_scale": scale,
-                               "name": name})
-    return groups
-
-
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """train.schedule as a torch.optim.lr_scheduler stepped once per batch, or None for constant.
-
-    onecycle: OneCycleLR (warm up over the first 10% of all steps, then cosine decay), close to ULMFiT's
-    slanted triangular rate. warmup_linear: a linear warm-up over train.warmup_steps, then linear decay to
-    zero at the last step. Both start low, so a random head's first large gradients cannot wreck the
-    pretrained layers. The total is epochs x steps; early stopping may end before the decay finishes.
-    """
-    if cfg.schedule == "constant":
-        return None
-    total = max(1, cfg.epochs * steps_per_epoch)
-    peaks = [group["lr"] for group in optimizer.param_groups]
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=0.1,
-                                                   cycle_momentum=False)
-    warmup = min(cfg.warmup_steps, total - 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def trainable_groups(epoch: int, cfg: TrainConfig, count: int) -> int:
-    """How many layer groups, counted from the head down, train in `epoch` (1-based) under train.unfreeze."""
-    if cfg.unfreeze is None:
-        return count
-    return min(count, math.ceil(epoch / cfg.unfreeze))
-
-
-def apply_unfreeze(model: nn.Module, epoch: int, cfg: TrainConfig, frozen_embedding: bool = False) -> None:
-    """Gradual unfreezing: the head alone first, then one more layer group every train.unfreeze epochs.
-
-    A frozen parameter gets no gradient, and AdamW skips parameters without one, so it neither moves nor
-    decays. A pretrained embedding frozen by model.embedding.freeze stays frozen.
-    """
-    if cfg.unfreeze is None:
-        return
-    layers = layer_groups(model)
-    open_from = len(layers) - trainable_groups(epoch, cfg, len(layers))
-    for index, (name, params) in enumerate(layers):
-        train = index >= open_from and not (name == "embedding" and frozen_embedding)
-        for param in params:
-            param.requires_grad_(train)

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from sentiment_rnn import rundir
-from sentiment_rnn.batching import pad_lists
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.inputs import lines
 from sentiment_rnn.records import prediction_records, stream_records
 from sentiment_rnn.rundir import sha256
 from sentiment_rnn.runtime import default_threads
-from sentiment_rnn.tokenizer import encode_ids, load_tokenizer
+from sentiment_rnn.tokenizer import encode_ids, load_tokenizer, pad_lists
 
 MODEL, LABELS, HELDOUT = "model.onnx", "labels.json", "heldout.jsonl"
 FILES = (MODEL, rundir.TOKENIZER, LABELS, rundir.CONFIG, HELDOUT)  # each one's sha256 is in meta.json
@@ -130,7 +129,7 @@ class OnnxPredictor:
 
 def evaluate_export(export_dir: Path | None, split: str | None = "test") -> dict:
     """Metrics of an export on the run's own held-out rows (heldout.jsonl), as `evaluate` reports a run's."""
-    from sentiment_rnn.metrics import classification_metrics
+    from sentiment_rnn.scoring import classification_metrics
 
     split = split or "test"  # evaluate's --split defaults to the test rows
     if split not in ("test", "validation"):

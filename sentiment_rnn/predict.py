@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 
 from sentiment_rnn import runtime
-from sentiment_rnn.batching import pad_lists
 from sentiment_rnn.records import prediction_records, stream_records
 from sentiment_rnn.rundir import LoadedRun, load_run
-from sentiment_rnn.tokenizer import encode_ids
+from sentiment_rnn.tokenizer import encode_ids, pad_lists
 
 CHARS_PER_TOKEN_CAP = 64  # texts are cut at max_length * this many characters before tokenizing
 FIRST_BLOCK, BLOCK = 512, 2048  # texts per tokenizer call: a small first one, so the model starts early

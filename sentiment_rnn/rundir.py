@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -206,3 +207,36 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
         raise SentimentRNNError(f"'{run / WEIGHTS}' does not fit config.yaml ({first}); train again") from None
     model.to(device=torch.device(device), dtype=getattr(torch, PRECISIONS[precision])).eval()
     return LoadedRun(run, config, tokenizer, model, meta)
+
+
+def weights_sha256(payload: bytes) -> str:
+    """The digest meta.json records for model.safetensors, so the weights can be checked when read back."""
+    return hashlib.sha256(payload).hexdigest()
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to write into a file or over an existing run, before any time is spent on data."""
+    if output.exists() and not output.is_dir():
+        raise SentimentRNNError(f"'{output}' is a file, not a directory; choose another --output")
+    try:
+        occupied = output.is_dir() and any(output.iterdir())
+    except OSError as exc:
+        raise SentimentRNNError(
+            f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
+    if occupied and not overwrite:
+        if (output / CHECKPOINT).is_file() and not is_complete(output):
+            raise SentimentRNNError(f"run directory '{output}' holds an unfinished run; continue it with "
+                                    f"--resume {output}, or pass --overwrite to start over")
+        raise SentimentRNNError(f"run directory '{output}' already exists; pass --overwrite to replace it "
+                                "or --output DIR to write elsewhere")
+
+
+def prepare_output(output: Path, overwrite: bool) -> None:
+    check_output(output, overwrite)
+    if output.is_dir() and overwrite:
+        shutil.rmtree(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SentimentRNNError(
+            f"cannot create run directory '{output}' ({exc.strerror}); choose another --output") from None

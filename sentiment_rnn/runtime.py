@@ -1,12 +1,21 @@
-"""Process-wide runtime settings shared by training and prediction: intra-op threads and bf16 support.
+"""Process-wide runtime settings shared by training and prediction: intra-op threads, bf16 support, and two
+process tricks every command uses, glibc heap tuning (ctypes `mallopt`) and garbage-collector pausing.
 
-torch is imported where it is used, so the CLI can import this module before torch. The heap and
-garbage-collector tricks live in the speed opt-in (sentiment_rnn/speed/process.py).
+The tricks trade portability and a little obscurity for memory and time: glibc alone has `mallopt`
+(elsewhere the heap functions do nothing), and pausing the collector is safe only around code that makes
+many long-lived objects without reference cycles. Their uses are few and named: scoring many rows
+(`flat_heap`), encoding batches of text and importing torch (`gc_paused`). They are not behind a switch:
+they bound start-up time and peak memory for every user. torch is imported where it is used, so the CLI can
+import this module before torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
+from collections.abc import Iterator
 
 
 def default_threads() -> int:
@@ -39,3 +48,63 @@ def native_bf16(device: str = "cpu") -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return any(check() for check in checks if check is not None)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+SCORING_MMAP_THRESHOLD = 1 << 20  # blocks over 1 MB are mmap'ed, so freeing them gives the memory back
+TRAINING_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling: training's steady shapes reuse the heap
+
+
+def _set_mmap_threshold(nbytes: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    libc.mallopt(M_MMAP_THRESHOLD, nbytes)
+
+
+@contextlib.contextmanager
+def flat_heap() -> Iterator[None]:
+    """Score many rows without the heap keeping what they leave behind (glibc only).
+
+    glibc returns a freed block to the system only if it was mmap'ed, and it raises its mmap threshold
+    after each such free, so scoring hundreds of thousands of held-out rows grows RSS; a fixed 1 MB
+    threshold keeps it flat. That threshold must not outlive the scoring: every training step frees a
+    multi-MB embedding gradient, and mmap'ing it anew each step (page faults and zeroing) slows training.
+    Outside, the threshold is glibc's ceiling.
+    """
+    _set_mmap_threshold(SCORING_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        _set_mmap_threshold(TRAINING_MMAP_THRESHOLD)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection while many long-lived, acyclic objects are made: a batch's encodings, or
+    the command line's imports of torch and a run.
+
+    Tens of thousands of new objects trigger full collections that walk everything the process holds
+    (torch, datasets) and free nothing, since lists of ids hold no cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def resolve_device(name: str):
+    """train.device as a torch.device: auto picks CUDA when a GPU is visible."""
+    import torch
+
+    from sentiment_rnn.errors import SentimentRNNError
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SentimentRNNError("train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -3,21 +3,27 @@
 [PAD] is id 0 (the embedding's padding_idx) and [UNK] id 1. The pre-tokenizer is `Whitespace`
 (`\\w+|[^\\w\\s]+`): it splits words from punctuation in one Rust pass, where `Whitespace` +
 `Punctuation` or `BertPreTokenizer` take two.
+
+Ids become a time-major padded batch here too (`pad_lists`, `pad_time_major`), for training (Arrow rows)
+and predict (Python lists) alike.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from sentiment_rnn.config import TokenizerConfig
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.lm.tokenizer import WORD_PATTERN
-from sentiment_rnn.speed.process import gc_paused
+from sentiment_rnn.runtime import gc_paused
 
 PAD, UNK = "[PAD]", "[UNK]"
+# A word before "n't" (does|n't, ca|n't as in PTB), the clitics themselves, other words, punctuation runs.
+WORD_PATTERN = r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\w+|[^\w\s]"
 CHARS_PER_TOKEN = 6  # characters read per kept token before falling back to the whole text (English: ~5)
 CUT_TOKENS = 3  # tokens a cut can spoil at the end: a split word, or '!<br /' read as '!<', 'br', '/'
 
@@ -83,3 +89,23 @@ def encode_ids(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[
             for i, e in zip(redo, again, strict=True):
                 ids[i] = e.ids
         return [x[:max_length] or [unk] for x in ids]
+
+
+def pad_time_major(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Every token of a batch, sentence after sentence ([N]), and each sentence's length ([B]) -> [T, B] ids.
+
+    One scatter instead of a tensor per sentence: pad_sequence over 256 small tensors cost more than
+    the RNN's forward pass on them. [PAD] is 0 and T is the longest length.
+    """
+    column = np.repeat(np.arange(len(lengths)), lengths)  # [N] which sentence each token belongs to
+    time = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # [N] its position
+    input_ids = np.zeros((lengths.max(initial=1), len(lengths)), dtype=np.int64)  # [T, B]
+    input_ids[time, column] = values
+    return input_ids
+
+
+def pad_lists(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Python lists of ids -> ([T, B] ids, [B] lengths)."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    values = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+    return pad_time_major(values, lengths), lengths

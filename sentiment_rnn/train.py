@@ -8,25 +8,28 @@ test split is scored once, at the end, with the kept weights.
 
 from __future__ import annotations
 
-import random
+import contextlib
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from sentiment_rnn import checkpoint, distributed, finetune, rundir, runtime, tracking
+from sentiment_rnn import checkpoint, distributed, optim, rundir, runtime
 from sentiment_rnn import data as data_lib
 from sentiment_rnn.checkpoint import Progress
 from sentiment_rnn.config import Config, TrainConfig, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.metrics import classification_metrics
 from sentiment_rnn.models import build_model, count_parameters
-from sentiment_rnn.speed.process import flat_heap
+from sentiment_rnn.scoring import classification_metrics, predict_batches, to_device
 from sentiment_rnn.tokenizer import load_tokenizer, train_tokenizer
+
+if TYPE_CHECKING:
+    from sentiment_rnn.finetune import InitSource
 
 
 class Reporter:
@@ -38,49 +41,10 @@ class Reporter:
     def epoch_end(self, record: dict) -> None: ...
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SentimentRNNError("train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train_tokenizer_on_split(splits: data_lib.Splits, config: Config):
     """Learn the vocabulary from the training split's texts only."""
     texts = (batch["text"] for batch in splits.train.select_columns(["text"]).iter(batch_size=1000))
     return train_tokenizer(texts, config.tokenizer, total=len(splits.train))
-
-
-def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW's param groups: no weight decay on biases and the embedding (decaying rare words' vectors
-    to zero hurts). Per-layer learning rates would split these further (model.parameter_groups())."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or name.startswith("embedding") else decay).append(param)
-    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over parameter_groups, split per layer group when train.layer_lr_decay gives each its own rate.
-    The fused kernel updates all parameters in one pass instead of one kernel per tensor, which matters
-    for the large embedding on CPU."""
-    layered = cfg.layer_lr_decay != 1.0
-    groups = finetune.layered_parameter_groups(model, cfg) if layered else parameter_groups(model, cfg)
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """train.schedule as a torch.optim.lr_scheduler stepped once per batch, or None (constant rate)."""
-    return finetune.build_schedule(optimizer, cfg, steps_per_epoch)
 
 
 def class_weights(cfg: TrainConfig, splits: data_lib.Splits) -> list[float] | None:
@@ -111,7 +75,7 @@ def build_loss(weights: list[float] | None, device: torch.device) -> nn.Module:
 
 def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch.device) -> nn.Module:
     """The config's model on the device; train.fast_cpu switches it onto the speed opt-in's kernels."""
-    seed_everything(config.seed)  # the same initial weights whatever ran before
+    checkpoint.seed_everything(config.seed)  # the same initial weights whatever ran before
     model = build_model(config.model, vocab_size, num_classes, config.data.max_length).to(device)
     if config.train.fast_cpu:
         from sentiment_rnn.speed import enable_fast_cpu
@@ -123,7 +87,7 @@ def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch
 def on_epoch_start(model: nn.Module, epoch: int, config: Config) -> None:
     """Per-epoch changes to the model before its epoch trains: gradual unfreezing (train.unfreeze)."""
     frozen = config.model.embedding.freeze and config.model.embedding.pretrained is not None
-    finetune.apply_unfreeze(model, epoch, config.train, frozen_embedding=frozen)
+    optim.apply_unfreeze(model, epoch, config.train, frozen_embedding=frozen)
 
 
 def check_pretrained(config: Config) -> None:
@@ -151,30 +115,6 @@ def load_pretrained(model: nn.Module, config: Config, tokenizer) -> float | None
         model.embedding.weight.copy_(weights)
     model.embedding.weight.requires_grad_(not emb.freeze)
     return coverage
-
-
-def to_device(batch, device: torch.device):
-    input_ids, lengths, labels = batch
-    overlap = device.type == "cuda"  # pinned host memory lets the copy overlap compute
-    return tuple(t.to(device, non_blocking=overlap) for t in (input_ids, lengths, labels))
-
-
-@torch.no_grad()
-def predict_batches(model: nn.Module, loader, device: torch.device) -> dict:
-    """Loss, predictions and probabilities over a loader, in the loader's order."""
-    model.eval()
-    total_loss, preds, labels, probs = 0.0, [], [], []
-    with flat_heap():  # a held-out split may have hundreds of thousands of rows
-        for batch in loader:
-            input_ids, lengths, y = to_device(batch, device)
-            logits = model(input_ids, lengths).float()  # [B, C]
-            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            probs.append(logits.softmax(-1).cpu())
-            preds.append(logits.argmax(-1).cpu())
-            labels.append(y.cpu())
-    y_true, y_pred = torch.cat(labels), torch.cat(preds)
-    return {"loss": total_loss / max(1, len(y_true)), "accuracy": (y_true == y_pred).float().mean().item(),
-            "y_true": y_true.tolist(), "y_pred": y_pred.tolist(), "probs": torch.cat(probs)}
 
 
 def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float] | None:
@@ -212,34 +152,6 @@ def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float]
     return (picked.sum(1) / valid.sum(1).clamp(min=1)).tolist()
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse to write into a file or over an existing run, before any time is spent on data."""
-    if output.exists() and not output.is_dir():
-        raise SentimentRNNError(f"'{output}' is a file, not a directory; choose another --output")
-    try:
-        occupied = output.is_dir() and any(output.iterdir())
-    except OSError as exc:
-        raise SentimentRNNError(
-            f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
-    if occupied and not overwrite:
-        if (output / rundir.CHECKPOINT).is_file() and not rundir.is_complete(output):
-            raise SentimentRNNError(f"run directory '{output}' holds an unfinished run; continue it with "
-                                    f"--resume {output}, or pass --overwrite to start over")
-        raise SentimentRNNError(f"run directory '{output}' already exists; pass --overwrite to replace it "
-                                "or --output DIR to write elsewhere")
-
-
-def prepare_output(output: Path, overwrite: bool) -> None:
-    check_output(output, overwrite)
-    if output.is_dir() and overwrite:
-        shutil.rmtree(output)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SentimentRNNError(
-            f"cannot create run directory '{output}' ({exc.strerror}); choose another --output") from None
-
-
 def train(config: Config, output: Path, reporter: Reporter | None = None, overwrite: bool = False,
           resume: bool = False, report_to: str | None = None) -> dict:
     """Train, evaluate and save a run; returns metrics.json's content.
@@ -256,13 +168,16 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     if resume:
         checkpoint.check_resumable(output, config.train.epochs)
     elif main:
-        check_output(output, overwrite)
+        rundir.check_output(output, overwrite)
     check_pretrained(config)
-    tracking.check(report_to)  # an unknown tracker or a missing package fails before the data is loaded
-    source = finetune.read_init_source(config)  # model.init_from, checked before any data is loaded
-    device = distributed.setup(resolve_device(config.train.device))  # joins torchrun's process group, if any
+    if report_to is not None:  # an unknown tracker or a missing package fails before the data is loaded
+        from sentiment_rnn import tracking
+
+        tracking.check(report_to)
+    source = read_init_source(config)  # model.init_from, checked before any data is loaded
+    device = distributed.setup(runtime.resolve_device(config.train.device))  # joins torchrun's process group, if any
     threads = runtime.configure_threads(config.train.threads)  # train.threads, or half the cores (at most 4)
-    seed_everything(config.seed)
+    checkpoint.seed_everything(config.seed)
 
     reporter.stage("Loading data")
     with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
@@ -270,7 +185,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     reporter.stage(data_lib.describe_splits(splits.record))
     class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
     if not resume and main:
-        prepare_output(output, overwrite)
+        rundir.prepare_output(output, overwrite)
     if resume and main and rundir.is_complete(output):
         reopen_finished(output, splits, config.train, reporter)
     try:
@@ -315,11 +230,11 @@ class Parts:
     output: Path
     reporter: Reporter
     probe_batch: tuple  # the validation batch the gradient probe reads
-    logger: tracking.NoLogger = field(default_factory=tracking.NoLogger)  # --report-to's, or one doing nothing
+    logger: object | None = None  # --report-to's (tracking.py), or None: nothing is logged
 
 
 def setup_tokenizer(config: Config, output: Path, splits: data_lib.Splits, reporter: Reporter, resume: bool,
-                    source: finetune.InitSource | None = None):
+                    source: InitSource | None = None):
     """A resumed run reads its own tokenizer; a new one trains it (and writes the split record), or reuses
     model.init_from's, whose ids the copied embedding rows follow."""
     main = distributed.is_main()
@@ -361,7 +276,7 @@ def longest_batch(loader: torch.utils.data.DataLoader):
 
 
 def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
-                reporter: Reporter, resume: bool = False, source: finetune.InitSource | None = None,
+                reporter: Reporter, resume: bool = False, source: InitSource | None = None,
                 report_to: str | None = None) -> dict:
     if distributed.is_main():
         rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
@@ -369,11 +284,14 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     reporter.stage("Tokenizing")
     loaders = setup_data(config, splits, tokenizer, device)
     model = setup_model(config, tokenizer.get_vocab_size(), len(splits.label_names), device)
-    finetune.load_init(model, source)
+    if source is not None:
+        from sentiment_rnn.finetune import load_init
+
+        load_init(model, source)
     coverage = load_pretrained(model, config, tokenizer)
-    optimizer = build_optimizer(model, config.train)
+    optimizer = optim.build_optimizer(model, config.train)
     weights = class_weights(config.train, splits)
-    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch(loaders.train, config.train))
+    scheduler = optim.build_scheduler(optimizer, config.train, steps_per_epoch(loaders.train, config.train))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.train.amp_bf16 and device.type == "cuda")
     parts = Parts(config, model, distributed.wrap(model, device), optimizer, scheduler,
                   build_loss(weights, device), loaders, device, autocast, output, reporter,
@@ -382,7 +300,7 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
     if resume:
         reporter.stage(f"Resuming from {checkpoint_path(parts)}")
         progress = checkpoint.load(checkpoint_path(parts), model, optimizer, lr=config.train.lr, scheduler=scheduler)
-    with tracking.open_logger(report_to if distributed.is_main() else None, output) as parts.logger:
+    with open_logger(report_to, output) as parts.logger:
         progress = train_epochs(parts, progress)
 
     reporter.stage("Scoring the test split")
@@ -395,6 +313,24 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
         save_run(output, model, tokenizer, splits, config, metrics, source)
         checkpoint_path(parts).unlink(missing_ok=True)  # the run is complete: final_state.pt has what it held
     return metrics
+
+
+def read_init_source(config: Config) -> InitSource | None:
+    """model.init_from's source run, read and checked (finetune.py, imported only then); None from scratch."""
+    if config.model.init_from is None:
+        return None
+    from sentiment_rnn.finetune import read_init_source as read
+
+    return read(config)
+
+
+def open_logger(report_to: str | None, output: Path):
+    """--report-to's logger on rank 0 (tracking.py, imported only then), else a context holding None."""
+    if report_to is None or not distributed.is_main():
+        return contextlib.nullcontext(None)
+    from sentiment_rnn.tracking import open_logger as open_tracker
+
+    return open_tracker(report_to, output)
 
 
 def steps_per_epoch(loader: torch.utils.data.DataLoader, cfg: TrainConfig) -> int:
@@ -432,7 +368,8 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
                     parts.scheduler.step()  # schedules count batches, not epochs
                 record_step(progress, step, float(norm), loss.item(), logits, y, lengths)
                 parts.reporter.step(loss.item(), progress.correct / progress.seen, progress.tokens)
-                parts.logger.step(progress.step, loss.item(), float(norm), parts.optimizer)
+                if parts.logger is not None:
+                    parts.logger.step(progress.step, loss.item(), float(norm), parts.optimizer)
                 if step >= steps:
                     break  # the end-of-epoch checkpoint below covers the last step
                 if interrupt.requested or checkpoint_due(cfg, progress):
@@ -502,7 +439,8 @@ def finish_epoch(parts: Parts, progress: Progress, seconds: float) -> None:
             progress.probes.append({"epoch": epoch, "norms": norms})
     record["best"] = keep_if_best(progress, parts.model, val, epoch)
     parts.reporter.epoch_end(record)
-    parts.logger.epoch(record, parts.optimizer)
+    if parts.logger is not None:
+        parts.logger.epoch(record, parts.optimizer)
     progress.stopped = progress.stale >= cfg.patience
     progress.next_epoch()
 
@@ -553,7 +491,7 @@ def non_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig, ckpt_p
 
 
 def save_run(output: Path, model: nn.Module, tokenizer, splits: data_lib.Splits, config: Config, metrics: dict,
-             source: finetune.InitSource | None = None) -> None:
+             source: InitSource | None = None) -> None:
     """Weights, meta and figures first; metrics.json last, so its presence means the run is complete.
     meta.json records the weights' sha256 (checked when a run is used as model.init_from) and the source."""
     from safetensors.torch import save as save_safetensors
@@ -566,7 +504,7 @@ def save_run(output: Path, model: nn.Module, tokenizer, splits: data_lib.Splits,
     rundir.write_json(output / rundir.META, {
         "label_names": splits.label_names, "vocab_size": tokenizer.get_vocab_size(),
         "max_length": config.data.max_length, "model_kind": config.model.kind, "versions": rundir.versions(),
-        "weights_sha256": finetune.weights_sha256(payload), "init_from": source.record() if source else None})
+        "weights_sha256": rundir.weights_sha256(payload), "init_from": source.record() if source else None})
     plot_learning_curves(metrics["history"], output / rundir.CURVES)
     if metrics["grad_through_time"]:
         title = f"{config.name}: {config.model.cell}"

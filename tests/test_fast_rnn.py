@@ -51,6 +51,7 @@ def test_fast_rnn_layer_backward_passes_gradcheck(tanh, steps):
 
 
 def test_layer_encoder_takes_the_fast_kernel_only_when_switched_on_and_only_for_vanilla_rnns(monkeypatch):
+    from sentiment_rnn.speed import enable_fast_cpu
     from sentiment_rnn.speed import encoder as speed_encoder
 
     x = torch.randn(SEQ_LEN, len(LENGTHS), INPUT_SIZE)
@@ -59,11 +60,11 @@ def test_layer_encoder_takes_the_fast_kernel_only_when_switched_on_and_only_for_
     encoder = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, cell="rnn")
     encoder(x, LENGTHS)
     assert calls == []  # plain by default
-    encoder.fast_cpu = True
+    enable_fast_cpu(encoder)
     encoder(x, LENGTHS)
     assert calls == [1]
     gru = LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, cell="gru")
-    gru.fast_cpu = True
+    enable_fast_cpu(gru)
     gru(x, LENGTHS)
     assert calls == [1]  # GRU/LSTM keep torch's kernels
     assert not speed_rnn.supports(LayerEncoder(INPUT_SIZE, HIDDEN_SIZE, bidirectional=True).rnn, x)

@@ -21,7 +21,8 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.lm.pretrain import pretrain_lm
 from sentiment_rnn.models import build_model
 from sentiment_rnn.models.rnn import concat_pool
-from sentiment_rnn.train import build_optimizer, on_epoch_start, train
+from sentiment_rnn.optim import build_optimizer, build_scheduler
+from sentiment_rnn.train import on_epoch_start, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = ["model.cell=lstm", "model.hidden_size=24", "model.num_layers=2", "model.embedding_dim=16"]
@@ -59,7 +60,7 @@ def test_init_from_copies_exactly_the_pretrained_tensors_and_reuses_the_tokenize
     meta = json.loads((out / rundir.META).read_text())
     lm_meta = json.loads((lm_run / rundir.META).read_text())
     assert meta["init_from"] == {"path": str(lm_run.resolve()), "weights_sha256": lm_meta["weights_sha256"]}
-    assert meta["weights_sha256"] == finetune.weights_sha256((out / rundir.WEIGHTS).read_bytes())
+    assert meta["weights_sha256"] == rundir.weights_sha256((out / rundir.WEIGHTS).read_bytes())
 
 
 def test_bad_init_from_fails_in_one_line_naming_both_values_and_writes_nothing(lm_run, tmp_path):
@@ -184,8 +185,6 @@ def test_compare_baseline_starts_both_models_from_the_pretrained_embedding(lm_ru
 
 
 def test_warmup_linear_rises_over_the_warmup_steps_then_falls_linearly_to_zero():
-    from sentiment_rnn.train import build_scheduler
-
     config = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr=0.01", "train.schedule=warmup_linear",
                                                           "train.warmup_steps=3", "train.epochs=2"])
     model = build_model(config.model, 50, 2, 24)

@@ -140,7 +140,7 @@ train_tokenizer((b["text"] for b in splits.train.iter(100)), TokenizerConfig()).
 
 
 def test_pad_lists_equals_pad_sequence_time_major():
-    from sentiment_rnn.batching import pad_lists
+    from sentiment_rnn.tokenizer import pad_lists
 
     seqs = [[5, 6, 7], [8], [9, 10, 11, 12], [13, 14]]
     ids, lengths = pad_lists(seqs)

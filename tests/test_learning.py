@@ -15,8 +15,9 @@ from torch import nn
 
 from sentiment_rnn.config import Config, ModelConfig
 from sentiment_rnn.models import build_model
+from sentiment_rnn.optim import build_optimizer
 from sentiment_rnn.speed import enable_fast_cpu
-from sentiment_rnn.train import build_optimizer, train
+from sentiment_rnn.train import train
 
 VOCAB, CLASSES, MAX_LENGTH = 60, 2, 20
 

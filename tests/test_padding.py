@@ -62,7 +62,7 @@ def test_bidirectional_reversal_path_equals_the_packed_path(cell, num_layers):
     x = torch.randn(9, 5, 100)  # [T, B, E]
     lengths = torch.tensor([9, 3, 5, 1, 7])
     packed_out, packed_final = encoder(x, lengths)  # the plain route packs
-    encoder.fast_cpu = True  # the speed opt-in reverses within each length instead
+    enable_fast_cpu(encoder)  # the speed opt-in reverses within each length instead
     out, final = encoder(x, lengths)
     real = (torch.arange(9).view(-1, 1) < lengths).unsqueeze(-1)  # [T, B, 1]
     assert torch.allclose(final, packed_final, atol=1e-6)

@@ -29,12 +29,11 @@ from torch import nn
 from sentiment_rnn import checkpoint, rundir, runtime
 from sentiment_rnn.config import Config, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.finetune import InitSource, read_init_source, weights_sha256
+from sentiment_rnn.finetune import InitSource, read_init_source
 from sentiment_rnn.lm import data as lm_data
 from sentiment_rnn.lm.model import build_language_model, check_model_config, detach
 from sentiment_rnn.lm.tokenizer import train_lm_tokenizer
 from sentiment_rnn.tokenizer import load_tokenizer
-from sentiment_rnn.train import seed_everything
 
 CORPUS = "corpus.json"
 FORMAT = "lm-1"  # checkpoint layout; a checkpoint of another layout fails with a clear message
@@ -96,18 +95,6 @@ def read_lm_source(config: Config) -> InitSource | None:
     return source
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse to write into a file or over an existing run, before any time is spent."""
-    if output.exists() and not output.is_dir():
-        raise SentimentRNNError(f"'{output}' is a file, not a directory; choose another --output")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        if (output / rundir.CHECKPOINT).is_file() and not rundir.is_complete(output):
-            raise SentimentRNNError(f"run directory '{output}' holds an unfinished run; continue it with "
-                                    f"--resume {output}, or pass --overwrite to start over")
-        raise SentimentRNNError(f"run directory '{output}' already exists; pass --overwrite to replace it "
-                                "or --output DIR to write elsewhere")
-
-
 def save_checkpoint(path: Path, model: nn.Module, optimizer, progress: LMProgress, hidden) -> None:
     """Plain containers only, written atomically (checkpoint.py's rules), plus the carried hidden state."""
     hidden = [] if hidden is None else list(hidden) if isinstance(hidden, tuple) else [hidden]
@@ -151,7 +138,6 @@ def held_out_loss(model: nn.Module, batches) -> float:
         total, count = total + loss.item() * n, count + n
     model.train()
     return total / count
-
 
 
 def finish_epoch(p: LMProgress, seconds: float, val_loss: float) -> dict:
@@ -206,9 +192,9 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
     if resume:
         checkpoint.check_resumable(output)
     else:
-        check_output(output, overwrite)
+        rundir.check_output(output, overwrite)
     threads = runtime.configure_threads(config.train.threads)
-    seed_everything(config.seed)
+    checkpoint.seed_everything(config.seed)
     source = read_lm_source(config)
     tokenizer, batches, held, record = prepare_data(config, output, resume, reporter, source)
     if not resume:
@@ -229,7 +215,7 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
 
 def setup_model(config: Config, vocab_size: int, source: InitSource | None) -> nn.Module:
     """The language model, freshly seeded, or continuing model.init_from's run with every one of its tensors."""
-    seed_everything(config.seed)
+    checkpoint.seed_everything(config.seed)
     model = build_language_model(config.model, config.lm, vocab_size)
     if source is not None:
         try:
@@ -307,7 +293,8 @@ def save_run(output: Path, model: nn.Module, tokenizer, config: Config, metrics:
     payload = save_safetensors(state)
     rundir.atomic_write(output / rundir.WEIGHTS, payload)
     rundir.write_json(output / rundir.META, {
-        "kind": "language_model", "weights_sha256": weights_sha256(payload), "vocab_size": tokenizer.get_vocab_size(),
+        "kind": "language_model", "weights_sha256": rundir.weights_sha256(payload),
+        "vocab_size": tokenizer.get_vocab_size(),
         "cutoffs": model.head.cutoffs[:-1],
         "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
         "init_from": source.record() if source else None, "versions": rundir.versions()})

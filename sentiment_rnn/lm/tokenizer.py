@@ -16,13 +16,12 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 
 from sentiment_rnn.config import TokenizerConfig
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.tokenizer import WORD_PATTERN
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
 SPECIAL = [PAD, UNK, EOS]
 PTB_SPELLINGS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}",
                  "``": '"', "''": '"'}  # after lowercasing
-# A word before "n't" (does|n't, ca|n't as in PTB), the clitics themselves, other words, punctuation runs.
-WORD_PATTERN = r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\w+|[^\w\s]"
 
 
 def build_lm_tokenizer(cfg: TokenizerConfig) -> Tokenizer:

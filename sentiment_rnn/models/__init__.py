@@ -5,17 +5,22 @@ from __future__ import annotations
 from torch import nn
 
 from sentiment_rnn.config import ModelConfig
-from sentiment_rnn.models.baseline import PerWordLinear
-from sentiment_rnn.models.cells import CellEncoder
 from sentiment_rnn.models.rnn import LayerEncoder, RNNClassifier
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int, max_length: int) -> nn.Module:
-    """The model a config describes; vocab size and classes come from the data, not the config."""
+    """The model a config describes; vocab size and classes come from the data, not the config.
+
+    The baseline and the hand-unrolled cells are imported only when the config asks for them: the default
+    path reads models/rnn.py alone."""
     if cfg.kind == "per_word_linear":
+        from sentiment_rnn.models.baseline import PerWordLinear
+
         return PerWordLinear(vocab_size, num_classes, cfg.embedding_dim, max_length,
                              cfg.embedding_dropout, cfg.head_dropout)
     if cfg.encoder == "cells":
+        from sentiment_rnn.models.cells import CellEncoder
+
         encoder = CellEncoder(cfg.embedding_dim, cfg.layer_sizes(), cfg.cell, cfg.nonlinearity,
                               cfg.bidirectional, cfg.dropout)
     else:

@@ -44,8 +44,8 @@ class LayerEncoder(nn.Module):
 
     One-directional encoders run the padded batch and take the top layer's output at each sentence's
     last real token. Bidirectional encoders pack the batch, so the backward direction starts at each
-    sentence's real end instead of reading the padding first. `fast_cpu` (set by
-    `sentiment_rnn.speed.enable_fast_cpu`) routes CPU batches through the speed opt-in instead.
+    sentence's real end instead of reading the padding first. `fast_forward`, None unless the speed opt-in
+    sets it (`sentiment_rnn.speed.enable_fast_cpu`), takes CPU batches instead; this module never imports it.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, cell: str = "rnn",
@@ -56,17 +56,15 @@ class LayerEncoder(nn.Module):
                                     dropout=dropout if num_layers > 1 else 0.0, **kwargs)
         self.bidirectional = bidirectional
         self.output_size = hidden_size * (2 if bidirectional else 1)
-        self.fast_cpu = False  # the speed opt-in; a plain attribute, so weights load either way
+        self.fast_forward = None  # the speed opt-in's route; a plain attribute, so weights load either way
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, B, E], lengths [B] -> (out [T, B, D*H] top-layer outputs, final [B, D*H]).
 
         Outputs past a sentence's end are not meaningful (the packed route zeroes them); `final` is exact.
         """
-        if self.fast_cpu and not x.is_cuda:
-            from sentiment_rnn.speed.encoder import fast_encoder_forward
-
-            return fast_encoder_forward(self, x, lengths)
+        if self.fast_forward is not None and not x.is_cuda:
+            return self.fast_forward(self, x, lengths)
         if not self.bidirectional:
             out, _ = self.rnn(x)  # [T, B, H]; h0 defaults to zeros
             return out, last_token_state(out, lengths)  # [B, H]

@@ -11,8 +11,6 @@ path (same logits, same gradients). What each part trades:
   read and to keep correct. Not used on CUDA, where cuDNN's kernels are faster.
 - `speed.bidirectional`: bidirectional encoders reverse each sentence within its own length instead
   of packing, so the backward direction still starts at the real end. Avoids the packing cost on CPU.
-- `speed.process`: glibc heap and garbage-collector tuning (ctypes `mallopt`, `gc.disable`/`freeze`).
-  Process-wide and platform-specific; they keep memory flat and skip collections that free nothing.
 
 The switch is `train.fast_cpu` in the config (training) and `Predictor(..., fast=True)` (prediction):
 `enable_fast_cpu(model)` turns a built model onto these kernels, keeping its parameters and state dict.
@@ -20,21 +18,21 @@ The switch is `train.fast_cpu` in the config (training) and `Predictor(..., fast
 
 from __future__ import annotations
 
-# torch is imported inside enable_fast_cpu: the CLI imports speed.process before torch (gc_paused).
+from torch import nn
+
+from sentiment_rnn.models.rnn import LayerEncoder
+from sentiment_rnn.speed.encoder import fast_encoder_forward
+from sentiment_rnn.speed.rnn import Dropout
 
 
-def enable_fast_cpu(model):
+def enable_fast_cpu(model: nn.Module) -> nn.Module:
     """Switch a model onto the CPU kernels in place: its encoder's fast route and the faster dropout mask.
 
     Parameters and state-dict keys do not change, so a run trained either way loads either way.
     """
-    from torch import nn
-
-    from sentiment_rnn.speed.rnn import Dropout
-
     for module in model.modules():
-        if hasattr(module, "fast_cpu"):
-            module.fast_cpu = True  # LayerEncoder: see its forward
+        if isinstance(module, LayerEncoder):
+            module.fast_forward = fast_encoder_forward  # see LayerEncoder.forward
     for name, module in list(model.named_children()):
         if type(module) is nn.Dropout:
             setattr(model, name, Dropout(module.p).train(module.training))
