@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from sentiment_rnn import rundir
-from sentiment_rnn.config import Config, load_config
+from sentiment_rnn.config import Config, TrainConfig, load_config
 from sentiment_rnn.errors import SentimentRNNError
 
 FORMAT = 1  # bump when the layout changes, so an old checkpoint fails with a clear message
@@ -38,15 +38,16 @@ FINAL = "final_state.pt"  # a complete run's last checkpoint, kept so that more 
 
 @dataclass
 class Progress:
-    """Everything the training loop carries from step to step (besides model, optimizer and RNG)."""
+    """Everything a training loop carries from step to step (besides model, optimizer, RNG and, for the
+    language model's stream, the hidden state). train and pretrain-lm share it; each uses the fields it needs."""
 
     epoch: int = 1  # epoch in progress, 1-based
     batches_done: int = 0  # batches of that epoch already trained on; a resume skips them
     step: int = 0  # optimizer steps over all epochs
     seen: int = 0  # this epoch so far: sentences,
     correct: int = 0  # correctly classified sentences,
-    loss_sum: float = 0.0  # summed loss,
-    tokens: int = 0  # real (non-pad) tokens,
+    loss_sum: float = 0.0  # summed loss (pretrain-lm: summed over tokens),
+    tokens: int = 0  # real (non-pad) tokens (pretrain-lm: predicted tokens),
     seconds: float = 0.0  # and training time
     history: list = field(default_factory=list)  # one record per finished epoch
     grad_norms: list = field(default_factory=list)  # global gradient norm per step, before clipping
@@ -56,6 +57,7 @@ class Progress:
     train_seconds: float = 0.0  # over finished epochs
     train_tokens: int = 0  # over finished epochs
     stopped: bool = False  # early stopping fired: a resume goes straight to scoring the test split
+    losses: list = field(default_factory=list)  # pretrain-lm: training loss of every step, for its learning curve
 
     def next_epoch(self) -> None:
         self.epoch, self.batches_done = self.epoch + 1, 0
@@ -104,11 +106,14 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, scheduler=None) -> None:
-    """Serialise to memory first, then write atomically: a reader sees the old checkpoint or the new one."""
+def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, scheduler=None,
+         hidden=None) -> None:
+    """Serialise to memory first, then write atomically: a reader sees the old checkpoint or the new one.
+    `hidden`: the state pretrain-lm's stream carries into its next segment, h or (h, c)."""
+    hidden = [] if hidden is None else list(hidden) if isinstance(hidden, tuple) else [hidden]
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "progress": asdict(progress), "rng": rng_state(),
+                "progress": asdict(progress), "rng": rng_state(), "hidden": hidden,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None}, buffer)
     rundir.atomic_write(path, buffer.getvalue())
 
@@ -127,13 +132,17 @@ def read(path: Path) -> dict:
     except Exception as exc:
         reason = str(exc).strip().split(". ")[0].splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise SentimentRNNError(f"{damaged} ({reason}); train again with --overwrite") from None
+    if isinstance(ckpt, dict) and ckpt.get("format") == "lm-1":  # pretrain-lm's own layout before FORMAT 1 served both
+        raise SentimentRNNError(f"'{path}' was written by an earlier pretrain-lm, whose optimizer this version no "
+                                "longer builds; start the run again with --overwrite")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SentimentRNNError(f"{damaged} (unknown checkpoint format); train again with --overwrite")
     return ckpt
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, scheduler=None) -> Progress:
-    """Restore model, optimizer, scheduler and RNG states in place and return the loop's progress.
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, scheduler=None):
+    """Restore model, optimizer, scheduler and RNG states in place; return the loop's progress and the carried
+    hidden state (None unless pretrain-lm's stream saved one).
 
     `lr` is the config's learning rate: without a schedule it replaces the saved one (times each group's
     lr_scale from train.layer_lr_decay), since a resume may have lowered it; a schedule's own state sets
@@ -155,7 +164,13 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, lr: flo
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         reason = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:160]
         raise SentimentRNNError(f"{damaged} ({reason}); train again with --overwrite") from None
-    return progress
+    hidden = ckpt.get("hidden") or None
+    return progress, (hidden if hidden is None else tuple(hidden) if len(hidden) == 2 else hidden[0])
+
+
+def due(cfg: TrainConfig, progress: Progress) -> bool:
+    """train.checkpoint_every optimizer steps have passed since the last mid-epoch checkpoint."""
+    return bool(cfg.checkpoint_every) and progress.step % cfg.checkpoint_every == 0
 
 
 def check_resumable(run: Path, epochs: int | None = None) -> None:
@@ -269,3 +284,33 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class Reporter:
+    """Progress hooks; the CLI fills them with rich output, library code never prints."""
+
+    def stage(self, text: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, loss: float, tokens: int, accuracy: float | None = None) -> None: ...
+    def epoch_end(self, record: dict) -> None: ...
+
+
+def reopen_finished(output: Path, split_record: dict, epochs: int, reporter: Reporter) -> None:
+    """Make a finished run resumable again from its last epoch, once its data is known to be the same."""
+    check_same_data(output, split_record)
+    epoch, stopped_early = reopen(output)
+    reset = f"; early stopping had ended it after epoch {epoch - 1}, patience starts afresh" if stopped_early else ""
+    more = f"epoch {epoch}" if epoch == epochs else f"epochs {epoch} to {epochs}"
+    reporter.stage(f"Continuing the finished run with {more}{reset}")
+
+
+def non_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig, ckpt_path: Path,
+                    command: str = "train") -> SentimentRNNError:
+    """Name the step and what to try; say where the last good checkpoint is, if one was written."""
+    fix = f"lower train.lr (now {cfg.lr:g}) or set a smaller train.clip_grad_norm (now {cfg.clip_grad_norm})"
+    if ckpt_path.is_file():
+        return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}; {fix}. The last checkpoint with a "
+                                 f"finite loss is kept: resume it with a lower rate (sentiment-rnn {command} --resume "
+                                 f"{ckpt_path.parent} --set train.lr={cfg.lr / 10:g}) or train again with --overwrite")
+    return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}, before the first checkpoint; {fix} "
+                             "and train again")

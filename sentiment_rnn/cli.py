@@ -479,8 +479,8 @@ def pretrain_embeddings(
 
     from sentiment_rnn.config import load_config
     from sentiment_rnn.console import console
-    from sentiment_rnn.data import EMBEDDED
-    from sentiment_rnn.pretrain import check_output, check_sources
+    from sentiment_rnn.data import EMBEDDED, check_sources
+    from sentiment_rnn.pretrain import check_output
     from sentiment_rnn.pretrain import pretrain_embeddings as run_pretraining
 
     check_output(output, overwrite)
@@ -684,7 +684,7 @@ def pretrain_lm(
 ) -> None:
     """Pretrain the classifier's embedding and encoder on unlabeled text, as a next-word language model."""
     with _heavy_imports():
-        from sentiment_rnn.console import LMReporter, console
+        from sentiment_rnn.console import RichReporter, console
         from sentiment_rnn.lm.pretrain import pretrain_lm as run_pretraining
 
     # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
@@ -692,7 +692,8 @@ def pretrain_lm(
     console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} language model "
                   f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
                   f"{cfg.lm.source} -> {out}")
-    metrics = run_pretraining(cfg, out, LMReporter(), overwrite=overwrite, resume=resume is not None)
+    metrics = run_pretraining(cfg, out, RichReporter(columns="language_model"), overwrite=overwrite,
+                              resume=resume is not None)
     console.print(f"Held-out perplexity {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
                   f"epoch(s); trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s. "
                   f"Run saved to [bold]{out}[/bold]")

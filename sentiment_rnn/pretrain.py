@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sentiment_rnn.config import Config, DataConfig
-from sentiment_rnn.data import EMBEDDED, load_splits
+from sentiment_rnn.config import Config
+from sentiment_rnn.data import EMBEDDED, training_texts
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.tokenizer import untrained_tokenizer
 
@@ -29,23 +29,6 @@ def check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite:
         raise SentimentRNNError(
             f"'{output}' already exists; pass --overwrite to replace it or --output FILE to write elsewhere")
-
-
-def check_sources(sources: list[str]) -> None:
-    unknown = [s for s in sources if s not in EMBEDDED]
-    if unknown or not sources:
-        raise SentimentRNNError(f"unknown source(s) {', '.join(unknown) or '(none)'}; use --sources with "
-                                f"{' and/or '.join(EMBEDDED)}, comma-separated")
-
-
-def training_texts(sources: list[str], config: Config) -> dict[str, list[str]]:
-    """Each source's training rows under the config's seed, split shares and limit; never held-out rows."""
-    check_sources(sources)
-    texts = {}
-    for source in dict.fromkeys(sources):  # drop repeats, keep order
-        data = DataConfig(source=source, split=config.data.split, limit=config.data.limit)
-        texts[source] = load_splits(data, config.seed).train["text"]
-    return texts
 
 
 def tokenize(texts: list[str], config: Config) -> list[list[str]]:

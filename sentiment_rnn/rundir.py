@@ -14,7 +14,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -108,6 +108,20 @@ def versions() -> dict:
     except (OSError, subprocess.SubprocessError):
         found["git_commit"] = None
     return found
+
+
+def save_run(output: Path, model, meta: dict, metrics: dict, figures: Callable[[], None] | None = None) -> None:
+    """A finished run's files, shared by train and pretrain-lm: the weights (safetensors), meta.json (with their
+    sha256, checked whenever they are read back, and the library versions), the figures, and metrics.json
+    last, so that its presence means the run is complete."""
+    from safetensors.torch import save as save_safetensors
+
+    payload = save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    atomic_write(output / WEIGHTS, payload)
+    write_json(output / META, {**meta, "weights_sha256": weights_sha256(payload), "versions": versions()})
+    if figures is not None:
+        figures()
+    write_json(output / METRICS, metrics)
 
 
 def is_complete(run: Path) -> bool:

@@ -1,4 +1,5 @@
-"""Scoring a classifier: its loss and predictions over a loader, and the metrics they give.
+"""Scoring a classifier: the loss training minimises (weighted per class when asked), its loss and predictions
+over a loader, and the metrics they give.
 
 Used by training (validation every epoch, the test split once) and by `evaluate`. torch is imported where
 it is used: the ONNX backend scores exports with `classification_metrics` in an install without torch.
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from sentiment_rnn.config import TrainConfig
+from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.runtime import flat_heap
 
 
@@ -53,3 +58,33 @@ def predict_batches(model, loader, device) -> dict:
     y_true, y_pred = torch.cat(labels), torch.cat(preds)
     return {"loss": total_loss / max(1, len(y_true)), "accuracy": (y_true == y_pred).float().mean().item(),
             "y_true": y_true.tolist(), "y_pred": y_pred.tolist(), "probs": torch.cat(probs)}
+
+
+def class_weights(cfg: TrainConfig, splits) -> list[float] | None:
+    """The loss's weight per class, in label order: train.class_weights as given (one per class), or
+    "balanced" computed on the training split as n_samples / (n_classes * count_c) (scikit-learn's
+    definition), so each class adds the same total weight to the loss whatever its share of the rows."""
+    weights, names = cfg.class_weights, splits.label_names
+    if isinstance(weights, list) and len(weights) != len(names):
+        raise SentimentRNNError(f"train.class_weights has {len(weights)} weights but the data has {len(names)} "
+                                f"classes ({', '.join(names)}); give one weight per class, in that order")
+    if weights != "balanced":
+        return weights
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from sentiment_rnn.data import column_numpy
+
+    labels = column_numpy(splits.train, "label")
+    counts = np.bincount(labels, minlength=len(names))
+    if counts.min() == 0:
+        raise SentimentRNNError(f"train.class_weights=balanced: class '{names[int(counts.argmin())]}' has no row in "
+                                "the training split; give the weights as a list, one per class, e.g. [1, 9]")
+    return compute_class_weight("balanced", classes=np.arange(len(names)), y=labels).tolist()
+
+
+def build_loss(weights: list[float] | None, device):
+    """Cross-entropy, weighted per class when train.class_weights asks for it (imbalanced data)."""
+    import torch
+
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+    return torch.nn.CrossEntropyLoss(weight=weight)

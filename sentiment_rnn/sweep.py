@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sentiment_rnn import rundir
+from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config, load_config, parse_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.train import Reporter, train
+from sentiment_rnn.train import train
 
 SUMMARY, FIGURE = "summary.json", "sweep.png"
 STD = "sample standard deviation (n - 1 in the denominator) over seeds; null for one seed"

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
-from sentiment_rnn import checkpoint, distributed, optim, rundir, runtime
+from sentiment_rnn import checkpoint, distributed, optim, rundir, runtime, scoring
 from sentiment_rnn import data as data_lib
-from sentiment_rnn.checkpoint import Progress
+from sentiment_rnn.checkpoint import Progress, Reporter
 from sentiment_rnn.config import Config, TrainConfig, dump_config
-from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
+from sentiment_rnn.errors import TrainingInterrupted
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.scoring import classification_metrics, predict_batches, to_device
 from sentiment_rnn.tokenizer import load_tokenizer, train_tokenizer
@@ -32,45 +31,10 @@ if TYPE_CHECKING:
     from sentiment_rnn.finetune import InitSource
 
 
-class Reporter:
-    """Progress hooks; the CLI fills them with rich output, library code never prints."""
-
-    def stage(self, text: str) -> None: ...
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step(self, loss: float, accuracy: float, tokens: int) -> None: ...
-    def epoch_end(self, record: dict) -> None: ...
-
-
 def train_tokenizer_on_split(splits: data_lib.Splits, config: Config):
     """Learn the vocabulary from the training split's texts only."""
     texts = (batch["text"] for batch in splits.train.select_columns(["text"]).iter(batch_size=1000))
     return train_tokenizer(texts, config.tokenizer, total=len(splits.train))
-
-
-def class_weights(cfg: TrainConfig, splits: data_lib.Splits) -> list[float] | None:
-    """The loss's weight per class, in label order: train.class_weights as given (one per class), or
-    "balanced" computed on the training split as n_samples / (n_classes * count_c) (scikit-learn's
-    definition), so each class adds the same total weight to the loss whatever its share of the rows."""
-    weights, names = cfg.class_weights, splits.label_names
-    if isinstance(weights, list) and len(weights) != len(names):
-        raise SentimentRNNError(f"train.class_weights has {len(weights)} weights but the data has {len(names)} "
-                                f"classes ({', '.join(names)}); give one weight per class, in that order")
-    if weights != "balanced":
-        return weights
-    from sklearn.utils.class_weight import compute_class_weight
-
-    labels = data_lib.column_numpy(splits.train, "label")
-    counts = np.bincount(labels, minlength=len(names))
-    if counts.min() == 0:
-        raise SentimentRNNError(f"train.class_weights=balanced: class '{names[int(counts.argmin())]}' has no row in "
-                                "the training split; give the weights as a list, one per class, e.g. [1, 9]")
-    return compute_class_weight("balanced", classes=np.arange(len(names)), y=labels).tolist()
-
-
-def build_loss(weights: list[float] | None, device: torch.device) -> nn.Module:
-    """Cross-entropy, weighted per class when train.class_weights asks for it (imbalanced data)."""
-    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-    return nn.CrossEntropyLoss(weight=weight)
 
 
 def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch.device) -> nn.Module:
@@ -84,72 +48,20 @@ def setup_model(config: Config, vocab_size: int, num_classes: int, device: torch
     return model
 
 
+def load_vectors(model: nn.Module, config: Config, tokenizer) -> float | None:
+    """model.embedding.pretrained's vectors copied into the embedding (embeddings.py); their vocabulary coverage."""
+    emb = config.model.embedding
+    if emb.pretrained is None:
+        return None
+    from sentiment_rnn.embeddings import load_pretrained
+
+    return load_pretrained(model, emb, config.model.embedding_dim, tokenizer, config.seed)
+
+
 def on_epoch_start(model: nn.Module, epoch: int, config: Config) -> None:
     """Per-epoch changes to the model before its epoch trains: gradual unfreezing (train.unfreeze)."""
     frozen = config.model.embedding.freeze and config.model.embedding.pretrained is not None
     optim.apply_unfreeze(model, epoch, config.train, frozen_embedding=frozen)
-
-
-def check_pretrained(config: Config) -> None:
-    """A missing vectors file is reported before any time goes into data and tokenizing."""
-    from sentiment_rnn.embeddings import PACKAGED, check_packaged
-
-    path = config.model.embedding.pretrained
-    if path in PACKAGED:
-        check_packaged(path, config.model.embedding_dim)
-    elif path is not None and not Path(path).is_file():
-        raise SentimentRNNError(f"model.embedding.pretrained '{path}' not found; create it with "
-                                f"'sentiment-rnn pretrain-embeddings --output {path}' or fix the path")
-
-
-def load_pretrained(model: nn.Module, config: Config, tokenizer) -> float | None:
-    """Copy packaged or GloVe-format vectors into the embedding; returns the vocabulary coverage."""
-    emb = config.model.embedding
-    if emb.pretrained is None:
-        return None
-    from sentiment_rnn.embeddings import PACKAGED, load_glove, load_packaged
-
-    load = load_packaged if emb.pretrained in PACKAGED else load_glove
-    weights, coverage = load(emb.pretrained, tokenizer.get_vocab(), config.model.embedding_dim, seed=config.seed)
-    with torch.no_grad():
-        model.embedding.weight.copy_(weights)
-    model.embedding.weight.requires_grad_(not emb.freeze)
-    return coverage
-
-
-def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float] | None:
-    """Mean ||dLoss/dh_t|| of the top layer's forward direction, by steps back from each sentence's last token.
-
-    This is backpropagation through time made visible: in a tanh RNN the norm shrinks geometrically
-    with distance from the loss (vanishing gradients); gated cells (GRU/LSTM) keep it up. The full
-    dLoss/dh_t must be read off the h_t that the next step consumes; nn.RNN keeps those inside its
-    kernel (its `out` only carries the direct path to the loss), so the encoder is unrolled with its
-    cells, on a weight copy for nn.RNN (equal outputs: tests/test_cells.py).
-    """
-    if not hasattr(model, "encoder") or getattr(model, "pooling", "last") != "last":
-        return None  # the per-word baseline has no hidden state; pooled heads read more than the final state
-    from sentiment_rnn.models.cells import CellEncoder, cell_encoder_from_rnn
-
-    model.eval()
-    input_ids, lengths, y = to_device(batch, device)
-    encoder = model.encoder if isinstance(model.encoder, CellEncoder) else cell_encoder_from_rnn(model.encoder.rnn)
-    step_states: list[list[torch.Tensor]] = []
-    with torch.enable_grad():
-        x = model.embedding(input_ids)  # [T, B, E]; eval mode, so no dropout
-        _, final = encoder(x, lengths, step_states)  # [B, D*H]
-        top = step_states[-encoder.num_directions]  # top layer, forward direction: T tensors [B, H]
-        for h in top:
-            h.retain_grad()
-        nn.functional.cross_entropy(model.head(final).float(), y).backward()
-    model.zero_grad(set_to_none=True)
-    grads = [h.grad if h.grad is not None else torch.zeros_like(h) for h in top]
-    grad = torch.stack(grads).float().norm(dim=-1)  # [T, B]
-    steps = int(lengths.max())
-    back = torch.arange(steps, device=grad.device).view(-1, 1)  # [S, 1] steps back from the end
-    t = lengths.view(1, -1) - 1 - back  # [S, B] time index of "k steps back" per sentence
-    valid = t >= 0  # [S, B]
-    picked = grad.gather(0, t.clamp(min=0)) * valid  # [S, B]
-    return (picked.sum(1) / valid.sum(1).clamp(min=1)).tolist()
 
 
 def train(config: Config, output: Path, reporter: Reporter | None = None, overwrite: bool = False,
@@ -169,7 +81,10 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         checkpoint.check_resumable(output, config.train.epochs)
     elif main:
         rundir.check_output(output, overwrite)
-    check_pretrained(config)
+    if config.model.embedding.pretrained is not None:  # a missing file fails before any data is loaded
+        from sentiment_rnn.embeddings import check_pretrained
+
+        check_pretrained(config.model.embedding, config.model.embedding_dim)
     if report_to is not None:  # an unknown tracker or a missing package fails before the data is loaded
         from sentiment_rnn import tracking
 
@@ -183,11 +98,11 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
         splits = data_lib.load_splits(config.data, config.seed)
     reporter.stage(data_lib.describe_splits(splits.record))
-    class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
+    scoring.class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
     if not resume and main:
         rundir.prepare_output(output, overwrite)
     if resume and main and rundir.is_complete(output):
-        reopen_finished(output, splits, config.train, reporter)
+        checkpoint.reopen_finished(output, splits.record, config.train.epochs, reporter)
     try:
         return _train_into(config, output, splits, device, threads, reporter, resume, source, report_to)
     except BaseException:
@@ -196,15 +111,6 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         raise
     finally:
         distributed.teardown()
-
-
-def reopen_finished(output: Path, splits: data_lib.Splits, cfg: TrainConfig, reporter: Reporter) -> None:
-    """Make a finished run resumable again from its last epoch, once its data is known to be the same."""
-    checkpoint.check_same_data(output, splits.record)
-    epoch, stopped_early = checkpoint.reopen(output)
-    reset = f"; early stopping had ended it after epoch {epoch - 1}, patience starts afresh" if stopped_early else ""
-    more = f"epoch {epoch}" if epoch == cfg.epochs else f"epochs {epoch} to {cfg.epochs}"
-    reporter.stage(f"Continuing the finished run with {more}{reset}")
 
 
 @dataclass
@@ -268,13 +174,6 @@ def setup_data(config: Config, splits: data_lib.Splits, tokenizer, device: torch
                    data_lib.make_loader(encoded["test"], 256, False, pin_memory=pin))
 
 
-def longest_batch(loader: torch.utils.data.DataLoader):
-    """The batch of a length-sorted, unshuffled loader that reaches furthest back in time: its last one.
-    Only that batch's rows are read."""
-    *_, last = iter(loader.sampler)  # row indices only
-    return torch.utils.data.default_convert(loader.dataset[last])  # as the loader would hand it over
-
-
 def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: torch.device, threads: int,
                 reporter: Reporter, resume: bool = False, source: InitSource | None = None,
                 report_to: str | None = None) -> dict:
@@ -288,18 +187,18 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
         from sentiment_rnn.finetune import load_init
 
         load_init(model, source)
-    coverage = load_pretrained(model, config, tokenizer)
+    coverage = load_vectors(model, config, tokenizer)
     optimizer = optim.build_optimizer(model, config.train)
-    weights = class_weights(config.train, splits)
+    weights = scoring.class_weights(config.train, splits)
     scheduler = optim.build_scheduler(optimizer, config.train, steps_per_epoch(loaders.train, config.train))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.train.amp_bf16 and device.type == "cuda")
     parts = Parts(config, model, distributed.wrap(model, device), optimizer, scheduler,
-                  build_loss(weights, device), loaders, device, autocast, output, reporter,
-                  longest_batch(loaders.validation))
+                  scoring.build_loss(weights, device), loaders, device, autocast, output, reporter,
+                  data_lib.longest_batch(loaders.validation))
     progress = Progress()
     if resume:
         reporter.stage(f"Resuming from {checkpoint_path(parts)}")
-        progress = checkpoint.load(checkpoint_path(parts), model, optimizer, lr=config.train.lr, scheduler=scheduler)
+        progress, _ = checkpoint.load(checkpoint_path(parts), model, optimizer, lr=config.train.lr, scheduler=scheduler)
     with open_logger(report_to, output) as parts.logger:
         progress = train_epochs(parts, progress)
 
@@ -358,7 +257,7 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
                 input_ids, lengths, y = to_device(batch, parts.device)
                 logits, loss = batch_loss(parts, input_ids, lengths, y)  # [B, C], mean cross-entropy
                 if not torch.isfinite(loss):
-                    raise non_finite_loss(loss.item(), epoch, step, cfg, checkpoint_path(parts))
+                    raise checkpoint.non_finite_loss(loss.item(), epoch, step, cfg, checkpoint_path(parts))
                 parts.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # Gradients through time can explode: clip their global norm, and record it before clipping.
@@ -367,12 +266,12 @@ def train_epochs(parts: Parts, progress: Progress) -> Progress:
                 if parts.scheduler is not None:
                     parts.scheduler.step()  # schedules count batches, not epochs
                 record_step(progress, step, float(norm), loss.item(), logits, y, lengths)
-                parts.reporter.step(loss.item(), progress.correct / progress.seen, progress.tokens)
+                parts.reporter.step(loss.item(), progress.tokens, progress.correct / progress.seen)
                 if parts.logger is not None:
                     parts.logger.step(progress.step, loss.item(), float(norm), parts.optimizer)
                 if step >= steps:
                     break  # the end-of-epoch checkpoint below covers the last step
-                if interrupt.requested or checkpoint_due(cfg, progress):
+                if interrupt.requested or checkpoint.due(cfg, progress):
                     progress.seconds = time.perf_counter() - start
                     save_checkpoint(parts, progress)
                     if interrupt.requested:
@@ -411,11 +310,6 @@ def record_step(progress: Progress, step: int, grad_norm: float, loss: float, lo
     progress.tokens += int(lengths.sum())
 
 
-def checkpoint_due(cfg: TrainConfig, progress: Progress) -> bool:
-    """train.checkpoint_every optimizer steps have passed since the last mid-epoch checkpoint."""
-    return bool(cfg.checkpoint_every) and progress.step % cfg.checkpoint_every == 0
-
-
 def save_checkpoint(parts: Parts, progress: Progress) -> None:
     if distributed.is_main():  # under torchrun, rank 0 alone writes
         checkpoint.save(checkpoint_path(parts), parts.model, parts.optimizer, progress, parts.scheduler)
@@ -434,6 +328,8 @@ def finish_epoch(parts: Parts, progress: Progress, seconds: float) -> None:
               "tokens_per_s": tokens / seconds}
     progress.history.append(record)
     if epoch in cfg.grad_probe_epochs:
+        from sentiment_rnn.models.bptt import gradient_probe
+
         norms = gradient_probe(parts.model, parts.probe_batch, parts.device)
         if norms is not None:
             progress.probes.append({"epoch": epoch, "norms": norms})
@@ -479,34 +375,19 @@ def run_metrics(progress: Progress, test: dict, splits: data_lib.Splits, model: 
     }
 
 
-def non_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig, ckpt_path: Path) -> SentimentRNNError:
-    """Name the step and what to try; say where the last good checkpoint is, if one was written."""
-    fix = f"lower train.lr (now {cfg.lr:g}) or set a smaller train.clip_grad_norm (now {cfg.clip_grad_norm})"
-    if ckpt_path.is_file():
-        return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}; {fix}. The last checkpoint with a "
-                                 f"finite loss is kept: resume it with a lower rate (sentiment-rnn train --resume "
-                                 f"{ckpt_path.parent} --set train.lr={cfg.lr / 10:g}) or train again with --overwrite")
-    return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}, before the first checkpoint; {fix} "
-                             "and train again")
-
-
 def save_run(output: Path, model: nn.Module, tokenizer, splits: data_lib.Splits, config: Config, metrics: dict,
              source: InitSource | None = None) -> None:
-    """Weights, meta and figures first; metrics.json last, so its presence means the run is complete.
-    meta.json records the weights' sha256 (checked when a run is used as model.init_from) and the source."""
-    from safetensors.torch import save as save_safetensors
-
+    """The run directory's files (rundir.save_run, metrics.json last); meta.json says how to rebuild the
+    classifier and which run it started from."""
     from sentiment_rnn.plots import plot_gradient_norms, plot_learning_curves
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = save_safetensors(state)
-    rundir.atomic_write(output / rundir.WEIGHTS, payload)
-    rundir.write_json(output / rundir.META, {
-        "label_names": splits.label_names, "vocab_size": tokenizer.get_vocab_size(),
-        "max_length": config.data.max_length, "model_kind": config.model.kind, "versions": rundir.versions(),
-        "weights_sha256": rundir.weights_sha256(payload), "init_from": source.record() if source else None})
-    plot_learning_curves(metrics["history"], output / rundir.CURVES)
-    if metrics["grad_through_time"]:
-        title = f"{config.name}: {config.model.cell}"
-        plot_gradient_norms(metrics["grad_through_time"], output / rundir.GRADIENTS, title)
-    rundir.write_json(output / rundir.METRICS, metrics)
+    def figures() -> None:
+        plot_learning_curves(metrics["history"], output / rundir.CURVES)
+        if metrics["grad_through_time"]:
+            title = f"{config.name}: {config.model.cell}"
+            plot_gradient_norms(metrics["grad_through_time"], output / rundir.GRADIENTS, title)
+
+    meta = {"label_names": splits.label_names, "vocab_size": tokenizer.get_vocab_size(),
+            "max_length": config.data.max_length, "model_kind": config.model.kind,
+            "init_from": source.record() if source else None}
+    rundir.save_run(output, model, meta, metrics, figures)

@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sentiment_rnn import checkpoint, rundir
+from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.cli import app
 from sentiment_rnn.config import load_config
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.train import Reporter, train
+from sentiment_rnn.train import train
 
 from conftest import TINY
 
@@ -290,7 +291,7 @@ class StopAfter(Reporter):
     def __init__(self, steps: int):
         self.steps = steps
 
-    def step(self, loss, accuracy, tokens):
+    def step(self, loss, tokens, accuracy=None):
         self.steps -= 1
         if self.steps == 0:
             raise RuntimeError("crash")

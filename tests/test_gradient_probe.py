@@ -6,8 +6,7 @@ from torch import nn
 
 from sentiment_rnn.config import ModelConfig
 from sentiment_rnn.models import build_model
-from sentiment_rnn.models.bptt import backward_through_time, forward_through_time
-from sentiment_rnn.train import gradient_probe
+from sentiment_rnn.models.bptt import backward_through_time, forward_through_time, gradient_probe
 
 CPU = torch.device("cpu")
 

@@ -90,7 +90,7 @@ class InterruptAt(Reporter):
     def __init__(self, step: int):
         self.at, self.seen = step, 0
 
-    def step(self, loss: float, tokens: int) -> None:
+    def step(self, loss: float, tokens: int, accuracy: float | None = None) -> None:
         self.seen += 1
         if self.seen == self.at:
             os.kill(os.getpid(), signal.SIGINT)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from sentiment_rnn.config import DataConfig, load_config
-from sentiment_rnn.data import load_splits
+from sentiment_rnn.data import load_splits, training_texts
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.pretrain import tokenize, training_texts
+from sentiment_rnn.pretrain import tokenize
 from sentiment_rnn.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.cli import app
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 from sentiment_rnn.sweep import parse_grid, parse_seeds, run_sweep, split_values
-from sentiment_rnn.train import Reporter
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -33,7 +33,7 @@ class CtrlCOnThirdRun(Reporter):
     def stage(self, text: str) -> None:
         self.runs += "] Training " in text
 
-    def step(self, loss: float, accuracy: float, tokens: int) -> None:
+    def step(self, loss: float, tokens: int, accuracy: float | None = None) -> None:
         if self.runs == 3:
             os.kill(os.getpid(), signal.SIGINT)
 

@@ -1,7 +1,7 @@
 """The language model's corpus and batches.
 
 Corpus: by default the training rows of the embedded corpora, carved exactly as a config with the same
-seed and data.split carves them (pretrain.training_texts), so no validation or test row of a classifier
+seed and data.split carves them (data.training_texts), so no validation or test row of a classifier
 started from the LM was read. A share of those training documents (lm.held_out) is kept aside for
 held-out perplexity.
 
@@ -39,11 +39,10 @@ def _text_file(path: Path) -> list[str]:
 def corpus_documents(config: Config) -> list[str]:
     """The non-empty documents of lm.source, in a seeded random order (so RT and IMDB are mixed)."""
     from sentiment_rnn import data as data_lib
-    from sentiment_rnn.pretrain import training_texts
 
     source = config.lm.source
     if source == "embedded":
-        parts = training_texts(list(config.lm.corpora), config)
+        parts = data_lib.training_texts(list(config.lm.corpora), config)
         docs = [text for part in parts.values() for text in part]
     elif source.endswith(".txt") and Path(source).expanduser().is_file():
         docs = _text_file(Path(source).expanduser())

@@ -1,32 +1,33 @@
 """`sentiment-rnn pretrain-lm`: train the classifier's embedding and encoder as a next-word language model.
 
 Reads top to bottom: config -> corpus -> tokenizer -> batches -> model -> optimizer -> explicit loop ->
-save. The optimizer, epochs, batch size, threads and checkpointing are the train.* keys; corpus and
-batching are lm.* (config.py). Held-out perplexity is scored every epoch on lm.held_out of the corpus's own
-training documents, never on a classifier's validation or test rows.
+save. The run scaffold is train's: the output checks and run writer (rundir.py), the progress object,
+checkpoints and reporter hooks (checkpoint.py), the optimizer and schedule (optim.py); the loop is its own,
+since it carries the hidden state across segments. The optimizer, epochs, batch size, threads and
+checkpointing are the train.* keys; corpus and batching are lm.* (config.py). Held-out perplexity is scored
+every epoch on lm.held_out of the corpus's own training documents, never on a classifier's validation or
+test rows.
 
 Run directory: config.yaml, tokenizer.json, corpus.json (what was read, checked on --resume), then at the
 end model.safetensors (embedding.*, encoder.*, head.*), meta.json, curves.png and metrics.json last;
-checkpoint.pt while training. A resume restores model, optimizer, RNG and the carried hidden state, so it
-ends with the same weights as an uninterrupted run.
+checkpoint.pt while training. A resume restores model, optimizer, schedule, RNG and the carried hidden
+state, so it ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import pickle
 import shlex
 import shutil
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sentiment_rnn import checkpoint, rundir, runtime
+from sentiment_rnn import checkpoint, optim, rundir, runtime
+from sentiment_rnn.checkpoint import Progress, Reporter
 from sentiment_rnn.config import Config, dump_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 from sentiment_rnn.finetune import InitSource, read_init_source
@@ -36,16 +37,6 @@ from sentiment_rnn.lm.tokenizer import train_lm_tokenizer
 from sentiment_rnn.tokenizer import load_tokenizer
 
 CORPUS = "corpus.json"
-FORMAT = "lm-1"  # checkpoint layout; a checkpoint of another layout fails with a clear message
-
-
-class Reporter:
-    """Progress hooks; the CLI fills them with rich output, library code never prints."""
-
-    def stage(self, text: str) -> None: ...
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step(self, loss: float, tokens: int) -> None: ...
-    def epoch_end(self, record: dict) -> None: ...
 
 
 class LMInterrupted(TrainingInterrupted):
@@ -59,22 +50,21 @@ class LMInterrupted(TrainingInterrupted):
 
 
 @dataclass
-class LMProgress:
-    """Everything the loop carries from step to step besides model, optimizer, RNG and hidden state."""
+class Parts:
+    """What the loop works with, each built by its own setup function in _pretrain_into."""
 
-    epoch: int = 1  # epoch in progress, 1-based
-    batches_done: int = 0  # batches of that epoch already trained on; a resume skips them
-    step: int = 0  # optimizer steps over all epochs
-    loss_sum: float = 0.0  # this epoch so far: summed token loss,
-    tokens: int = 0  # predicted tokens,
-    seconds: float = 0.0  # and training time
-    losses: list = field(default_factory=list)  # training loss of every step, for the learning curve
-    history: list = field(default_factory=list)  # one record per finished epoch
-    train_seconds: float = 0.0  # over finished epochs
-    train_tokens: int = 0  # over finished epochs
+    config: Config
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None  # train.schedule's torch.optim.lr_scheduler, stepped per batch, or None
+    batches: object  # lm.data.StreamBatches or WindowBatches
+    held: object  # the held-out batches
+    output: Path
+    reporter: Reporter
 
-    def next_epoch(self) -> None:
-        self.epoch, self.batches_done, self.loss_sum, self.tokens, self.seconds = self.epoch + 1, 0, 0.0, 0, 0.0
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output / rundir.CHECKPOINT
 
 
 def read_lm_source(config: Config) -> InitSource | None:
@@ -95,37 +85,6 @@ def read_lm_source(config: Config) -> InitSource | None:
     return source
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, progress: LMProgress, hidden) -> None:
-    """Plain containers only, written atomically (checkpoint.py's rules), plus the carried hidden state."""
-    hidden = [] if hidden is None else list(hidden) if isinstance(hidden, tuple) else [hidden]
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "progress": asdict(progress), "rng": checkpoint.rng_state(), "hidden": hidden}, buffer)
-    rundir.atomic_write(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer, lr: float):
-    """Restore model, optimizer and RNG in place; return the progress and the carried hidden state."""
-    damaged = f"'{path}' is damaged or was not written by sentiment-rnn pretrain-lm"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError("unknown checkpoint format")
-        progress = LMProgress(**ckpt["progress"])
-        model.load_state_dict(ckpt["model"], strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        checkpoint.restore_rng(ckpt["rng"])
-    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, RuntimeError, EOFError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise SentimentRNNError(f"{damaged} ({reason}); start again with --overwrite") from None
-    for group in optimizer.param_groups:
-        group["lr"] = lr  # a resume may lower the rate (checkpoint.ADJUSTABLE)
-    hidden = ckpt["hidden"]
-    return progress, (None if not hidden else tuple(hidden) if len(hidden) == 2 else hidden[0])
-
-
 @torch.no_grad()
 def held_out_loss(model: nn.Module, batches) -> float:
     """Mean per-token loss over the held-out batches (lm.data.held_out_batches): next-word loss over the
@@ -140,7 +99,7 @@ def held_out_loss(model: nn.Module, batches) -> float:
     return total / count
 
 
-def finish_epoch(p: LMProgress, seconds: float, val_loss: float) -> dict:
+def finish_epoch(p: Progress, seconds: float, val_loss: float) -> dict:
     """The epoch's record (losses, perplexities, speed), appended to the history."""
     train_loss = p.loss_sum / max(1, p.tokens)
     record = {"epoch": p.epoch, "train_loss": train_loss, "train_perplexity": math.exp(train_loss),
@@ -149,6 +108,7 @@ def finish_epoch(p: LMProgress, seconds: float, val_loss: float) -> dict:
     p.history.append(record)
     p.train_seconds, p.train_tokens = p.train_seconds + seconds, p.train_tokens + p.tokens
     return record
+
 
 def prepare_data(config: Config, output: Path, resume: bool, reporter: Reporter, source: InitSource | None = None):
     """Corpus -> tokenizer (model.init_from's, when continuing a language model) -> encoded training batches
@@ -198,9 +158,7 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
     source = read_lm_source(config)
     tokenizer, batches, held, record = prepare_data(config, output, resume, reporter, source)
     if not resume:
-        if output.is_dir():
-            shutil.rmtree(output)
-        output.mkdir(parents=True, exist_ok=True)
+        rundir.prepare_output(output, overwrite)
     try:
         if not resume:
             rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
@@ -226,79 +184,93 @@ def setup_model(config: Config, vocab_size: int, source: InitSource | None) -> n
     return model
 
 
+def steps_per_epoch(batches, cfg) -> int:
+    return min(len(batches), cfg.max_steps or len(batches))
+
+
 def _pretrain_into(config: Config, output: Path, tokenizer, batches, held, record: dict,
                    threads: int, reporter: Reporter, resume: bool, source: InitSource | None) -> dict:
-    tcfg = config.train
     model = setup_model(config, tokenizer.get_vocab_size(), source)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    ckpt_path = output / rundir.CHECKPOINT
-    p, hidden = LMProgress(), None
+    optimizer = optim.build_optimizer(model, config.train)
+    scheduler = optim.build_scheduler(optimizer, config.train, steps_per_epoch(batches, config.train))
+    parts = Parts(config, model, optimizer, scheduler, batches, held, output, reporter)
+    progress, hidden = Progress(), None
     if resume:
-        reporter.stage(f"Resuming from {ckpt_path}")
-        p, hidden = load_checkpoint(ckpt_path, model, optimizer, tcfg.lr)
+        reporter.stage(f"Resuming from {parts.checkpoint_path}")
+        progress, hidden = checkpoint.load(parts.checkpoint_path, model, optimizer, config.train.lr, scheduler)
     model.train()
+    progress = train_epochs(parts, progress, hidden)
+    metrics = {"history": progress.history, "held_out_perplexity": progress.history[-1]["held_out_perplexity"],
+               "train_seconds": progress.train_seconds,
+               "tokens_per_s": progress.train_tokens / max(progress.train_seconds, 1e-9),
+               "parameters": sum(t.numel() for t in model.parameters()), "threads": threads,
+               "corpus": record, "loss_per_step": progress.losses}
+    save_run(output, model, tokenizer, config, metrics, source)
+    parts.checkpoint_path.unlink(missing_ok=True)  # the run is complete: the checkpoint has served
+    return metrics
+
+
+def train_epochs(parts: Parts, p: Progress, hidden) -> Progress:
+    """The loop: one truncated-BPTT step per batch, held-out perplexity after each epoch, a checkpoint after
+    every train.checkpoint_every steps and each epoch (with the carried state, so a resume is exact)."""
+    cfg, time_limit = parts.config.train, parts.config.lm.time_limit_s
     with checkpoint.StopOnInterrupt() as interrupt:
-        while p.epoch <= tcfg.epochs:
-            steps = min(len(batches), tcfg.max_steps or len(batches))
-            reporter.epoch_start(p.epoch, tcfg.epochs, steps - p.batches_done)
+        while p.epoch <= cfg.epochs:
+            steps = steps_per_epoch(parts.batches, cfg)
+            parts.reporter.epoch_start(p.epoch, cfg.epochs, steps - p.batches_done)
             start = time.perf_counter() - p.seconds
             for index in range(p.batches_done, steps):
-                inputs, targets = batches.batch(index, p.epoch)  # [T, B] each
-                # Truncated BPTT: the state flows on into this segment, its gradient stops at the boundary.
-                carried = detach(hidden) if batches.carries_state and hidden is not None else None
-                loss, n, hidden = model.loss(inputs, targets, carried)
-                if not torch.isfinite(loss):
-                    raise SentimentRNNError(f"loss became {loss.item()} at epoch {p.epoch} step {index + 1}; lower "
-                                            f"train.lr (now {tcfg.lr:g}) or train.clip_grad_norm and start again")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # Gradients through time can explode: clip their global norm.
-                nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm or float("inf"))
-                optimizer.step()
-                p.batches_done, p.step = index + 1, p.step + 1
-                p.loss_sum, p.tokens = p.loss_sum + loss.item() * n, p.tokens + n
-                p.losses.append(round(loss.item(), 4))
-                reporter.step(loss.item(), p.tokens)
-                timed_out = config.lm.time_limit_s and time.perf_counter() - start >= config.lm.time_limit_s
-                if p.batches_done >= steps or timed_out:
+                hidden = train_step(parts, p, index, hidden)
+                if p.batches_done >= steps or (time_limit and time.perf_counter() - start >= time_limit):
                     break  # the end-of-epoch checkpoint below covers the last step
-                if interrupt.requested or (tcfg.checkpoint_every and p.step % tcfg.checkpoint_every == 0):
+                if interrupt.requested or checkpoint.due(cfg, p):
                     p.seconds = time.perf_counter() - start
-                    save_checkpoint(ckpt_path, model, optimizer, p, hidden)
+                    save_checkpoint(parts, p, hidden)
                     if interrupt.requested:
-                        raise LMInterrupted(output, p.epoch, p.batches_done)
-            reporter.epoch_end(finish_epoch(p, time.perf_counter() - start, held_out_loss(model, held)))
+                        raise LMInterrupted(parts.output, p.epoch, p.batches_done)
+            held_out = held_out_loss(parts.model, parts.held)
+            parts.reporter.epoch_end(finish_epoch(p, time.perf_counter() - start, held_out))
             p.next_epoch()
             hidden = None  # each epoch reads the stream from its start
-            save_checkpoint(ckpt_path, model, optimizer, p, hidden)
+            save_checkpoint(parts, p, hidden)
             if interrupt.requested:
-                raise LMInterrupted(output, p.epoch, 0)
+                raise LMInterrupted(parts.output, p.epoch, 0)
+    return p
 
-    metrics = {"history": p.history,
-               "held_out_perplexity": p.history[-1]["held_out_perplexity"],
-               "train_seconds": p.train_seconds, "tokens_per_s": p.train_tokens / max(p.train_seconds, 1e-9),
-               "parameters": sum(t.numel() for t in model.parameters()), "threads": threads,
-               "corpus": record, "loss_per_step": p.losses}
-    save_run(output, model, tokenizer, config, metrics, source)
-    ckpt_path.unlink(missing_ok=True)  # the run is complete: the checkpoint has served
-    return metrics
+
+def train_step(parts: Parts, p: Progress, index: int, hidden):
+    """Forward, loss, backward, clip, step on batch `index`; returns the state to carry into the next one."""
+    inputs, targets = parts.batches.batch(index, p.epoch)  # [T, B] each
+    # Truncated BPTT: the state flows on into this segment, its gradient stops at the boundary.
+    carried = detach(hidden) if parts.batches.carries_state and hidden is not None else None
+    loss, n, hidden = parts.model.loss(inputs, targets, carried)
+    if not torch.isfinite(loss):
+        raise checkpoint.non_finite_loss(loss.item(), p.epoch, index + 1, parts.config.train,
+                                         parts.checkpoint_path, "pretrain-lm")
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # Gradients through time can explode: clip their global norm.
+    nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.train.clip_grad_norm or float("inf"))
+    parts.optimizer.step()
+    if parts.scheduler is not None:
+        parts.scheduler.step()  # schedules count batches, not epochs
+    p.batches_done, p.step = index + 1, p.step + 1
+    p.loss_sum, p.tokens = p.loss_sum + loss.item() * n, p.tokens + n
+    p.losses.append(round(loss.item(), 4))
+    parts.reporter.step(loss.item(), p.tokens)
+    return hidden
+
+
+def save_checkpoint(parts: Parts, p: Progress, hidden) -> None:
+    checkpoint.save(parts.checkpoint_path, parts.model, parts.optimizer, p, parts.scheduler, hidden)
 
 
 def save_run(output: Path, model: nn.Module, tokenizer, config: Config, metrics: dict,
              source: InitSource | None = None) -> None:
-    """Weights, meta and the learning curve first; metrics.json last, so its presence means the run is complete."""
-    from safetensors.torch import save as save_safetensors
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = save_safetensors(state)
-    rundir.atomic_write(output / rundir.WEIGHTS, payload)
-    rundir.write_json(output / rundir.META, {
-        "kind": "language_model", "weights_sha256": rundir.weights_sha256(payload),
-        "vocab_size": tokenizer.get_vocab_size(),
-        "cutoffs": model.head.cutoffs[:-1],
-        "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
-        "init_from": source.record() if source else None, "versions": rundir.versions()})
+    """The run directory's files (rundir.save_run, metrics.json last); meta.json marks it a language model."""
     from sentiment_rnn.plots import plot_lm_curve
 
-    plot_lm_curve(metrics, output / rundir.CURVES)
-    rundir.write_json(output / rundir.METRICS, metrics)
+    meta = {"kind": "language_model", "vocab_size": tokenizer.get_vocab_size(), "cutoffs": model.head.cutoffs[:-1],
+            "shared_prefixes": ["embedding.", "encoder."], "batching": config.lm.batching,
+            "init_from": source.record() if source else None}
+    rundir.save_run(output, model, meta, metrics, lambda: plot_lm_curve(metrics, output / rundir.CURVES))

@@ -22,6 +22,7 @@ gradient moved out of the loop into one matmul.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from sentiment_rnn.errors import SentimentRNNError
 
@@ -101,3 +102,38 @@ def backward_through_time(
         "h0": dh_from_next,  # [B, H]
         "dh": dh,
     }
+
+
+def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float] | None:
+    """Mean ||dLoss/dh_t|| of the top layer's forward direction, by steps back from each sentence's last token.
+
+    This is backpropagation through time made visible: in a tanh RNN the norm shrinks geometrically
+    with distance from the loss (vanishing gradients); gated cells (GRU/LSTM) keep it up. The full
+    dLoss/dh_t must be read off the h_t that the next step consumes; nn.RNN keeps those inside its
+    kernel (its `out` only carries the direct path to the loss), so the encoder is unrolled with its
+    cells, on a weight copy for nn.RNN (equal outputs: tests/test_cells.py).
+    """
+    if not hasattr(model, "encoder") or getattr(model, "pooling", "last") != "last":
+        return None  # the per-word baseline has no hidden state; pooled heads read more than the final state
+    from sentiment_rnn.models.cells import CellEncoder, cell_encoder_from_rnn
+
+    model.eval()
+    input_ids, lengths, y = (t.to(device) for t in batch)  # [T, B], [B], [B]
+    encoder = model.encoder if isinstance(model.encoder, CellEncoder) else cell_encoder_from_rnn(model.encoder.rnn)
+    step_states: list[list[torch.Tensor]] = []
+    with torch.enable_grad():
+        x = model.embedding(input_ids)  # [T, B, E]; eval mode, so no dropout
+        _, final = encoder(x, lengths, step_states)  # [B, D*H]
+        top = step_states[-encoder.num_directions]  # top layer, forward direction: T tensors [B, H]
+        for h in top:
+            h.retain_grad()
+        nn.functional.cross_entropy(model.head(final).float(), y).backward()
+    model.zero_grad(set_to_none=True)
+    grads = [h.grad if h.grad is not None else torch.zeros_like(h) for h in top]
+    grad = torch.stack(grads).float().norm(dim=-1)  # [T, B]
+    steps = int(lengths.max())
+    back = torch.arange(steps, device=grad.device).view(-1, 1)  # [S, 1] steps back from the end
+    t = lengths.view(1, -1) - 1 - back  # [S, B] time index of "k steps back" per sentence
+    valid = t >= 0  # [S, B]
+    picked = grad.gather(0, t.clamp(min=0)) * valid  # [S, B]
+    return (picked.sum(1) / valid.sum(1).clamp(min=1)).tolist()
