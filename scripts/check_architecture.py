@@ -23,7 +23,7 @@ KEPT_OFF_THE_DEFAULT_PATH = ("sentiment_rnn.speed", "sentiment_rnn.lm")
 # Lowest layer first. A module may import its own layer and those below; in the commands layer, only its own
 # family (one trainer never reaches into another). A module missing here is reported, so the table stays whole.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
-    {"foundation": ("errors", "config", "runtime", "inputs", "records", "distributed", "cli_parsing")},
+    {"foundation": ("errors", "config", "runtime", "inputs", "records", "distributed")},
     {"parts": ("tokenizer", "sources", "splits", "data", "models", "models.rnn", "models.cells", "models.baseline",
                "models.bptt", "rundir", "checkpoint", "scoring", "optim", "plots", "tracking", "embeddings",
                "probe", "finetune")},
@@ -33,7 +33,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
      "pretrain-embeddings": ("pretrain",),
      "use a run": ("predict", "evaluate", "explain", "explain_render", "export", "onnx_backend", "serve", "shapes")},
     {"orchestration": ("compare", "sweep")},
-    {"command line": ("cli", "console", "__main__")},
+    {"command line": ("cli_common", "console", "cli_run", "cli", "__main__")},
 ]
 
 
@@ -120,7 +120,10 @@ def closure(module: str = "sentiment_rnn.train") -> list[str]:
     """The package's modules loaded by importing `module` in a fresh interpreter, the package itself included."""
     code = (f"import sys, {module}; print('\\n'.join(sorted(m for m in sys.modules "
             "if m == 'sentiment_rnn' or m.startswith('sentiment_rnn.'))))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:  # an import circle can make the import itself fail
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"importing {module} failed: {last}")
     return done.stdout.split()
 
 

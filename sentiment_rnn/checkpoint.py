@@ -188,7 +188,7 @@ def check_resumable(run: Path, epochs: int | None = None) -> None:
 
 def check_continuable(run: Path, epochs: int | None) -> None:
     """A finished run continues from its final state when asked for more epochs than it was configured for."""
-    own = load_config(run / rundir.CONFIG).train.epochs
+    own = rundir.read_config(run).train.epochs
     if epochs is None or epochs == own:
         raise SentimentRNNError(f"cannot resume: run '{run}' already finished; train a new run with --output DIR, "
                                 f"or continue it with more epochs: --set train.epochs=N with N > {own}")
@@ -239,10 +239,12 @@ def resume_config(run: Path, config_path: Path | None = None, overrides: list[st
     finished = run.is_dir() and rundir.is_complete(run)
     if not finished:
         check_resumable(run)
-    config = load_config(run / rundir.CONFIG)
+    config = rundir.read_config(run)
     asked = config
-    if config_path is not None or overrides:
-        asked = load_config(config_path if config_path is not None else run / rundir.CONFIG, overrides)
+    if config_path is not None:
+        asked = load_config(config_path, overrides, type(config))
+    elif overrides:
+        asked = rundir.read_config(run, overrides)
     if finished:
         check_resumable(run, asked.train.epochs)
     changed = [k for k in _changed_keys(config.model_dump(mode="json"), asked.model_dump(mode="json"))

@@ -171,13 +171,20 @@ class LMConfig(_Strict):
 
 
 class Config(_Strict):
+    """A classifier's config (train, compare-baseline, sweep): what shapes a classifier run, and nothing else."""
+
     name: str = "default"  # run name; the run lands in runs/<name>/ unless --output says otherwise
     seed: int = 0
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    lm: LMConfig = LMConfig()  # pretrain-lm
+
+
+class LMRunConfig(Config):
+    """pretrain-lm's config: the classifier's keys (the model it pretrains, its optimizer and loop) and lm.*."""
+
+    lm: LMConfig = LMConfig()
 
 
 # Keys of features measured and removed (README, "Transfer": the rows marked removed), with the value that
@@ -213,11 +220,14 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, schema: type[Config]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "extra_forbidden" and loc[:1] == ("lm",):
+        return ("'lm' configures pretrain-lm (e.g. configs/lm.yaml), not a classifier; drop the lm: section from "
+                "this config")
     if err["type"] == "extra_forbidden":
-        valid = _field_names(Config, loc[:-1])
+        valid = _field_names(schema, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
         return f"unknown key '{key}'; {hint}"
@@ -235,21 +245,24 @@ def _origin_of(loc: tuple, origin: str, overrides: dict[str, str]) -> str:
     return origin
 
 
-def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[str, str] | None = None) -> Config:
+def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[str, str] | None = None,
+                 schema: type[Config] | None = None) -> Config:
     """Validate a plain dict into a Config, or raise one readable error.
 
     overrides: the dotted keys that --set wrote, with the override as given, to name it in errors.
+    schema: Config (a classifier) or LMRunConfig (pretrain-lm); None: LMRunConfig when there is an lm section.
     """
     if not isinstance(raw, dict):
         raise SentimentRNNError(f"{origin}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     _drop_retired(raw, origin, overrides or {})
+    schema = schema or (LMRunConfig if "lm" in raw else Config)
     try:
-        return Config.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         where = _origin_of(tuple(errors[0]["loc"]), origin, overrides or {})
-        raise SentimentRNNError(f"{where}: {_describe(errors[0])}{more}") from None
+        raise SentimentRNNError(f"{where}: {_describe(errors[0], schema)}{more}") from None
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -307,8 +320,13 @@ def _read_yaml(source: Path | Traversable, origin: str) -> Any:
         raise SentimentRNNError(f"{origin}: YAML syntax error{where}: {problem}; fix the file's syntax") from None
 
 
-def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (see resolve_config; the schema's defaults when None) and apply KEY=VALUE overrides."""
+def load_config(spec: str | Path | None, overrides: list[str] | None = None, schema: type[Config] | None = None,
+                saved_run: bool = False) -> Config:
+    """Read a YAML config (see resolve_config; the schema's defaults when None) and apply KEY=VALUE overrides.
+
+    schema: see parse_config. saved_run: the file is a classifier run's own config.yaml, whose lm: section (runs
+    saved before the split held pretrain-lm's defaults) shaped nothing of the classifier and is left out.
+    """
     raw: Any = {}
     origin = "defaults"
     if spec is not None:
@@ -317,15 +335,18 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> 
         raw = _read_yaml(source, origin)
         if isinstance(raw, dict) and "name" not in raw:
             raw["name"] = source.name.rsplit(".", 1)[0]
+        if saved_run and schema is Config and isinstance(raw, dict):
+            raw.pop("lm", None)
     written = {}
     for item in overrides or []:
         if not isinstance(raw, dict):
             break
         _apply_override(raw, item)
         written[item.partition("=")[0].strip()] = item
-    return parse_config(raw, origin, written)
+    return parse_config(raw, origin, written, schema)
 
 
-def dump_config(config: Config) -> str:
-    """The resolved config as YAML, as saved in every run directory."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def dump_config(config: Config, schema: type[Config] | None = None) -> str:
+    """The resolved config as YAML, as saved in every run directory; schema Config keeps a classifier's keys only."""
+    keys = set((schema or type(config)).model_fields)
+    return yaml.safe_dump(config.model_dump(mode="json", include=keys), sort_keys=False)

@@ -1,6 +1,10 @@
-"""Rich rendering for the CLI: the training progress bar and result tables."""
+"""Rich rendering for the CLI: the training progress bar, result tables and predict's table of texts."""
 
 from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -163,3 +167,42 @@ def sweep_table(summary: dict) -> Table:
         star = " ★" if row["setting"] == summary["best"]["setting"] else ""
         table.add_row(row["setting"] + star, *cells)
     return table
+
+
+RICH_TABLE_ROWS = 200  # rich lays out every cell of a table; for more rows, plain columns print many times faster
+
+
+def print_predictions(records: Iterator[dict], labels: list[str]) -> int:
+    """A rich table for a few texts; plain aligned columns, streamed, for more. Returns the number of texts."""
+    first = list(itertools.islice(records, RICH_TABLE_ROWS + 1))
+    if len(first) <= RICH_TABLE_ROWS:
+        _rich_table(first)
+        return len(first)
+    width = max(len(name) for name in [*labels, "label", "error"])
+    out = sys.stdout
+    out.write(f"{'label':<{width}}  probability  text\n")
+    count = 0
+    for rec in itertools.chain(first, records):
+        text = (rec["text"] or "")[:200]
+        if "error" in rec:
+            out.write(f"{'error':<{width}}  {'':>11}  {text} [{rec['error']}]\n")
+        else:
+            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {text}\n")
+        count += 1
+    return count
+
+
+def _rich_table(records: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("text", overflow="fold")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for rec in records:
+        text = (rec["text"] or "")[:200]
+        if "error" in rec:
+            table.add_row(text, f"[red]error: {rec['error']}[/red]", "")
+        else:
+            table.add_row(text, rec["label"], f"{rec['probability']:.3f}")
+    console.print(table)

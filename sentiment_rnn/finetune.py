@@ -68,9 +68,7 @@ def read_init_source(config: Config) -> InitSource | None:
 
 
 def check_same_shape(run: Path, model: ModelConfig) -> None:
-    from sentiment_rnn.config import load_config
-
-    source = load_config(run / rundir.CONFIG).model
+    source = rundir.read_config(run).model
     # The per-word baseline (compare-baseline's other model) takes only the embedding.
     keys = ("embedding_dim",) if model.kind == "per_word_linear" else SHAPE_KEYS
     for key in keys:

@@ -25,6 +25,7 @@ from sentiment_rnn.errors import SentimentRNNError
 
 CONFIG, TOKENIZER, WEIGHTS, META = "config.yaml", "tokenizer.json", "model.safetensors", "meta.json"
 SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", "gradients.png"
+CORPUS = "corpus.json"  # pretrain-lm's record of the text it read, written first: it marks a language-model run
 CHECKPOINT = "checkpoint.pt"  # only while training: a run that has one but no metrics.json can be resumed
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
 DEFAULT_ROOT = Path("runs")
@@ -124,6 +125,15 @@ def save_run(output: Path, model, meta: dict, metrics: dict, figures: Callable[[
     write_json(output / METRICS, metrics)
 
 
+def read_config(run: Path, overrides: list[str] | None = None):
+    """A run's own config.yaml, with `overrides` on top: a pretrain-lm run's (lm.* keys and all), or a
+    classifier's (classifier keys only; see config.load_config's saved_run)."""
+    from sentiment_rnn.config import Config, LMRunConfig, load_config
+
+    schema = LMRunConfig if (Path(run) / CORPUS).is_file() else Config
+    return load_config(Path(run) / CONFIG, overrides, schema, saved_run=True)
+
+
 def is_complete(run: Path) -> bool:
     return all((run / name).is_file() for name in REQUIRED)
 
@@ -185,14 +195,13 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from sentiment_rnn.config import load_config
     from sentiment_rnn.models import build_model
     from sentiment_rnn.tokenizer import load_tokenizer
 
     if precision not in PRECISIONS:
         raise SentimentRNNError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     run = resolve_run(model_dir)
-    config = load_config(run / CONFIG)
+    config = read_config(run)
     meta = read_json(run / META)
     if isinstance(meta, dict) and meta.get("kind") == "language_model":
         raise SentimentRNNError(f"'{run}' is a pretrain-lm run: a language model, with no classifier to predict with; "

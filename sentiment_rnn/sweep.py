@@ -127,14 +127,14 @@ def plan(config: str | Path, items: list[str] | None, seeds: list[int], output: 
     """The sweep folder and every job, seed by seed (a stopped sweep has every setting's first seeds);
     each job's config is built and validated here, so a bad value fails before anything is trained."""
     grid = parse_grid(items)
-    base = load_config(config, [f"{k}={v[0]}" for k, v in grid.items()])
+    base = load_config(config, [f"{k}={v[0]}" for k, v in grid.items()], Config)
     output = Path(output) if output is not None else rundir.DEFAULT_ROOT / f"sweep-{base.name}"
     combos = settings(grid, base.name)
     folders = [folder_name(name) for name, _ in combos]
     if len(set(folders)) != len(folders):
         raise SentimentRNNError("two settings give the same folder name once characters other than letters, "
                                 "digits and . , = + - are replaced; write the values alike, e.g. both as [20,15]")
-    jobs = [Job(name, seed, output / folder / f"seed-{seed}", load_config(config, [*overrides, f"seed={seed}"]))
+    jobs = [Job(name, seed, output / folder / f"seed-{seed}", load_config(config, [*overrides, f"seed={seed}"], Config))
             for seed in seeds for (name, overrides), folder in zip(combos, folders, strict=True)]
     check_output(output)
     return output, jobs
@@ -162,7 +162,7 @@ def state(job: Job) -> str:
     done, unfinished = rundir.is_complete(job.run), (job.run / rundir.CHECKPOINT).is_file()
     if not (done or unfinished):
         return "new"  # killed before its first checkpoint: nothing in it to keep
-    if _comparable(load_config(job.run / rundir.CONFIG)) != _comparable(job.config):
+    if _comparable(rundir.read_config(job.run)) != _comparable(job.config):
         raise SentimentRNNError(f"'{job.run}' was trained with another config than this sweep's {job.setting}, "
                                 f"seed {job.seed}; choose another --output, or delete '{job.run}' to retrain it")
     return "done" if done else "resume"

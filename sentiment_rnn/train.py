@@ -178,7 +178,7 @@ def _train_into(config: Config, output: Path, splits: data_lib.Splits, device: t
                 reporter: Reporter, resume: bool = False, source: InitSource | None = None,
                 report_to: str | None = None) -> dict:
     if distributed.is_main():
-        rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
+        rundir.atomic_write(output / rundir.CONFIG, dump_config(config, Config))  # a classifier's keys only
     tokenizer = setup_tokenizer(config, output, splits, reporter, resume, source)
     reporter.stage("Tokenizing")
     loaders = setup_data(config, splits, tokenizer, device)

@@ -69,3 +69,31 @@ def test_retired_keys_load_at_their_off_value_and_are_refused_otherwise_naming_t
         with pytest.raises(SentimentRNNError, match=f"^--set {item}: .* was removed \\(the {reason}") as err:
             load_config(saved, [item])
         assert len(str(err.value).splitlines()) == 1 and "delete the key" in str(err.value)
+
+
+def test_a_classifier_run_saves_only_classifier_keys_and_an_older_run_with_an_lm_section_still_loads(tiny_run,
+                                                                                                      tmp_path):
+    import shutil
+
+    import yaml
+
+    from sentiment_rnn import rundir
+    from sentiment_rnn.predict import Predictor
+
+    saved = yaml.safe_load((tiny_run / rundir.CONFIG).read_text())
+    assert set(saved) == {"name", "seed", "data", "tokenizer", "model", "train"}
+    old = tmp_path / "old"  # as runs saved before pretrain-lm's keys left the classifier's config
+    shutil.copytree(tiny_run, old)
+    (old / rundir.CONFIG).write_text(yaml.safe_dump({**saved, "lm": {"objective": "next_word", "bptt": 35}}))
+    assert rundir.read_config(old).model == rundir.read_config(tiny_run).model
+    assert Predictor.from_dir(old).probabilities(["a fine film"]).shape == (1, 2)
+
+
+def test_lm_keys_in_a_classifier_config_are_one_line_error_naming_pretrain_lm():
+    from sentiment_rnn.config import Config, LMRunConfig
+
+    with pytest.raises(SentimentRNNError, match="'lm' configures pretrain-lm .*drop the lm: section") as err:
+        parse_config({"lm": {"bptt": 20}}, schema=Config)
+    assert "\n" not in str(err.value)
+    assert isinstance(parse_config({"lm": {"bptt": 20}}), LMRunConfig)  # pretrain-lm's configs keep them
+    assert "lm:" not in dump_config(parse_config({"lm": {"bptt": 20}}), Config)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sentiment_rnn import predict
-from sentiment_rnn.cli import Precision
+from sentiment_rnn.cli_run import Precision
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
 from sentiment_rnn.predict import Predictor

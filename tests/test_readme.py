@@ -32,7 +32,7 @@ def test_every_command_has_help_text_and_a_readme_entry():
 
 
 def test_every_config_key_is_documented():
-    from sentiment_rnn.config import Config
+    from sentiment_rnn.config import LMRunConfig
 
     def keys(model, prefix=""):
         for name, field in model.model_fields.items():
@@ -42,5 +42,5 @@ def test_every_config_key_is_documented():
             else:
                 yield f"{prefix}{name}"
 
-    missing = [k for k in keys(Config) if f"`{k}`" not in README]
+    missing = [k for k in keys(LMRunConfig) if f"`{k}`" not in README]
     assert not missing, f"README's config table lacks {missing}"

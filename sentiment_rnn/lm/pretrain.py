@@ -36,7 +36,7 @@ from sentiment_rnn.lm.model import build_language_model, check_model_config, det
 from sentiment_rnn.lm.tokenizer import train_lm_tokenizer
 from sentiment_rnn.tokenizer import load_tokenizer
 
-CORPUS = "corpus.json"
+CORPUS = rundir.CORPUS
 
 
 class LMInterrupted(TrainingInterrupted):
