@@ -96,7 +96,9 @@ class InterruptAt(Reporter):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.parametrize("settings", [["lm.batching=stream"], ["lm.batching=documents"]], ids=["stream", "documents"])
+@pytest.mark.parametrize("settings", [["lm.batching=stream"], ["lm.batching=documents"],
+                                      ["train.schedule=warmup_linear", "train.warmup_steps=3"]],
+                         ids=["stream", "documents", "schedule"])
 def test_resume_after_ctrl_c_gives_the_weights_of_an_uninterrupted_run(tmp_path, settings):
     config = tiny_config(*settings, "model.embedding_dropout=0.2")  # dropout: RNG state matters
     straight = pretrain_lm(config, tmp_path / "straight")
@@ -220,3 +222,14 @@ def test_resume_refuses_a_changed_corpus_and_overwrite_replaces_the_run(tmp_path
     assert rundir.is_complete(run) and not (run / rundir.CHECKPOINT).exists() and not (run / "notes.txt").exists()
     record = json.loads((run / "corpus.json").read_text())
     assert record["documents"] + record["held_out_documents"] == len(lines) + 1  # the new corpus, every line of it
+
+
+def test_a_checkpoint_in_the_earlier_pretrain_lm_format_is_a_one_line_error_saying_how_to_go_on(tmp_path):
+    from sentiment_rnn import checkpoint
+
+    path = tmp_path / rundir.CHECKPOINT
+    torch.save({"format": "lm-1", "model": {}, "optimizer": {}, "progress": {}, "rng": {}, "hidden": []}, path)
+    with pytest.raises(SentimentRNNError, match="written by an earlier pretrain-lm.*start the run again with "
+                                                "--overwrite") as err:
+        checkpoint.read(path)
+    assert "\n" not in str(err.value)
