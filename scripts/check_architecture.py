@@ -23,10 +23,10 @@ KEPT_OFF_THE_DEFAULT_PATH = ("sentiment_rnn.speed", "sentiment_rnn.lm")
 # Lowest layer first. A module may import its own layer and those below; in the commands layer, only its own
 # family (one trainer never reaches into another). A module missing here is reported, so the table stays whole.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
-    {"foundation": ("errors", "config", "runtime", "inputs", "records", "distributed")},
-    {"parts": ("tokenizer", "sources", "splits", "data", "models", "models.rnn", "models.cells", "models.baseline",
-               "models.bptt", "rundir", "checkpoint", "scoring", "optim", "plots", "tracking", "embeddings",
-               "probe", "finetune")},
+    {"foundation": ("errors", "config", "runtime", "distributed")},
+    {"parts": ("inputs", "records", "tokenizer", "sources", "splits", "data", "models", "models.rnn", "models.cells",
+               "models.baseline", "models.bptt", "rundir", "checkpoint", "scoring", "optim", "plots", "tracking",
+               "embeddings", "probe", "finetune")},
     {"speed opt-in": ("speed", "speed.rnn", "speed.bidirectional", "speed.encoder")},
     {"train": ("train",),
      "pretrain-lm": ("lm", "lm.data", "lm.model", "lm.tokenizer", "lm.pretrain"),
