@@ -1,4 +1,6 @@
-"""Checkpoints: everything a killed or interrupted run needs to continue exactly where it stopped.
+"""The training loops' shared state: the `Progress` they carry, the `Reporter` hooks they call, seeding, and
+checkpoints, everything a killed or interrupted run of `train` or `pretrain-lm` needs to continue exactly
+where it stopped.
 
 `checkpoint.pt` is a `torch.save` of plain containers only (state dicts, tensors, numbers, strings), read
 back with `torch.load(weights_only=True)`, so a tampered file can fail to load but can never run code.

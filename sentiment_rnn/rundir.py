@@ -1,4 +1,5 @@
-"""The run directory: everything needed to rebuild and audit a model, and nothing that executes code.
+"""The run directory: everything needed to rebuild and audit a model, and nothing that executes code. Its
+output checks (`--overwrite`), writer (`save_run`) and config reader serve train and pretrain-lm alike.
 
 Layout: config.yaml (resolved), tokenizer.json, model.safetensors, meta.json (labels, sizes, versions),
 split.json (held-out rows), metrics.json (written last: its presence marks a complete run), curves.png;

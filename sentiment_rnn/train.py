@@ -1,7 +1,9 @@
 """Training: load config -> data -> tokenizer -> model -> optimizer -> explicit loop -> save the run.
 
 Reads top to bottom: `train` checks the output and loads the data, `_train_into` builds each part with
-its own setup function, `train_epochs` is the loop. The loop evaluates on the validation split every
+its own setup function, `train_epochs` is the loop. The run scaffold it stands on (output checks and the
+run writer in rundir.py, progress and checkpoints in checkpoint.py, optimizer and schedule in optim.py,
+the loss and scoring in scoring.py) is pretrain-lm's too. The loop evaluates on the validation split every
 epoch, keeps the best epoch's weights and stops early after `patience` epochs without improvement; the
 test split is scored once, at the end, with the kept weights.
 """
