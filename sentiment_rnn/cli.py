@@ -354,29 +354,47 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     precision: PrecisionOpt = Precision.fp32,
     backend: BackendOpt = Backend.auto,
+    label_map: Annotated[str | None, typer.Option(
+        help="Data labels spelled otherwise than the model's, as DATA=MODEL pairs: pos=positive,neg=negative.",
+    )] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        help="Write one JSON line per scored row (text, gold label, predicted label, probabilities) to this file.",
+    )] = None,
+    show_wrong: Annotated[int | None, typer.Option(
+        min=0, help="Show the N most confidently wrong rows; default 5 with --predictions, else 0.",
+    )] = None,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run (or an ONNX export)."""
+    wrong = show_wrong if show_wrong is not None else 5 * (predictions is not None)
     if _uses_onnx(backend, model, precision):
         from sentiment_rnn.onnx_backend import evaluate_export
 
-        if data is not None or text_column or label_column:
+        if data is not None or text_column or label_column or label_map:
             raise SentimentRNNError("an export holds only its run's test and validation rows; for --data, "
                                     "evaluate the run directory (with torch) instead")
-        metrics = evaluate_export(model, split)
+        metrics = evaluate_export(model, split, predictions, wrong)
     else:
         with _heavy_imports():
             from sentiment_rnn.evaluate import evaluate_run
 
         _warn_if_emulated(precision)
-        metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value)
+        metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value,
+                               label_map, predictions, wrong)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return
-    from sentiment_rnn.console import confusion_table, console, metrics_table
+    from rich.text import Text
 
-    in_bf16 = ", in bf16" if metrics["numeric_precision"] == "bf16" else ""  # (rich would read "[test]" as markup)
-    console.print(metrics_table(metrics, f"{metrics['run']} on {metrics['source']}, {metrics['split']} split{in_bf16}"))
+    from sentiment_rnn.console import confusion_table, console, metrics_table, wrong_rows_table
+
+    in_bf16 = ", in bf16" if metrics["numeric_precision"] == "bf16" else ""
+    console.print(metrics_table(metrics, Text(f"{metrics['run']} on {metrics['source']}, {metrics['split']} split"
+                                              f"{in_bf16}")))
     console.print(confusion_table(metrics))
+    if "most_confidently_wrong" in metrics:
+        console.print(wrong_rows_table(metrics["most_confidently_wrong"]))
+    if predictions is not None:
+        console.print(f"Predictions for every row written to {predictions}", markup=False, highlight=False)
 
 
 @app.command("compare-baseline")

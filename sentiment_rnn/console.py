@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 # soft_wrap: a line longer than the terminal (or than the 80 columns rich assumes when output is piped) stays
 # one line, so logs and greps see whole epoch lines; tables still fit the width.
@@ -50,13 +51,13 @@ class RichReporter:
             f"{record['tokens_per_s']:,.0f} tok/s  {record['seconds']:.1f}s{mark}")
 
 
-def metrics_table(metrics: dict, title: str) -> Table:
-    """Per-class precision/recall/F1 plus accuracy and macro-F1."""
+def metrics_table(metrics: dict, title: str | Text) -> Table:
+    """Per-class precision/recall/F1 plus accuracy and macro-F1; pass a Text title to show a path literally."""
     table = Table(title=title)
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, m in metrics["per_class"].items():
-        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+        table.add_row(Text(name), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     table.add_section()
     table.add_row("accuracy", "", "", f"{metrics['accuracy']:.3f}", str(metrics["n"]))
     table.add_row("macro F1", "", "", f"{metrics['macro_f1']:.3f}", "")
@@ -68,9 +69,20 @@ def confusion_table(metrics: dict) -> Table:
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")
     table.add_column("")
     for name in labels:
-        table.add_column(name, justify="right")
+        table.add_column(Text(name), justify="right")
     for name, row in zip(labels, metrics["confusion_matrix"], strict=True):
-        table.add_row(name, *(str(v) for v in row))
+        table.add_row(Text(name), *(str(v) for v in row))
+    return table
+
+
+def wrong_rows_table(rows: list[dict]) -> Table:
+    """evaluate --show-wrong: the most confidently wrong rows; texts are shown literally, never as markup."""
+    table = Table(title=f"{len(rows)} most confidently wrong row{'s' * (len(rows) != 1)}")
+    for name, justify in (("text", "left"), ("gold", "left"), ("predicted", "left"), ("probability", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for row in rows:
+        table.add_row(Text(row["text"][:200]), Text(row["label"]), Text(row["predicted"]),
+                      f"{row['probabilities'][row['predicted']]:.3f}")
     return table
 
 

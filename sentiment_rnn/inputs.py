@@ -102,3 +102,18 @@ def texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
     if not read:
         raise SentimentRNNError("the input has no lines; nothing to explain")
     return read
+
+
+def parse_label_map(spec: str, model_labels: list[str]) -> dict[str, str]:
+    """evaluate --label-map 'pos=positive,neg=negative': data label -> model label, every target checked."""
+    mapping: dict[str, str] = {}
+    for pair in spec.split(","):
+        source, sep, target = (part.strip() for part in pair.partition("="))
+        if not sep or not source or not target:
+            raise SentimentRNNError(f"--label-map entry '{pair}' is not DATA_LABEL=MODEL_LABEL; "
+                                    "write it as pos=positive,neg=negative")
+        if target not in model_labels:
+            raise SentimentRNNError(f"--label-map maps '{source}' to '{target}', which is not one of the model's "
+                                    f"labels ({', '.join(model_labels)})")
+        mapping[source] = target
+    return mapping
