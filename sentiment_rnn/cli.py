@@ -261,6 +261,9 @@ def predict(
         help="The speed opt-in's CPU kernel for vanilla (tanh/relu) "
              "RNN runs; the same probabilities, other cells ignore it.",
     )] = False,
+    top_k: Annotated[int | None, typer.Option(
+        "--top-k", min=1, help="Also list the K most probable labels per text (all labels if K exceeds them).",
+    )] = None,
 ) -> None:
     """Classify texts: label and class probabilities."""
     from sentiment_rnn.inputs import open_texts, prediction_stream
@@ -278,7 +281,7 @@ def predict(
         _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0
-    records = prediction_stream(predictor, source)
+    records = prediction_stream(predictor, source, top_k)
     if fmt is Format.jsonl:
         for rec in records:
             sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -302,39 +305,48 @@ RICH_TABLE_ROWS = 200  # rich lays out every cell of a table; for more rows, pla
 
 def _print_predictions(records: Iterator[dict], labels: list[str]) -> int:
     """A rich table for a few texts; plain aligned columns, streamed, for more. Returns the number of texts."""
+    from sentiment_rnn.records import top_k_text
+
     first = list(itertools.islice(records, RICH_TABLE_ROWS + 1))
     if len(first) <= RICH_TABLE_ROWS:
         _print_rich_table(first)
         return len(first)
     width = max(len(name) for name in [*labels, "label", "error"])
     out = sys.stdout
-    out.write(f"{'label':<{width}}  probability  text\n")
+    out.write(f"{'label':<{width}}  probability  {'top k  ' * ('top_k' in first[0])}text\n")
     count = 0
     for rec in itertools.chain(first, records):
         text = (rec["text"] or "")[:200]
         if "error" in rec:
             out.write(f"{'error':<{width}}  {'':>11}  {text} [{rec['error']}]\n")
         else:
-            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {text}\n")
+            top = f"{top_k_text(rec)}  " if "top_k" in rec else ""
+            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {top}{text}\n")
         count += 1
     return count
 
 
 def _print_rich_table(records: list[dict]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from sentiment_rnn.console import console
+    from sentiment_rnn.records import top_k_text
 
+    top_k = any("top_k" in rec for rec in records)
     table = Table()
     table.add_column("text", overflow="fold")
     table.add_column("label")
     table.add_column("probability", justify="right")
+    if top_k:
+        table.add_column("top k")
     for rec in records:
-        text = (rec["text"] or "")[:200]
+        text = Text((rec["text"] or "")[:200])  # a Text: user text is shown as written, never read as markup
         if "error" in rec:
-            table.add_row(text, f"[red]error: {rec['error']}[/red]", "")
+            table.add_row(text, Text(f"error: {rec['error']}", style="red"), "", *[""] * top_k)
         else:
-            table.add_row(text, rec["label"], f"{rec['probability']:.3f}")
+            table.add_row(text, Text(rec["label"]), f"{rec['probability']:.3f}",
+                          *[Text(top_k_text(rec))] * top_k)
     console.print(table)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.records import with_top_k
 
 UNDECODABLE = "\0undecodable"  # stands in for a line that is not UTF-8 until it becomes an error record
 PAST = {"classify": "classified", "explain": "explained"}
@@ -67,8 +68,14 @@ def decode_lines(source: Iterable[bytes]) -> Iterator[str]:
             yield UNDECODABLE
 
 
-def prediction_stream(predictor, source: list[str] | BinaryIO) -> Iterator[dict]:
-    """predictor's records for TEXT arguments, or streamed for the lines of a file or stdin."""
+def prediction_stream(predictor, source: list[str] | BinaryIO, top_k: int | None = None) -> Iterator[dict]:
+    """predictor's records for TEXT arguments, or streamed for the lines of a file or stdin; with top_k, each
+    record also lists its top_k most probable labels (records.with_top_k)."""
+    records = _records(predictor, source)
+    return with_top_k(records, top_k) if top_k else records
+
+
+def _records(predictor, source: list[str] | BinaryIO) -> Iterator[dict]:
     if isinstance(source, list):
         yield from predictor.predict(source)
         return

@@ -30,6 +30,21 @@ def prediction_records(texts: list[str], labels: Sequence[str], probabilities: C
     return records
 
 
+def with_top_k(records: Iterable[dict], k: int) -> Iterator[dict]:
+    """predict --top-k: each record gains "top_k", its k most probable labels, most probable first, as
+    fastText's predict-prob k. A k above the number of labels gives every label (as fastText does)."""
+    for rec in records:
+        if "probabilities" in rec:
+            ranked = sorted(rec["probabilities"].items(), key=lambda item: -item[1])[:k]
+            rec["top_k"] = [{"label": name, "probability": p} for name, p in ranked]
+        yield rec
+
+
+def top_k_text(rec: dict) -> str:
+    """A record's top_k in one cell: 'positive 0.831, negative 0.169'."""
+    return ", ".join(f"{entry['label']} {entry['probability']:.3f}" for entry in rec["top_k"])
+
+
 def stream_records(predict: Callable[[list[str]], list[dict]], lines: Iterable[str],
                    chunk_size: int = 4096) -> Iterator[dict]:
     """Predictions for any number of lines with flat memory: one chunk in flight at a time."""
