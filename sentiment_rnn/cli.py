@@ -345,8 +345,8 @@ def _print_rich_table(records: list[dict]) -> None:
         if "error" in rec:
             table.add_row(text, Text(f"error: {rec['error']}", style="red"), "", *[""] * top_k)
         else:
-            table.add_row(text, Text(rec["label"]), f"{rec['probability']:.3f}",
-                          *[Text(top_k_text(rec))] * top_k)
+            top = [Text(top_k_text(rec))] if top_k else []
+            table.add_row(text, Text(rec["label"]), f"{rec['probability']:.3f}", *top)
     console.print(table)
 
 
@@ -544,21 +544,22 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Export directory; default RUN/onnx/.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export directory.")] = False,
+    quantize: Annotated[bool, typer.Option(
+        "--quantize", help="int8 dynamic quantization (onnxruntime): a smaller graph, checked against fp32.",
+    )] = False,
 ) -> None:
     """Export a run to ONNX (model.onnx, tokenizer, labels, meta.json) for predict, evaluate and serve without torch."""
     if fmt != "onnx":
         raise SentimentRNNError(f"unknown export format '{fmt}'; the one format is onnx")
     with _heavy_imports():
-        from sentiment_rnn.export import export_run
+        from sentiment_rnn.export import export_run, export_summary
         from sentiment_rnn.onnx_backend import EXPORT_DIR
         from sentiment_rnn.rundir import resolve_run
     from sentiment_rnn.console import console
 
     out = output or resolve_run(model) / EXPORT_DIR
-    meta = export_run(model, out, overwrite)
-    console.print(f"Exported {meta['source_run']} to [bold]{out}[/bold] (ONNX opset {meta['opset']}); onnxruntime "
-                  f"matches torch within {meta['parity_max_abs_diff']:.1e} on {meta['parity_rows']} test rows. "
-                  f"Use it with: sentiment-rnn predict --model {out} \"some text\"")
+    meta = export_run(model, out, overwrite, quantize)
+    console.print(export_summary(meta, out), markup=False, highlight=False)
 
 
 @app.command()
