@@ -10,6 +10,7 @@ indexed by that tokenizer's ids, so a newly trained vocabulary would scramble th
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,24 @@ def read_init_source(config: Config) -> InitSource | None:
     softmax = {k: v for k, v in state.items() if k.startswith(LM_SOFTMAX_PREFIXES)}
     decoder = {k: v for k, v in state.items() if k.startswith(DECODER_PREFIX)}
     return InitSource(run.resolve(), digest, shared, softmax, decoder)
+
+
+def finetune_command(run: Path) -> str:
+    """The command that fine-tunes a classifier from `run` with configs/finetune.yaml, with a --set for every
+    shape key where the run differs from that config (init_from requires the same shape)."""
+    from sentiment_rnn.config import load_config
+
+    source, shipped = load_config(run / rundir.CONFIG).model, load_config("finetune").model
+    sets = [f"--set model.{key}={_set_value(getattr(source, key))}" for key in SHAPE_KEYS
+            if getattr(source, key) != getattr(shipped, key)]
+    return " ".join(["sentiment-rnn train -c finetune", *sets, f"--set model.init_from={run}"])
+
+
+def _set_value(value) -> str:
+    """A config value as --set reads it (YAML): lists as [a,b], booleans as true/false, None as null."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
 
 
 def check_same_shape(run: Path, model: ModelConfig) -> None:

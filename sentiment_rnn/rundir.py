@@ -180,8 +180,10 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     config = load_config(run / CONFIG)
     meta = read_json(run / META)
     if isinstance(meta, dict) and meta.get("kind") == "language_model":
+        from sentiment_rnn.finetune import finetune_command
+
         raise SentimentRNNError(f"'{run}' is a pretrain-lm run: a language model, with no classifier to predict with; "
-                                f"fine-tune one from it: sentiment-rnn train -c finetune --set model.init_from={run}")
+                                f"fine-tune one from it: {finetune_command(run)}")
     try:
         vocab_size, labels, max_length = int(meta["vocab_size"]), list(meta["label_names"]), int(meta["max_length"])
     except (KeyError, TypeError, ValueError):
