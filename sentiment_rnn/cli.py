@@ -56,6 +56,14 @@ ReportToOpt = Annotated[ReportTo | None, typer.Option(
 )]
 
 
+def escape(text: str) -> str:
+    """User text and paths inside rich markup, shown as written ('runs/a[v2]' keeps its brackets); rich is
+    imported here, not at start-up."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(text)
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print `Error: message` and exit; the message is printed as it is written, never read as rich markup
     (a hint such as pip install 'sentiment-rnn[serve]' keeps its brackets)."""
@@ -166,15 +174,15 @@ def train(
 
     cfg, out = config_and_output(config, DEFAULT_CONFIG, set_, output, overwrite, resume, Path("runs"))
     if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
-        console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
-                      f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
+        console.print(f"[bold]Training[/bold] {escape(cfg.name)}: {cfg.model.kind} ({cfg.model.cell}, "
+                      f"{cfg.model.layer_sizes()}) on {escape(cfg.data.source)} -> {escape(str(out))}", highlight=False)
     metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite, resume=resume is not None,
                         report_to=report_to and report_to.value)
     if not is_main():
         return
     console.print(metrics_table(metrics["test"], f"Test split (best epoch {metrics['best_epoch']})"))
     console.print(f"Trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s; "
-                  f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{out}[/bold]")
+                  f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{escape(str(out))}[/bold]")
 
 
 class Format(str, Enum):
@@ -435,18 +443,17 @@ def compare_baseline(
         from sentiment_rnn.compare import compare_baseline as run_comparison
         from sentiment_rnn.config import load_config
         from sentiment_rnn.console import RichReporter, comparison_table, console
-    from rich.markup import escape
-
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     out = output or Path("runs") / f"compare-{cfg.name}"
-    console.print(f"[bold]Comparing[/bold] {cfg.name}'s RNN with the per-word linear baseline, "
-                  f"{seeds} seed(s), on {cfg.data.source} -> {out}")
+    console.print(f"[bold]Comparing[/bold] {escape(cfg.name)}'s RNN with the per-word linear baseline, "
+                  f"{seeds} seed(s), on {escape(cfg.data.source)} -> {escape(str(out))}", highlight=False)
     result = run_comparison(cfg, out, seeds, probe, RichReporter(), overwrite=overwrite, positive=positive_label)
     console.print(comparison_table(result))
     for note in result["notes"]:
         console.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
-    console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{out / COMPARISON}[/bold] and "
-                  f"[bold]{result['figure']}[/bold]; each run under {out} works with predict --model.")
+    console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{escape(str(out / COMPARISON))}[/bold] and "
+                  f"[bold]{escape(str(result['figure']))}[/bold]; each run under {escape(str(out))} works with "
+                  "predict --model.", highlight=False)
 
 
 @app.command()
@@ -517,17 +524,18 @@ def pretrain_embeddings(
     names = list(EMBEDDED) if sources is None else [s.strip() for s in sources.split(",") if s.strip()]
     check_sources(names)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
-    console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of {', '.join(names)} "
-                  f"(seed {cfg.seed}, split {list(cfg.data.split)}) -> {output}")
+    console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of "
+                  f"{escape(', '.join(names))} (seed {cfg.seed}, split {list(cfg.data.split)}) -> "
+                  f"{escape(str(output))}", highlight=False)
     with Progress(TextColumn("[bold]word2vec epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("epochs", total=epochs)
         info = run_pretraining(output, cfg, names, dim, epochs, overwrite,
                                on_epoch=lambda done, total: progress.update(task, completed=done))
     texts = ", ".join(f"{n:,} {source}" for source, n in info["texts"].items())
-    console.print(f"Wrote {info['words']:,} words x {dim} to [bold]{output}[/bold] from {texts} training texts "
-                  f"({info['tokens']:,} tokens) in {info['seconds']:.0f}s. Use it with "
-                  f"--set model.embedding.pretrained={output}")
+    console.print(f"Wrote {info['words']:,} words x {dim} to [bold]{escape(str(output))}[/bold] from "
+                  f"{escape(texts)} training texts ({info['tokens']:,} tokens) in {info['seconds']:.0f}s. Use it with "
+                  f"--set model.embedding.pretrained={escape(str(output))}", highlight=False)
 
 
 class ExplainFormat(str, Enum):
@@ -648,7 +656,7 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     console.print(f"Serving {metadata['source_run']} ({metadata['backend']}) on http://{shown}:{bound_port} "
-                  f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True)
+                  f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True, markup=False)
     sys.stdout.flush()
     run_server(create_app(predictor, metadata, limits), sock)
 
@@ -685,11 +693,12 @@ def sweep(
                         RichReporter())
     console.print(sweep_table(summary))
     for note in summary["notes"]:
-        console.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     out = Path(summary["output"])
-    console.print(f"Best on validation: [bold]{summary['best']['setting']}[/bold]. {summary['trained']} run(s) "
-                  f"trained, {summary['resumed']} resumed, {summary['kept']} kept. Saved [bold]{out / SUMMARY}"
-                  f"[/bold] and [bold]{summary['figure']}[/bold]; each run under {out} works with predict --model.")
+    console.print(f"Best on validation: [bold]{escape(summary['best']['setting'])}[/bold]. {summary['trained']} "
+                  f"run(s) trained, {summary['resumed']} resumed, {summary['kept']} kept. Saved [bold]"
+                  f"{escape(str(out / SUMMARY))}[/bold] and [bold]{escape(str(summary['figure']))}[/bold]; each run "
+                  f"under {escape(str(out))} works with predict --model.", highlight=False)
 
 
 def main() -> None:
@@ -722,15 +731,15 @@ def pretrain_lm(
     # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
     cfg, out = config_and_output(config, "lm", set_, output, overwrite, resume, Path("runs") / "pretrained")
     what = "sequence autoencoder" if cfg.lm.objective == "autoencoder" else "language model"
-    console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} {what} "
+    console.print(f"[bold]Pretraining[/bold] {escape(cfg.name)}: {cfg.model.cell} {what} "
                   f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
-                  f"{cfg.lm.source} -> {out}")
+                  f"{escape(cfg.lm.source)} -> {escape(str(out))}", highlight=False)
     metrics = run_pretraining(cfg, out, LMReporter(), overwrite=overwrite, resume=resume is not None)
     # The autoencoder's held-out perplexity is that of reconstructing the held-out windows, not of the next word.
     scored = "reconstruction perplexity" if cfg.lm.objective == "autoencoder" else "perplexity"
     console.print(f"Held-out {scored} {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
                   f"epoch(s); trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s. "
-                  f"Run saved to [bold]{out}[/bold]")
+                  f"Run saved to [bold]{escape(str(out))}[/bold]", highlight=False)
 
 
 for _command in app.registered_commands:  # every command: `--flag true` is refused, not read as a text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -23,12 +24,14 @@ class RichReporter:
         self.started = 0.0
 
     def stage(self, text: str) -> None:
-        self.console.print(f"[dim]•[/dim] {text}")
+        self.console.print(f"[dim]•[/dim] {escape(text)}", highlight=False)  # paths and sources, shown as written
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         import time
 
         self.started = time.perf_counter()
+        if not self.console.is_terminal:  # a log file or pipe gets the epoch lines only: a stopped bar
+            return                        # would leave a blank line before each of them
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[tps]:,.0f} tok/s"),
@@ -39,11 +42,15 @@ class RichReporter:
     def step(self, loss: float, accuracy: float, tokens: int) -> None:
         import time
 
+        if self.progress is None:
+            return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         self.progress.update(self.task, advance=1, loss=loss, acc=accuracy, tps=tokens / elapsed)
 
     def epoch_end(self, record: dict) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
         mark = " [green]★ best[/green]" if record.get("best") else ""
         self.console.print(
             f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.3f}  "
@@ -100,8 +107,8 @@ def comparison_table(result: dict) -> Table:
     """compare-baseline's rows: mean ± std of each figure per model and the computed verdict."""
     seeds = len(result["seeds"])
     names = result["model_labels"]  # compare.LABELS
-    table = Table(title=f"{names['rnn']} vs {names['per_word_linear']} baseline ({result['config']}, "
-                        f"{seeds} seed{'s' * (seeds > 1)})")
+    table = Table(title=Text(f"{names['rnn']} vs {names['per_word_linear']} baseline ({result['config']}, "
+                             f"{seeds} seed{'s' * (seeds > 1)})"))
     table.add_column("figure")
     table.add_column(names["rnn"], justify="right")
     table.add_column(names["per_word_linear"], justify="right")
@@ -121,7 +128,7 @@ def inspect_tables(description: dict) -> list:
     """`inspect`'s output: parameters in the tutorial's terms, stage shapes of a forward pass, totals."""
     from rich.markup import escape
 
-    params = Table(title=f"Parameters of {description['source']}")
+    params = Table(title=Text(f"Parameters of {description['source']}"))
     params.add_column("layer", justify="right")
     params.add_column("direction")
     params.add_column("parameter", no_wrap=True)
@@ -151,6 +158,8 @@ class LMReporter(RichReporter):
         import time
 
         self.started = time.perf_counter()
+        if not self.console.is_terminal:  # a log file or pipe gets the epoch lines only: a stopped bar
+            return                        # would leave a blank line before each of them
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.3f}  ppl {task.fields[ppl]:,.0f}  {task.fields[tps]:,.0f} tok/s"),
@@ -163,11 +172,15 @@ class LMReporter(RichReporter):
         import math
         import time
 
+        if self.progress is None:
+            return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         self.progress.update(self.task, advance=1, loss=loss, ppl=math.exp(min(loss, 50.0)), tps=tokens / elapsed)
 
     def epoch_end(self, record: dict) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
         self.console.print(
             f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.3f} "
             f"(ppl {record['train_perplexity']:,.1f})  "
@@ -190,5 +203,5 @@ def sweep_table(summary: dict) -> Table:
             mean, std = row["mean"][key] * scale, row["std"][key]
             cells.append(f"{mean:.1f}" + ("" if std is None else f" ± {std * scale:.1f}"))
         star = " ★" if row["setting"] == summary["best"]["setting"] else ""
-        table.add_row(row["setting"] + star, *cells)
+        table.add_row(Text(row["setting"] + star), *cells)
     return table
