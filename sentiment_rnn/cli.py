@@ -686,12 +686,14 @@ def sweep(
 ) -> None:
     """Train every combination of --set values over --seeds; mean ± std per setting, the best picked on validation."""
     with _heavy_imports():
-        from sentiment_rnn.console import RichReporter, console, sweep_table
+        from sentiment_rnn.console import RichReporter, console, sweep_probe_table, sweep_table
         from sentiment_rnn.sweep import SUMMARY, run_sweep
 
     summary = run_sweep(config or DEFAULT_CONFIG, set_, seeds, output, jobs, report_to and report_to.value,
                         RichReporter())
     console.print(sweep_table(summary))
+    if summary["positive_label"] is not None:
+        console.print(sweep_probe_table(summary))
     for note in summary["notes"]:
         console.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     out = Path(summary["output"])

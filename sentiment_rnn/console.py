@@ -205,3 +205,24 @@ def sweep_table(summary: dict) -> Table:
         star = " ★" if row["setting"] == summary["best"]["setting"] else ""
         table.add_row(Text(row["setting"] + star), *cells)
     return table
+
+
+def sweep_probe_table(summary: dict) -> Table:
+    """sweep's context probe, a column per setting: pairs right on both sides per '# category' of the probe
+    (mean ± sample std, percent), then how many seeds read the README pair right."""
+    seeds, rows = len(summary["seeds"]), summary["settings"]
+    first, second = summary["readme_pair"]
+    table = Table(title="Context probe: pairs right on both sides %, per category (pairs)",
+                  caption=f'README pair: "{first}" positive, "{second}" negative')
+    table.add_column("category", overflow="fold")
+    for row in rows:
+        table.add_column(row["setting"], justify="right", overflow="fold")
+    for name, first in rows[0]["probe_categories"].items():
+        cells = []
+        for row in rows:
+            category = row["probe_categories"][name]
+            std = "" if category["std"] is None else f" ± {category['std'] * 100:.1f}"
+            cells.append(f"{category['mean'] * 100:.1f}{std}")
+        table.add_row(f"{name or '(no category)'} ({first['pairs']})", *cells)
+    table.add_row(f"README pair right, seeds of {seeds}", *(str(row["readme_pair_right"]) for row in rows))
+    return table

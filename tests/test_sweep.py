@@ -78,6 +78,35 @@ def test_summary_is_the_mean_and_sample_std_of_the_runs_own_metrics(sweep):
     assert "★" in sweep["stdout"] and f"Best on validation: {by_val['setting']}." in sweep["stdout"]
 
 
+def test_summary_scores_the_probe_per_category_and_counts_seeds_reading_the_readme_pair_right(sweep):
+    """What the README's Reading-context table needs, checked against the probe file and each run's predict."""
+    from sentiment_rnn.predict import Predictor
+
+    lines = (ROOT / "sentiment_rnn" / "assets" / "context_probe.tsv").read_text().splitlines()
+    sizes, category = {}, ""
+    for line in lines:
+        if line.startswith("#"):
+            category = line.lstrip("#").strip()
+        else:
+            sizes[category] = sizes.get(category, 0) + 0.5  # two sentences a pair
+    readme = ["the flower is so beautiful", "i do not think the flower is beautiful"]
+    for row in sweep["summary"]["settings"]:
+        runs = row["runs"]
+        assert {name: c["pairs"] for name, c in row["probe_categories"].items()} == sizes
+        for run in runs:  # the categories' pairs right add up to the whole probe's
+            right = sum(run["probe_categories"][name] * size for name, size in sizes.items())
+            assert right == pytest.approx(run["probe_pairs_right"] * sum(sizes.values()))
+        for name, figures in row["probe_categories"].items():
+            rates = [run["probe_categories"][name] for run in runs]
+            assert figures["mean"] == pytest.approx(sum(rates) / 2)
+            assert figures["std"] == pytest.approx(abs(rates[0] - rates[1]) / 2 ** 0.5)
+        labels = [[r["label"] for r in Predictor.from_dir(Path(run["run"])).predict(readme)] for run in runs]
+        assert row["readme_pair_right"] == labels.count(["positive", "negative"])
+    assert sweep["summary"]["readme_pair"] == readme
+    assert "Context probe: pairs right on both sides %, per category" in sweep["stdout"]
+    assert "README pair right, seeds of 2" in sweep["stdout"]
+
+
 def test_a_continued_sweep_keeps_finished_runs_and_resumes_the_interrupted_one(sweep):
     out, stdout = sweep["out"], sweep["stdout"]
     for run, mtimes in sweep["before"].items():
