@@ -20,6 +20,10 @@ from pathlib import Path
 VARIANTS = {
     "default": ("default", []),
     "default-glove": ("default", ["model.embedding.pretrained=glove-6b-50d"]),
+    # two stages (stage_one.*): the IMDB review sentences first, then Rotten Tomatoes from that run
+    "reviews-then-rt": ("default", ["stage_one.enabled=true"]),
+    "reviews-then-rt-glove": ("default", ["stage_one.enabled=true", "model.embedding_dim=50",
+                                          "model.embedding.pretrained=glove-6b-50d"]),
     "sst2": ("sst2", []),
     "sst2-noglove": ("sst2", ["model.embedding.pretrained=null"]),
     "sst2-noglove100": ("sst2", ["model.embedding.pretrained=null", "model.embedding_dim=100"]),
