@@ -19,7 +19,7 @@ from sentiment_rnn.config import load_config
 from sentiment_rnn.sentences import split_sentences
 from sentiment_rnn.stages import stage_key, stage_one_config
 
-from conftest import TINY
+from conftest import ROOT, TINY
 
 # Stage one: 400 of the review sentences for one epoch; a checkpoint every 7 of its 80 steps.
 TWO_STAGES = ["--set", "stage_one.enabled=true", "--set", "stage_one.limit=400", "--set", "stage_one.epochs=1",
@@ -162,3 +162,12 @@ def test_stage_one_off_is_exactly_the_single_stage_run(tiny_run, tmp_path):
     sentiment_rnn("train", "-c", str(TINY), "-o", str(out), "--set", "stage_one.enabled=false")
     assert not (out / rundir.STAGE_ONE).exists() and not (tmp_path / "stage-one").exists()
     assert_same_weights(out, tiny_run)
+
+
+def test_the_defaults_first_stage_is_the_readme_command_on_the_review_sentences():
+    """README: the measured first stages were `train -c default` on the sentences, as stage_one_config derives."""
+    default = ROOT / "configs" / "default.yaml"
+    derived = stage_one_config(load_config(default)).model_dump()
+    by_hand = load_config(default, ["data.source=imdb_sentences", "data.split=[0.96,0.02,0.02]", "train.epochs=2",
+                                    "stage_one.enabled=false"]).model_dump()
+    assert {**derived, "name": None, "stage_one": None} == {**by_hand, "name": None, "stage_one": None}
