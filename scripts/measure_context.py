@@ -18,8 +18,11 @@ from pathlib import Path
 
 # variant -> (config, --set overrides); the --set given on the command line applies to the sst2 ones
 VARIANTS = {
-    "default": ("default", []),
-    "default-glove": ("default", ["model.embedding.pretrained=glove-6b-50d"]),
+    "default": ("default", []),  # IMDB review sentences first (stage_one.*), then Rotten Tomatoes; GloVe 6B 50d
+    "reviews-then-rt-noglove": ("default", ["model.embedding_dim=100", "model.embedding.pretrained=null"]),
+    "rt-only-glove": ("default", ["stage_one.enabled=false", "model.embedding_dim=100"]),  # GloVe + 50 learned
+    "rt-only": ("default", ["stage_one.enabled=false", "model.embedding_dim=100",  # the default before stage_one
+                            "model.embedding.pretrained=null"]),
     "sst2": ("sst2", []),
     "sst2-noglove": ("sst2", ["model.embedding.pretrained=null"]),
     "sst2-noglove100": ("sst2", ["model.embedding.pretrained=null", "model.embedding_dim=100"]),
@@ -29,8 +32,9 @@ VARIANTS = {
     "sst2-gru": ("sst2", ["model.cell=gru"]),
     "sst2-wide": ("sst2", ["model.hidden_size=256"]),
     "sst2-drop5": ("sst2", ["model.embedding_dropout=0.5", "model.head_dropout=0.5", "model.dropout=0.5"]),
-    "default-on-sst2": ("default", ["data.source=hf:stanfordnlp/sst2", "data.text_column=sentence",
-                                    "data.validation_split=train", "data.test_split=validation"]),
+    "default-on-sst2": ("default", ["stage_one.enabled=false", "data.source=hf:stanfordnlp/sst2",
+                                    "data.text_column=sentence", "data.validation_split=train",
+                                    "data.test_split=validation"]),
 }
 
 

@@ -170,9 +170,12 @@ def train(
     with _heavy_imports():
         from sentiment_rnn.console import RichReporter, console, metrics_table
         from sentiment_rnn.distributed import is_main
-        from sentiment_rnn.train import train as train_run
+        from sentiment_rnn.stages import pending_config
+        from sentiment_rnn.stages import train as train_run
 
-    cfg, out = config_and_output(config, DEFAULT_CONFIG, set_, output, overwrite, resume, Path("runs"))
+    pending = pending_config(resume) if resume is not None else None  # a run stopped in its first stage
+    cfg, out = (pending, resume) if pending else config_and_output(config, DEFAULT_CONFIG, set_, output, overwrite,
+                                                                   resume, Path("runs"))
     if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
         console.print(f"[bold]Training[/bold] {escape(cfg.name)}: {cfg.model.kind} ({cfg.model.cell}, "
                       f"{cfg.model.layer_sizes()}) on {escape(cfg.data.source)} -> {escape(str(out))}", highlight=False)
@@ -180,6 +183,10 @@ def train(
                         report_to=report_to and report_to.value)
     if not is_main():
         return
+    if "stage_one" in metrics:
+        first = metrics["stage_one"]
+        console.print(f"Stage 1 ({first['action']}): {first['path']}, validation accuracy "
+                      f"{first['validation']['accuracy']:.3f}, {first['train_seconds']:.1f}s of training")
     console.print(metrics_table(metrics["test"], f"Test split (best epoch {metrics['best_epoch']})"))
     console.print(f"Trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s; "
                   f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{escape(str(out))}[/bold]")

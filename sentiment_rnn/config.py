@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: str = "rotten_tomatoes"  # rotten_tomatoes | imdb | a local file or folder | hf:<owner/name>
+    # rotten_tomatoes | imdb | imdb_sentences (IMDB's sentences, each labeled by its review) | a local file or
+    # folder | hf:<owner/name>
+    source: str = "rotten_tomatoes"
     hf_subset: str | None = None  # the Hub dataset's configuration name, if it has several
     text_column: str = "text"  # column holding the text
     label_column: str = "label"  # column holding the label (int or string)
@@ -184,6 +186,16 @@ class LMConfig(_Strict):
         return self
 
 
+class StageOneConfig(_Strict):
+    """A first training stage on other labeled data (sentiment_rnn/stages.py); data.source then trains from it."""
+
+    enabled: bool = False  # train on stage_one.source first, then on data.source starting from that run
+    source: str = "imdb_sentences"  # the first stage's data.source
+    epochs: int = Field(2, ge=1)  # the first stage's train.epochs
+    limit: int | None = Field(None, ge=10)  # the first stage's data.limit (rows of its source)
+    split: tuple[float, float, float] = (0.96, 0.02, 0.02)  # the first stage's data.split: a small validation
+
+
 class Config(_Strict):
     name: str = "default"  # run name; the run lands in runs/<name>/ unless --output says otherwise
     seed: int = 0
@@ -192,12 +204,20 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     lm: LMConfig = LMConfig()  # pretrain-lm; cutoffs and div_value also shape train.lm_loss_weight's head
+    stage_one: StageOneConfig = StageOneConfig()  # an optional first stage on the review sentences
 
     @model_validator(mode="after")
     def _next_word_reads_left_to_right(self) -> Config:
         if self.train.lm_loss_weight and (self.model.kind != "rnn" or self.model.bidirectional):
             raise ValueError("train.lm_loss_weight needs a left-to-right encoder (model.kind: rnn, "
                              "model.bidirectional: false); set train.lm_loss_weight: 0 for this model")
+        return self
+
+    @model_validator(mode="after")
+    def _one_start(self) -> Config:
+        if self.stage_one.enabled and self.model.init_from is not None:
+            raise ValueError("stage_one.enabled and model.init_from both choose where the model starts; set "
+                             "stage_one.enabled: false to start from model.init_from")
         return self
 
 

@@ -25,6 +25,7 @@ from sentiment_rnn.errors import SentimentRNNError
 CONFIG, TOKENIZER, WEIGHTS, META = "config.yaml", "tokenizer.json", "model.safetensors", "meta.json"
 SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", "gradients.png"
 CHECKPOINT = "checkpoint.pt"  # only while training: a run that has one but no metrics.json can be resumed
+STAGE_ONE = "stage_one.json"  # a two-stage run's record of its first stage (stages.py), written before training
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
 DEFAULT_ROOT = Path("runs")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}  # what predict and evaluate may run a model in

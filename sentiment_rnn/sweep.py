@@ -21,7 +21,8 @@ from pathlib import Path
 from sentiment_rnn import rundir
 from sentiment_rnn.config import Config, load_config, parse_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.train import Reporter, train
+from sentiment_rnn.stages import train  # a config with stage_one.enabled trains both stages
+from sentiment_rnn.train import Reporter
 
 SUMMARY, FIGURE = "summary.json", "sweep.png"
 STD = "sample standard deviation (n - 1 in the denominator) over seeds; null for one seed"

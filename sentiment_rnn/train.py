@@ -217,7 +217,8 @@ def check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise SentimentRNNError(f"'{output}' is a file, not a directory; choose another --output")
     try:
-        occupied = output.is_dir() and any(output.iterdir())
+        # A two-stage run writes its first stage's record first; the second stage trains in beside it.
+        occupied = output.is_dir() and any(p.name != rundir.STAGE_ONE for p in output.iterdir())
     except OSError as exc:
         raise SentimentRNNError(
             f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
