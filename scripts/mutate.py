@@ -3,6 +3,7 @@
     pip install -e ".[dev]"
     python scripts/mutate.py rundir            # sentiment_rnn/rundir.py against tests/test_rundir.py
     python scripts/mutate.py checkpoint --tests tests/test_checkpoint_resume.py
+    python scripts/mutate.py predict --save /tmp/mutants-predict   # every mutant's status, survivors' diffs
 
 Runs mutmut (configured in pyproject.toml, [tool.mutmut]) in a scratch copy of the repository, so its
 `mutants/` folder never lands in the working tree, with the test selection narrowed to the module's tests.
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("module", choices=sorted(TESTS), help="core module under sentiment_rnn/")
     parser.add_argument("--tests", nargs="+", help="pytest arguments selecting the tests to run against mutants")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--save", type=Path, metavar="DIR",
+                        help="write results.txt (every mutant's status) and survivors.diff into DIR")
     args = parser.parse_args()
     target = "sentiment_rnn/models/*" if args.module == "models" else f"sentiment_rnn/{args.module}.py"
     selection = args.tests or TESTS[args.module]
@@ -55,6 +58,20 @@ def main() -> None:
         mutmut = [sys.executable, "-m", "mutmut"]
         subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work, check=False)
         subprocess.run([*mutmut, "results"], cwd=work, check=False)
+        if args.save:
+            save_results(mutmut, work, args.save)
+
+
+def save_results(mutmut: list[str], work: Path, folder: Path) -> None:
+    """Every mutant's status, and the diff of each survivor, kept after the scratch copy is gone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, check=False,
+                             capture_output=True, text=True).stdout
+    (folder / "results.txt").write_text(results)
+    survivors = [line.split(":")[0].strip() for line in results.splitlines() if line.endswith(": survived")]
+    diffs = [subprocess.run([*mutmut, "show", name], cwd=work, check=False, capture_output=True,
+                            text=True).stdout for name in survivors]
+    (folder / "survivors.diff").write_text("\n".join(diffs))
 
 
 if __name__ == "__main__":
