@@ -120,3 +120,62 @@ def test_load_run_rebuilds_the_trained_model_in_eval_mode_and_refuses_mixed_file
     (run / rundir.META).write_text(json.dumps({**meta, "weights_sha256": rundir.sha256(run / rundir.WEIGHTS)}))
     with pytest.raises(SentimentRNNError, match="is not a readable safetensors file"):
         rundir.load_run(run)
+
+
+def test_find_latest_run_passes_over_a_newer_language_model_but_not_a_run_with_a_damaged_meta(tiny_run, tmp_path):
+    import json
+
+    copy_run(tiny_run, tmp_path, "classifier", 100)
+    lm = copy_run(tiny_run, tmp_path, "lm", 10)
+    meta = json.loads((lm / rundir.META).read_text())
+    (lm / rundir.META).write_text(json.dumps({**meta, "kind": "language_model"}))
+    assert rundir.find_latest_run(tmp_path) == tmp_path / "classifier"  # pretrain-lm has nothing to predict with
+    damaged = copy_run(tiny_run, tmp_path, "damaged", 0)
+    (damaged / rundir.META).write_bytes(b"{")
+    assert rundir.find_latest_run(tmp_path) == damaged  # picked, so that loading it names the damage
+    with pytest.raises(SentimentRNNError, match="meta.json' is not valid JSON"):
+        rundir.load_run(damaged)
+
+
+def test_load_run_names_what_is_wrong_with_meta_or_weights_that_do_not_fit(tiny_run, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    run = copy_run(tiny_run, tmp_path, "run", 0)
+    meta = json.loads((run / rundir.META).read_text())
+    for key in ("vocab_size", "label_names", "max_length"):
+        (run / rundir.META).write_text(json.dumps({k: v for k, v in meta.items() if k != key}))
+        with pytest.raises(SentimentRNNError, match="lacks vocab_size/label_names/max_length; the run is damaged"):
+            rundir.load_run(run)
+    state = load_file(str(run / rundir.WEIGHTS))
+    dropped = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, str(run / rundir.WEIGHTS))
+    (run / rundir.META).write_text(json.dumps({**meta, "weights_sha256": rundir.sha256(run / rundir.WEIGHTS)}))
+    fit = rf"does not fit config.yaml \(Missing key\(s\) .*{dropped}.*train again$"
+    with pytest.raises(SentimentRNNError, match=fit):
+        rundir.load_run(run)  # every weight must be there: a missing one is not left at its random start
+
+
+def test_load_run_in_bf16_casts_every_weight(tiny_run):
+    import torch
+
+    model = rundir.load_run(tiny_run, precision="bf16").model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not model.training
+
+
+def test_versions_are_the_installed_ones_and_the_package_folder_commit(tiny_run):
+    import json
+    import platform
+    import subprocess
+    from importlib import metadata
+    from pathlib import Path
+
+    found = rundir.versions()
+    assert found["python"] == platform.python_version()
+    for package in ("torch", "datasets", "tokenizers", "sentiment-rnn"):
+        assert found[package] == metadata.version(package)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(rundir.__file__).resolve().parent)
+    assert found["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)  # None outside git
+    assert json.loads((tiny_run / rundir.META).read_text())["versions"] == found  # what training records
