@@ -5,8 +5,9 @@
     python scripts/mutate.py checkpoint --tests tests/test_checkpoint_resume.py
     python scripts/mutate.py predict --save /tmp/mutants-predict   # every mutant's status, survivors' diffs
 
-Runs mutmut (configured in pyproject.toml, [tool.mutmut]) in a scratch copy of the repository, so its
-`mutants/` folder never lands in the working tree, with the test selection narrowed to the module's tests.
+Runs mutmut (configured in pyproject.toml, [tool.mutmut]) in a scratch copy of the repository (a git
+checkout of its own), so its `mutants/` folder never lands in the working tree, with the test selection
+narrowed to the module's tests.
 Prints mutmut's results: every surviving mutant is a change to the code that no test noticed.
 A tool for developers, not a CI gate.
 """
@@ -44,6 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     target = "sentiment_rnn/models/*" if args.module == "models" else f"sentiment_rnn/{args.module}.py"
     selection = args.tests or TESTS[args.module]
+    missing = [a for a in selection if a.startswith("tests/") and not (ROOT / a.split("::")[0]).exists()]
+    if missing:  # mutmut would only say that pytest failed to start
+        parser.error(f"no such test file: {', '.join(missing)}; pass the module's tests with --tests")
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
         work = Path(tmp)
         for name in ("sentiment_rnn", "tests", "configs", "scripts"):
@@ -55,6 +59,10 @@ def main() -> None:
                         "pytest_add_cli_args_test_selection = [" + ", ".join(f'"{a}"' for a in selection) + "]",
                         config)
         (work / "pyproject.toml").write_text(config)
+        # a git checkout, as the tests expect of the source tree: rundir.versions() records the commit
+        git = ["git", "-c", "user.name=mutate", "-c", "user.email=mutate@localhost"]
+        for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scratch copy"]):
+            subprocess.run([*git, *step], cwd=work, check=True)
         mutmut = [sys.executable, "-m", "mutmut"]
         subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work, check=False)
         subprocess.run([*mutmut, "results"], cwd=work, check=False)

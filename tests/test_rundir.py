@@ -4,6 +4,7 @@ appear whole or not at all. In-process and quick: scripts/mutate.py runs these a
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,12 +59,14 @@ def test_a_run_without_one_required_file_is_incomplete_and_named(missing, tiny_r
 
 
 def test_resolve_run_says_what_the_path_is_instead(tiny_run, tmp_path):
-    cases = [(tmp_path / "absent", "does not exist"), (tmp_path / "file.csv", "is a file, not a run directory"),
-             (tmp_path / "empty", "is not a run directory (no config.yaml, no metrics.json)")]
+    fix = "; pass a folder written by 'sentiment-rnn train'"  # the user's only guide to what is wanted
+    cases = [(tmp_path / "absent", "does not exist" + fix),
+             (tmp_path / "file.csv", "is a file, not a run directory" + fix),
+             (tmp_path / "empty", "is not a run directory (no config.yaml, no metrics.json)" + fix)]
     (tmp_path / "file.csv").write_text("text,label\n")
     (tmp_path / "empty").mkdir()
     for path, words in cases:
-        with pytest.raises(SentimentRNNError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(SentimentRNNError, match=words.replace("(", r"\(").replace(")", r"\)") + "$"):
             rundir.resolve_run(path)
     unfinished = copy_run(tiny_run, tmp_path, "unfinished", 0)
     (unfinished / rundir.METRICS).unlink()
@@ -100,6 +103,7 @@ def test_load_run_rebuilds_the_trained_model_in_eval_mode_and_refuses_mixed_file
     import json
 
     loaded = rundir.load_run(tiny_run)
+    assert loaded.path == tiny_run and loaded.config.model.hidden_size == 16  # configs/tiny.yaml's
     assert not loaded.model.training and loaded.meta["label_names"] == ["negative", "positive"]
     assert loaded.tokenizer.get_vocab_size() == loaded.meta["vocab_size"]
     with pytest.raises(SentimentRNNError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
@@ -179,3 +183,22 @@ def test_versions_are_the_installed_ones_and_the_package_folder_commit(tiny_run)
                           cwd=Path(rundir.__file__).resolve().parent)
     assert found["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)  # None outside git
     assert json.loads((tiny_run / rundir.META).read_text())["versions"] == found  # what training records
+
+
+def test_without_model_the_latest_run_under_runs_in_the_working_folder_is_resolved(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    copy_run(tiny_run, tmp_path / "runs", "old", 100)
+    copy_run(tiny_run, tmp_path / "runs", "new", 10)
+    assert rundir.resolve_run(None) == rundir.DEFAULT_ROOT / "new"  # predict/evaluate/explain without --model
+
+
+def test_a_baseline_run_is_rebuilt_at_its_own_max_length(tmp_path):
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.train import train
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "tiny.yaml",
+                         ["model.kind=per_word_linear", "data.limit=120", "train.epochs=1", "data.max_length=12"])
+    train(config, tmp_path / "run")
+    model = rundir.load_run(tmp_path / "run").model
+    assert model.max_length == 12  # the per-word model has one weight block per position
