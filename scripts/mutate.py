@@ -4,6 +4,7 @@
     python scripts/mutate.py rundir            # sentiment_rnn/rundir.py against tests/test_rundir.py
     python scripts/mutate.py checkpoint --tests tests/test_checkpoint_resume.py
     python scripts/mutate.py predict --save /tmp/mutants-predict   # every mutant's status, survivors' diffs
+    python scripts/mutate.py predict --only 'sentiment_rnn.predict.x*from_dir__mutmut_6'  # after a new test
 
 Runs mutmut (configured in pyproject.toml, [tool.mutmut]) in a scratch copy of the repository (a git
 checkout of its own), so its `mutants/` folder never lands in the working tree, with the test selection
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--save", type=Path, metavar="DIR",
                         help="write results.txt (every mutant's status) and survivors.diff into DIR")
+    parser.add_argument("--only", nargs="+", metavar="MUTANT",
+                        help="test only these mutants (names or globs from results.txt), e.g. a run's survivors")
     args = parser.parse_args()
     target = "sentiment_rnn/models/*" if args.module == "models" else f"sentiment_rnn/{args.module}.py"
     selection = args.tests or TESTS[args.module]
@@ -64,7 +67,8 @@ def main() -> None:
         for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scratch copy"]):
             subprocess.run([*git, *step], cwd=work, check=True)
         mutmut = [sys.executable, "-m", "mutmut"]
-        subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work, check=False)
+        subprocess.run([*mutmut, "run", "--max-children", str(args.max_children), *(args.only or [])], cwd=work,
+                       check=False)
         subprocess.run([*mutmut, "results"], cwd=work, check=False)
         if args.save:
             save_results(mutmut, work, args.save)
