@@ -202,3 +202,14 @@ def test_a_baseline_run_is_rebuilt_at_its_own_max_length(tmp_path):
     train(config, tmp_path / "run")
     model = rundir.load_run(tmp_path / "run").model
     assert model.max_length == 12  # the per-word model has one weight block per position
+
+
+def test_versions_record_the_package_commit_from_any_folder_and_none_when_git_fails(tmp_path, monkeypatch):
+    expected = rundir.versions()["git_commit"]
+    monkeypatch.chdir(tmp_path)  # training started outside the checkout still records the package's commit
+    assert rundir.versions()["git_commit"] == expected
+    monkeypatch.setenv("GIT_DIR", str(tmp_path))  # git runs and fails
+    assert rundir.versions()["git_commit"] is None
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    assert rundir.versions()["git_commit"] is None
