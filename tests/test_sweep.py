@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from sentiment_rnn.cli import app
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
+from sentiment_rnn.predict import Predictor
+from sentiment_rnn.probe import load_probe, score_probe
 from sentiment_rnn.sweep import parse_grid, parse_seeds, run_sweep, split_values
 from sentiment_rnn.train import Reporter
 
@@ -70,7 +72,12 @@ def test_summary_is_the_mean_and_sample_std_of_the_runs_own_metrics(sweep):
         for key, values in own.items():
             assert row["mean"][key] == pytest.approx(sum(values) / 2)
             assert row["std"][key] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)  # n - 1 = 1
-        assert 0 <= row["mean"]["probe_pairs_right"] <= 1  # the data's labels include 'positive'
+        # the data's labels include 'positive': the probe is scored with each run's own model
+        predictors = [Predictor.from_dir(sweep["out"] / RUNS[(cell, seed)], threads=1) for seed in (0, 1)]
+        right = [score_probe(load_probe(), lambda texts, p=p: p.probabilities(texts)[:, 1].tolist())["flip_rate"]
+                 for p in predictors if p.labels == ["negative", "positive"]]
+        assert len(right) == 2
+        assert row["mean"]["probe_pairs_right"] == pytest.approx(sum(right) / 2)
     by_val = max(summary["settings"], key=lambda row: row["mean"]["val_accuracy"])
     assert summary["best"]["setting"] == by_val["setting"]
     assert summary["best"]["chosen_on"] == "mean validation accuracy"
