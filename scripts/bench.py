@@ -27,6 +27,10 @@ and reference run in the same process (or alternate as subprocesses) with the sa
   the 8,530 Rotten Tomatoes sentences (batch 256, best of 3, interleaved), with label agreement and the
   max probability difference; then that difference for tiny trained runs of every recurrence (rnn, gru,
   lstm, one- and bidirectional, the cells encoder) on the same 8,530 sentences.
+- quantize: `export --quantize` (int8 dynamic quantization) against the fp32 export of the same run, side by
+  side: model.onnx size, sentences/s on the 8,530 Rotten Tomatoes sentences (batch 256, best of 3,
+  interleaved), and the share of labels the int8 graph gives equal to fp32's, with the max probability
+  difference.
 - pretrain-lm: tokens/s of pretrain-lm's training step (configs/lm.yaml's model and sizes, adaptive
   softmax, AdamW) on Zipf-distributed token ids against the bare matmuls of the same shapes (each forward
   matmul and its two backward ones, at the cluster sizes the same ids fill); then the same step with a
@@ -68,7 +72,8 @@ from sentiment_rnn.runtime import default_threads  # noqa: E402
 from sentiment_rnn.tokenizer import train_tokenizer  # noqa: E402
 from sentiment_rnn.train import train as train_product  # noqa: E402
 
-SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads", "explain", "onnx", "pretrain-lm")
+SECTIONS = ("training", "inference", "cold-start", "tokenization", "rss", "threads", "explain", "onnx", "quantize",
+            "pretrain-lm")
 RESULTS: list[dict] = []
 
 
@@ -536,6 +541,32 @@ def bench_onnx(run: Path, threads: int, repeats: int, quick: bool) -> None:
            + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
+def bench_quantize(run: Path, threads: int) -> None:
+    """The int8 export against the fp32 one: size, sentences/s and label agreement on the 8,530 RT sentences."""
+    from sentiment_rnn.export import export_run
+    from sentiment_rnn.onnx_backend import MODEL, OnnxPredictor
+
+    texts = rotten_tomatoes_texts()
+    exports = {"int8": run / "onnx-int8", "fp32": run / "onnx"}
+    for name, path in exports.items():
+        export_run(run, path, overwrite=True, quantize=name == "int8")
+    sides = {name: OnnxPredictor.load(path, threads=threads) for name, path in exports.items()}
+    probs, seconds = {}, {name: [] for name in sides}
+    for _ in range(3):  # interleaved, so both see the same machine load
+        for name, side in sides.items():
+            start = time.perf_counter()
+            probs[name] = side.probabilities(texts)
+            seconds[name].append(time.perf_counter() - start)
+    size = {name: (path / MODEL).stat().st_size / 1e6 for name, path in exports.items()}
+    report("int8 export size (MB)", size["int8"], size["fp32"], "MB", "<= 0.5x", size["int8"] <= 0.5 * size["fp32"])
+    rate = {name: len(texts) / min(times) for name, times in seconds.items()}
+    agree = float((probs["int8"].argmax(1) == probs["fp32"].argmax(1)).mean())
+    report("int8 export sentences/s vs fp32", rate["int8"], rate["fp32"], "sentences/s", ">= 1x",
+           rate["int8"] >= rate["fp32"], f"{len(texts):,} sentences, batch 256, best of 3, {threads} thread(s); "
+           f"labels equal to fp32's for {agree:.2%} (bar >= 99%: {'PASS' if agree >= 0.99 else 'FAIL'}), "
+           f"max |dP| {abs(probs['int8'] - probs['fp32']).max():.1e}")
+
+
 # ---------------------------------------------------------------------------------------------- pretrain-lm
 def zipf_ids(vocab: int, count: int) -> torch.Tensor:
     """Token ids whose frequency falls with their rank, as in the LM tokenizer's vocabulary (ids 3.. by frequency)."""
@@ -653,7 +684,7 @@ def main() -> None:
           f"{', QUICK sizes' if args.quick else ''}", flush=True)
     try:
         run = ref = None
-        if {"training", "inference", "cold-start", "threads", "explain", "onnx"} & set(sections):
+        if {"training", "inference", "cold-start", "threads", "explain", "onnx", "quantize"} & set(sections):
             if "training" not in sections:  # the other sections need trained models: train small ones silently
                 args.epochs, args.limit, args.seeds = 1, args.limit or 2000, 1
             run, ref = bench_training(args, threads, show="training" in sections)
@@ -671,6 +702,8 @@ def main() -> None:
             bench_explain(run, 3 if args.quick else 7)
         if "onnx" in sections:
             bench_onnx(run, threads, 3 if args.quick else 7, quick=args.quick)
+        if "quantize" in sections:
+            bench_quantize(run, threads)
         if "pretrain-lm" in sections:
             bench_pretrain_lm(5 if args.quick else 30)
     finally:

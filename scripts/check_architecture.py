@@ -26,13 +26,14 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("errors", "config", "runtime", "distributed")},
     {"parts": ("inputs", "records", "tokenizer", "sources", "splits", "data", "models", "models.rnn", "models.cells",
                "models.baseline", "models.bptt", "rundir", "checkpoint", "scoring", "optim", "plots", "tracking",
-               "embeddings", "probe", "finetune")},
+               "embeddings", "probe", "finetune", "sentences")},
     {"speed opt-in": ("speed", "speed.rnn", "speed.bidirectional", "speed.encoder")},
     {"train": ("train",),
      "pretrain-lm": ("lm", "lm.data", "lm.model", "lm.tokenizer", "lm.pretrain"),
      "pretrain-embeddings": ("pretrain",),
-     "use a run": ("predict", "evaluate", "explain", "explain_render", "export", "onnx_backend", "serve", "shapes")},
-    {"orchestration": ("compare", "sweep")},
+     "use a run": ("predict", "evaluate", "explain", "explain_render", "export", "onnx_backend", "quantize", "serve",
+                   "shapes")},
+    {"orchestration": ("stages", "compare", "sweep")},
     {"command line": ("cli_common", "console", "cli_run", "cli", "__main__")},
 ]
 

@@ -18,8 +18,11 @@ from pathlib import Path
 
 # variant -> (config, --set overrides); the --set given on the command line applies to the sst2 ones
 VARIANTS = {
-    "default": ("default", []),
-    "default-glove": ("default", ["model.embedding.pretrained=glove-6b-50d"]),
+    "default": ("default", []),  # IMDB review sentences first (stage_one.*), then Rotten Tomatoes; GloVe 6B 50d
+    "reviews-then-rt-noglove": ("default", ["model.embedding_dim=100", "model.embedding.pretrained=null"]),
+    "rt-only-glove": ("default", ["stage_one.enabled=false", "model.embedding_dim=100"]),  # GloVe + 50 learned
+    "rt-only": ("default", ["stage_one.enabled=false", "model.embedding_dim=100",  # the default before stage_one
+                            "model.embedding.pretrained=null"]),
     "sst2": ("sst2", []),
     "sst2-noglove": ("sst2", ["model.embedding.pretrained=null"]),
     "sst2-noglove100": ("sst2", ["model.embedding.pretrained=null", "model.embedding_dim=100"]),
@@ -29,10 +32,10 @@ VARIANTS = {
     "sst2-gru": ("sst2", ["model.cell=gru"]),
     "sst2-wide": ("sst2", ["model.hidden_size=256"]),
     "sst2-drop5": ("sst2", ["model.embedding_dropout=0.5", "model.head_dropout=0.5", "model.dropout=0.5"]),
-    "default-on-sst2": ("default", ["data.source=hf:stanfordnlp/sst2", "data.text_column=sentence",
-                                    "data.validation_split=train", "data.test_split=validation"]),
+    "default-on-sst2": ("default", ["stage_one.enabled=false", "data.source=hf:stanfordnlp/sst2",
+                                    "data.text_column=sentence", "data.validation_split=train",
+                                    "data.test_split=validation"]),
 }
-README_PAIR = (("the flower is so beautiful", "positive"), ("i do not think the flower is beautiful", "negative"))
 
 
 def train(variant: str, seed: int, extra: list[str], root: Path) -> Path:
@@ -51,18 +54,15 @@ def train(variant: str, seed: int, extra: list[str], root: Path) -> Path:
 
 def measure(run: Path) -> dict:
     from sentiment_rnn.predict import Predictor
-    from sentiment_rnn.probe import load_probe, score_probe
+    from sentiment_rnn.probe import load_probe, score_predictor
 
     metrics = json.loads((run / "metrics.json").read_text())
-    predictor = Predictor.from_dir(run)
-    positive = predictor.labels.index("positive")
-    probe = score_probe(load_probe(), lambda texts: predictor.probabilities(texts)[:, positive].tolist())
-    readme = [r["label"] for r in predictor.predict([t for t, _ in README_PAIR])]
+    probe = score_predictor(load_probe(), Predictor.from_dir(run), "positive")  # as sweep scores it
     return {"test": metrics["test"]["accuracy"], "validation": metrics["validation"]["accuracy"],
             "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
             "tokens_per_s": metrics["tokens_per_s"], "probe": probe["flip_rate"],
             **{f"probe: {name}": c["flip_rate"] for name, c in probe["categories"].items()},
-            "readme_pair": float(readme == [label for _, label in README_PAIR])}
+            "readme_pair": float(probe["readme_pair_right"])}
 
 
 def spread(values: list[float]) -> str:

@@ -3,9 +3,12 @@
     pip install -e ".[dev]"
     python scripts/mutate.py rundir            # sentiment_rnn/rundir.py against tests/test_rundir.py
     python scripts/mutate.py checkpoint --tests tests/test_checkpoint_resume.py
+    python scripts/mutate.py predict --save /tmp/mutants-predict   # every mutant's status, survivors' diffs
+    python scripts/mutate.py predict --only 'sentiment_rnn.predict.x*from_dir__mutmut_6'  # after a new test
 
-Runs mutmut (configured in pyproject.toml, [tool.mutmut]) in a scratch copy of the repository, so its
-`mutants/` folder never lands in the working tree, with the test selection narrowed to the module's tests.
+Runs mutmut (configured in pyproject.toml, [tool.mutmut]) in a scratch copy of the repository (a git
+checkout of its own), so its `mutants/` folder never lands in the working tree, with the test selection
+narrowed to the module's tests.
 Prints mutmut's results: every surviving mutant is a change to the code that no test noticed.
 A tool for developers, not a CI gate.
 """
@@ -38,9 +41,16 @@ def main() -> None:
     parser.add_argument("module", choices=sorted(TESTS), help="core module under sentiment_rnn/")
     parser.add_argument("--tests", nargs="+", help="pytest arguments selecting the tests to run against mutants")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--save", type=Path, metavar="DIR",
+                        help="write results.txt (every mutant's status) and survivors.diff into DIR")
+    parser.add_argument("--only", nargs="+", metavar="MUTANT",
+                        help="test only these mutants (names or globs from results.txt), e.g. a run's survivors")
     args = parser.parse_args()
     target = "sentiment_rnn/models/*" if args.module == "models" else f"sentiment_rnn/{args.module}.py"
     selection = args.tests or TESTS[args.module]
+    missing = [a for a in selection if a.startswith("tests/") and not (ROOT / a.split("::")[0]).exists()]
+    if missing:  # mutmut would only say that pytest failed to start
+        parser.error(f"no such test file: {', '.join(missing)}; pass the module's tests with --tests")
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
         work = Path(tmp)
         for name in ("sentiment_rnn", "tests", "configs", "scripts"):
@@ -52,9 +62,28 @@ def main() -> None:
                         "pytest_add_cli_args_test_selection = [" + ", ".join(f'"{a}"' for a in selection) + "]",
                         config)
         (work / "pyproject.toml").write_text(config)
+        # a git checkout, as the tests expect of the source tree: rundir.versions() records the commit
+        git = ["git", "-c", "user.name=mutate", "-c", "user.email=mutate@localhost"]
+        for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scratch copy"]):
+            subprocess.run([*git, *step], cwd=work, check=True)
         mutmut = [sys.executable, "-m", "mutmut"]
-        subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work, check=False)
+        subprocess.run([*mutmut, "run", "--max-children", str(args.max_children), *(args.only or [])], cwd=work,
+                       check=False)
         subprocess.run([*mutmut, "results"], cwd=work, check=False)
+        if args.save:
+            save_results(mutmut, work, args.save)
+
+
+def save_results(mutmut: list[str], work: Path, folder: Path) -> None:
+    """Every mutant's status, and the diff of each survivor, kept after the scratch copy is gone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, check=False,
+                             capture_output=True, text=True).stdout
+    (folder / "results.txt").write_text(results)
+    survivors = [line.split(":")[0].strip() for line in results.splitlines() if line.endswith(": survived")]
+    diffs = [subprocess.run([*mutmut, "show", name], cwd=work, check=False, capture_output=True,
+                            text=True).stdout for name in survivors]
+    (folder / "survivors.diff").write_text("\n".join(diffs))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from sentiment_rnn.cli_common import (
     FlagsTakeNoValue,
     ReportToOpt,
     SetOpt,
+    escape,
     handle_errors,
     heavy_imports,
 )
@@ -82,19 +83,26 @@ def train(
     with heavy_imports():
         from sentiment_rnn.console import RichReporter, console, metrics_table
         from sentiment_rnn.distributed import is_main
-        from sentiment_rnn.train import train as train_run
+        from sentiment_rnn.stages import pending_config
+        from sentiment_rnn.stages import train as train_run
 
-    cfg, out = config_and_output(config, DEFAULT_CONFIG, set_, output, overwrite, resume, Path("runs"))
+    pending = pending_config(resume) if resume is not None else None  # a run stopped in its first stage
+    cfg, out = (pending, resume) if pending else config_and_output(config, DEFAULT_CONFIG, set_, output, overwrite,
+                                                                   resume, Path("runs"))
     if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
-        console.print(f"[bold]Training[/bold] {cfg.name}: {cfg.model.kind} ({cfg.model.cell}, "
-                      f"{cfg.model.layer_sizes()}) on {cfg.data.source} -> {out}")
+        console.print(f"[bold]Training[/bold] {escape(cfg.name)}: {cfg.model.kind} ({cfg.model.cell}, "
+                      f"{cfg.model.layer_sizes()}) on {escape(cfg.data.source)} -> {escape(str(out))}", highlight=False)
     metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite, resume=resume is not None,
                         report_to=report_to and report_to.value)
     if not is_main():
         return
+    if "stage_one" in metrics:
+        first = metrics["stage_one"]
+        console.print(f"Stage 1 ({first['action']}): {first['path']}, validation accuracy "
+                      f"{first['validation']['accuracy']:.3f}, {first['train_seconds']:.1f}s of training")
     console.print(metrics_table(metrics["test"], f"Test split (best epoch {metrics['best_epoch']})"))
     console.print(f"Trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s; "
-                  f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{out}[/bold]")
+                  f"{metrics['parameters']['total']:,} parameters. Run saved to [bold]{escape(str(out))}[/bold]")
 
 
 @handle_errors
@@ -122,18 +130,17 @@ def compare_baseline(
         from sentiment_rnn.compare import compare_baseline as run_comparison
         from sentiment_rnn.config import Config, load_config
         from sentiment_rnn.console import RichReporter, comparison_table, console
-    from rich.markup import escape
-
     cfg = load_config(config or DEFAULT_CONFIG, set_, Config)
     out = output or Path("runs") / f"compare-{cfg.name}"
-    console.print(f"[bold]Comparing[/bold] {cfg.name}'s RNN with the per-word linear baseline, "
-                  f"{seeds} seed(s), on {cfg.data.source} -> {out}")
+    console.print(f"[bold]Comparing[/bold] {escape(cfg.name)}'s RNN with the per-word linear baseline, "
+                  f"{seeds} seed(s), on {escape(cfg.data.source)} -> {escape(str(out))}", highlight=False)
     result = run_comparison(cfg, out, seeds, probe, RichReporter(), overwrite=overwrite, positive=positive_label)
     console.print(comparison_table(result))
     for note in result["notes"]:
         console.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
-    console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{out / COMPARISON}[/bold] and "
-                  f"[bold]{result['figure']}[/bold]; each run under {out} works with predict --model.")
+    console.print(f"Compared in {result['seconds']:.1f}s. Saved [bold]{escape(str(out / COMPARISON))}[/bold] and "
+                  f"[bold]{escape(str(result['figure']))}[/bold]; each run under {escape(str(out))} works with "
+                  "predict --model.", highlight=False)
 
 
 @handle_errors
@@ -202,17 +209,18 @@ def pretrain_embeddings(
     names = list(EMBEDDED) if sources is None else [s.strip() for s in sources.split(",") if s.strip()]
     check_sources(names)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
-    console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of {', '.join(names)} "
-                  f"(seed {cfg.seed}, split {list(cfg.data.split)}) -> {output}")
+    console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of "
+                  f"{escape(', '.join(names))} (seed {cfg.seed}, split {list(cfg.data.split)}) -> "
+                  f"{escape(str(output))}", highlight=False)
     with Progress(TextColumn("[bold]word2vec epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("epochs", total=epochs)
         info = run_pretraining(output, cfg, names, dim, epochs, overwrite,
                                on_epoch=lambda done, total: progress.update(task, completed=done))
     texts = ", ".join(f"{n:,} {source}" for source, n in info["texts"].items())
-    console.print(f"Wrote {info['words']:,} words x {dim} to [bold]{output}[/bold] from {texts} training texts "
-                  f"({info['tokens']:,} tokens) in {info['seconds']:.0f}s. Use it with "
-                  f"--set model.embedding.pretrained={output}")
+    console.print(f"Wrote {info['words']:,} words x {dim} to [bold]{escape(str(output))}[/bold] from "
+                  f"{escape(texts)} training texts ({info['tokens']:,} tokens) in {info['seconds']:.0f}s. Use it with "
+                  f"--set model.embedding.pretrained={escape(str(output))}", highlight=False)
 
 
 @handle_errors
@@ -239,18 +247,21 @@ def sweep(
 ) -> None:
     """Train every combination of --set values over --seeds; mean ± std per setting, the best picked on validation."""
     with heavy_imports():
-        from sentiment_rnn.console import RichReporter, console, sweep_table
+        from sentiment_rnn.console import RichReporter, console, sweep_probe_table, sweep_table
         from sentiment_rnn.sweep import SUMMARY, run_sweep
 
     summary = run_sweep(config or DEFAULT_CONFIG, set_, seeds, output, jobs, report_to and report_to.value,
                         RichReporter())
     console.print(sweep_table(summary))
+    if summary["positive_label"] is not None:
+        console.print(sweep_probe_table(summary))
     for note in summary["notes"]:
-        console.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     out = Path(summary["output"])
-    console.print(f"Best on validation: [bold]{summary['best']['setting']}[/bold]. {summary['trained']} run(s) "
-                  f"trained, {summary['resumed']} resumed, {summary['kept']} kept. Saved [bold]{out / SUMMARY}"
-                  f"[/bold] and [bold]{summary['figure']}[/bold]; each run under {out} works with predict --model.")
+    console.print(f"Best on validation: [bold]{escape(summary['best']['setting'])}[/bold]. {summary['trained']} "
+                  f"run(s) trained, {summary['resumed']} resumed, {summary['kept']} kept. Saved [bold]"
+                  f"{escape(str(out / SUMMARY))}[/bold] and [bold]{escape(str(summary['figure']))}[/bold]; each run "
+                  f"under {escape(str(out))} works with predict --model.", highlight=False)
 
 
 @handle_errors
@@ -277,14 +288,14 @@ def pretrain_lm(
     # One folder below runs/: predict and evaluate, which pick the latest run in runs/, never pick an LM.
     cfg, out = config_and_output(config, "lm", set_, output, overwrite, resume, Path("runs") / "pretrained",
                                  language_model=True)
-    console.print(f"[bold]Pretraining[/bold] {cfg.name}: {cfg.model.cell} language model "
+    console.print(f"[bold]Pretraining[/bold] {escape(cfg.name)}: {cfg.model.cell} language model "
                   f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
-                  f"{cfg.lm.source} -> {out}")
+                  f"{escape(cfg.lm.source)} -> {escape(str(out))}", highlight=False)
     metrics = run_pretraining(cfg, out, RichReporter(columns="language_model"), overwrite=overwrite,
                               resume=resume is not None)
     console.print(f"Held-out perplexity {metrics['held_out_perplexity']:,.1f} after {len(metrics['history'])} "
                   f"epoch(s); trained in {metrics['train_seconds']:.1f}s at {metrics['tokens_per_s']:,.0f} tokens/s. "
-                  f"Run saved to [bold]{out}[/bold]")
+                  f"Run saved to [bold]{escape(str(out))}[/bold]", highlight=False)
 
 
 COMMANDS = (train, cli_run.predict, cli_run.evaluate, compare_baseline, inspect, pretrain_embeddings, cli_run.export,

@@ -52,6 +52,14 @@ ReportToOpt = Annotated[ReportTo | None, typer.Option(
 )]
 
 
+def escape(text: str) -> str:
+    """User text and paths inside rich markup, shown as written ('runs/a[v2]' keeps its brackets); rich is
+    imported here, not at start-up."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(text)
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print `Error: message` and exit; the message is printed as it is written, never read as rich markup
     (a hint such as pip install 'sentiment-rnn[serve]' keeps its brackets)."""

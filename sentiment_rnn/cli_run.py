@@ -102,6 +102,9 @@ def predict(
         help="The speed opt-in's CPU kernel for vanilla (tanh/relu) "
              "RNN runs; the same probabilities, other cells ignore it.",
     )] = False,
+    top_k: Annotated[int | None, typer.Option(
+        "--top-k", min=1, help="Also list the K most probable labels per text (all labels if K exceeds them).",
+    )] = None,
 ) -> None:
     """Classify texts: label and class probabilities."""
     from sentiment_rnn.inputs import open_texts, prediction_stream
@@ -119,7 +122,7 @@ def predict(
         _warn_if_emulated(precision)
     predictor.batch_size = batch_size
     start, count = time.perf_counter(), 0
-    records = prediction_stream(predictor, source)
+    records = prediction_stream(predictor, source, top_k)
     if fmt is Format.jsonl:
         for rec in records:
             sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -155,29 +158,38 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     precision: PrecisionOpt = Precision.fp32,
     backend: BackendOpt = Backend.auto,
+    label_map: Annotated[str | None, typer.Option(
+        help="Data labels spelled otherwise than the model's, as DATA=MODEL pairs: pos=positive,neg=negative.",
+    )] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        help="Write one JSON line per scored row (text, gold label, predicted label, probabilities) to this file.",
+    )] = None,
+    show_wrong: Annotated[int | None, typer.Option(
+        min=0, help="Show the N most confidently wrong rows; default 5 with --predictions, else 0.",
+    )] = None,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run (or an ONNX export)."""
+    wrong = show_wrong if show_wrong is not None else 5 * (predictions is not None)
     if _uses_onnx(backend, model, precision):
         from sentiment_rnn.onnx_backend import evaluate_export
 
-        if data is not None or text_column or label_column:
+        if data is not None or text_column or label_column or label_map:
             raise SentimentRNNError("an export holds only its run's test and validation rows; for --data, "
                                     "evaluate the run directory (with torch) instead")
-        metrics = evaluate_export(model, split)
+        metrics = evaluate_export(model, split, predictions, wrong)
     else:
         with heavy_imports():
             from sentiment_rnn.evaluate import evaluate_run
 
         _warn_if_emulated(precision)
-        metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value)
+        metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value,
+                               label_map, predictions, wrong)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return
-    from sentiment_rnn.console import confusion_table, console, metrics_table
+    from sentiment_rnn.console import print_metrics
 
-    in_bf16 = ", in bf16" if metrics["numeric_precision"] == "bf16" else ""  # (rich would read "[test]" as markup)
-    console.print(metrics_table(metrics, f"{metrics['run']} on {metrics['source']}, {metrics['split']} split{in_bf16}"))
-    console.print(confusion_table(metrics))
+    print_metrics(metrics, predictions)
 
 
 class ExplainFormat(str, Enum):
@@ -193,21 +205,22 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Export directory; default RUN/onnx/.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export directory.")] = False,
+    quantize: Annotated[bool, typer.Option(
+        "--quantize", help="int8 dynamic quantization (onnxruntime): a smaller graph, checked against fp32.",
+    )] = False,
 ) -> None:
     """Export a run to ONNX (model.onnx, tokenizer, labels, meta.json) for predict, evaluate and serve without torch."""
     if fmt != "onnx":
         raise SentimentRNNError(f"unknown export format '{fmt}'; the one format is onnx")
     with heavy_imports():
-        from sentiment_rnn.export import export_run
+        from sentiment_rnn.export import export_run, export_summary
         from sentiment_rnn.onnx_backend import EXPORT_DIR
         from sentiment_rnn.rundir import resolve_run
     from sentiment_rnn.console import console
 
     out = output or resolve_run(model) / EXPORT_DIR
-    meta = export_run(model, out, overwrite)
-    console.print(f"Exported {meta['source_run']} to [bold]{out}[/bold] (ONNX opset {meta['opset']}); onnxruntime "
-                  f"matches torch within {meta['parity_max_abs_diff']:.1e} on {meta['parity_rows']} test rows. "
-                  f"Use it with: sentiment-rnn predict --model {out} \"some text\"")
+    meta = export_run(model, out, overwrite, quantize)
+    console.print(export_summary(meta, out), markup=False, highlight=False)
 
 
 @handle_errors
@@ -294,6 +307,6 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     console.print(f"Serving {metadata['source_run']} ({metadata['backend']}) on http://{shown}:{bound_port} "
-                  f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True)
+                  f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True, markup=False)
     sys.stdout.flush()
     run_server(create_app(predictor, metadata, limits), sock)

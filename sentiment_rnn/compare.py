@@ -22,7 +22,7 @@ from sentiment_rnn.config import Config
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.predict import Predictor
-from sentiment_rnn.probe import DEFAULT_PROBE, load_probe, score_probe
+from sentiment_rnn.probe import DEFAULT_PROBE, load_probe, score_predictor
 from sentiment_rnn.train import train
 
 LENGTHS = (16, 64, 256, 1024)  # sentence lengths L at which parameters are counted
@@ -189,8 +189,7 @@ def measure_run(run: Path, metrics: dict, pairs, shuffled: tuple[list[str], list
         "word_order_sensitivity": order_change,
     }
     if pairs is not None:
-        column = predictor.labels.index(positive)
-        probe = score_probe(pairs, lambda texts: predictor.probabilities(texts)[:, column].tolist())
+        probe = score_predictor(pairs, predictor, positive)
         figures.update(probe_accuracy=probe["accuracy"], probe_flip_rate=probe["flip_rate"],
                        probe_mean_gap=probe["mean_gap"])
     return figures

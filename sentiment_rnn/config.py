@@ -19,6 +19,8 @@ from sentiment_rnn.errors import SentimentRNNError
 
 CellName = Literal["rnn", "gru", "lstm"]  # the recurrent cells; checked here once, for every module
 CELLS: tuple[str, ...] = get_args(CellName)
+# model.* keys that fix the embedding's and encoder's tensor shapes: model.init_from needs a source that matches
+SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
 
 
 class _Strict(BaseModel):
@@ -26,7 +28,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: str = "rotten_tomatoes"  # rotten_tomatoes | imdb | a local file or folder | hf:<owner/name>
+    # rotten_tomatoes | imdb | imdb_sentences (IMDB's sentences, each labeled by its review) | a local file or
+    # folder | hf:<owner/name>
+    source: str = "rotten_tomatoes"
     hf_subset: str | None = None  # the Hub dataset's configuration name, if it has several
     text_column: str = "text"  # column holding the text
     label_column: str = "label"  # column holding the label (int or string)
@@ -170,6 +174,16 @@ class LMConfig(_Strict):
     time_limit_s: float | None = Field(None, gt=0)
 
 
+class StageOneConfig(_Strict):
+    """A first training stage on other labeled data (sentiment_rnn/stages.py); data.source then trains from it."""
+
+    enabled: bool = False  # train on stage_one.source first, then on data.source starting from that run
+    source: str = "imdb_sentences"  # the first stage's data.source
+    epochs: int = Field(2, ge=1)  # the first stage's train.epochs
+    limit: int | None = Field(None, ge=10)  # the first stage's data.limit (rows of its source)
+    split: tuple[float, float, float] = (0.96, 0.02, 0.02)  # the first stage's data.split: a small validation
+
+
 class Config(_Strict):
     """A classifier's config (train, compare-baseline, sweep): what shapes a classifier run, and nothing else."""
 
@@ -179,6 +193,14 @@ class Config(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    stage_one: StageOneConfig = StageOneConfig()  # an optional first stage on the review sentences
+
+    @model_validator(mode="after")
+    def _one_start(self) -> Config:
+        if self.stage_one.enabled and self.model.init_from is not None:
+            raise ValueError("stage_one.enabled and model.init_from both choose where the model starts; set "
+                             "stage_one.enabled: false to start from model.init_from")
+        return self
 
 
 class LMRunConfig(Config):

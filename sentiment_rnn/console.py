@@ -7,8 +7,10 @@ import sys
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 # soft_wrap: a line longer than the terminal (or than the 80 columns rich assumes when output is piped) stays
 # one line, so logs and greps see whole epoch lines; tables still fit the width.
@@ -30,12 +32,14 @@ class RichReporter:
         self.started = 0.0
 
     def stage(self, text: str) -> None:
-        self.console.print(f"[dim]•[/dim] {text}")
+        self.console.print(f"[dim]•[/dim] {escape(text)}", highlight=False)  # paths and sources, shown as written
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         import time
 
         self.started = time.perf_counter()
+        if not self.console.is_terminal:  # a log file or pipe gets the epoch lines only: a stopped bar
+            return                        # would leave a blank line before each of them
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn(self.BAR[self.columns] + "  {task.fields[tps]:,.0f} tok/s"),
@@ -48,12 +52,16 @@ class RichReporter:
         import math
         import time
 
+        if self.progress is None:
+            return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         self.progress.update(self.task, advance=1, loss=loss, acc=accuracy or 0.0, ppl=math.exp(min(loss, 50.0)),
                              tps=tokens / elapsed)
 
     def epoch_end(self, record: dict) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
         if self.columns == "language_model":
             self.console.print(
                 f"epoch {record['epoch']:>2}  train loss {record['train_loss']:.3f} "
@@ -68,13 +76,13 @@ class RichReporter:
             f"{record['tokens_per_s']:,.0f} tok/s  {record['seconds']:.1f}s{mark}")
 
 
-def metrics_table(metrics: dict, title: str) -> Table:
-    """Per-class precision/recall/F1 plus accuracy and macro-F1."""
+def metrics_table(metrics: dict, title: str | Text) -> Table:
+    """Per-class precision/recall/F1 plus accuracy and macro-F1; pass a Text title to show a path literally."""
     table = Table(title=title)
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, m in metrics["per_class"].items():
-        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+        table.add_row(Text(name), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     table.add_section()
     table.add_row("accuracy", "", "", f"{metrics['accuracy']:.3f}", str(metrics["n"]))
     table.add_row("macro F1", "", "", f"{metrics['macro_f1']:.3f}", "")
@@ -86,9 +94,20 @@ def confusion_table(metrics: dict) -> Table:
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")
     table.add_column("")
     for name in labels:
-        table.add_column(name, justify="right")
+        table.add_column(Text(name), justify="right")
     for name, row in zip(labels, metrics["confusion_matrix"], strict=True):
-        table.add_row(name, *(str(v) for v in row))
+        table.add_row(Text(name), *(str(v) for v in row))
+    return table
+
+
+def wrong_rows_table(rows: list[dict]) -> Table:
+    """evaluate --show-wrong: the most confidently wrong rows; texts are shown literally, never as markup."""
+    table = Table(title=f"{len(rows)} most confidently wrong row{'s' * (len(rows) != 1)}")
+    for name, justify in (("text", "left"), ("gold", "left"), ("predicted", "left"), ("probability", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for row in rows:
+        table.add_row(Text(row["text"][:200]), Text(row["label"]), Text(row["predicted"]),
+                      f"{row['probabilities'][row['predicted']]:.3f}")
     return table
 
 
@@ -106,8 +125,8 @@ def comparison_table(result: dict) -> Table:
     """compare-baseline's rows: mean ± std of each figure per model and the computed verdict."""
     seeds = len(result["seeds"])
     names = result["model_labels"]  # compare.LABELS
-    table = Table(title=f"{names['rnn']} vs {names['per_word_linear']} baseline ({result['config']}, "
-                        f"{seeds} seed{'s' * (seeds > 1)})")
+    table = Table(title=Text(f"{names['rnn']} vs {names['per_word_linear']} baseline ({result['config']}, "
+                             f"{seeds} seed{'s' * (seeds > 1)})"))
     table.add_column("figure")
     table.add_column(names["rnn"], justify="right")
     table.add_column(names["per_word_linear"], justify="right")
@@ -127,7 +146,7 @@ def inspect_tables(description: dict) -> list:
     """`inspect`'s output: parameters in the tutorial's terms, stage shapes of a forward pass, totals."""
     from rich.markup import escape
 
-    params = Table(title=f"Parameters of {description['source']}")
+    params = Table(title=Text(f"Parameters of {description['source']}"))
     params.add_column("layer", justify="right")
     params.add_column("direction")
     params.add_column("parameter", no_wrap=True)
@@ -150,6 +169,18 @@ def inspect_tables(description: dict) -> list:
     return [params, shapes, *(f"[dim]Note: {escape(note)}[/dim]" for note in description["notes"])]
 
 
+def print_metrics(metrics: dict, predictions=None) -> None:
+    """evaluate's tables: per-class metrics, the confusion matrix, the most confidently wrong rows if asked for."""
+    in_bf16 = ", in bf16" if metrics["numeric_precision"] == "bf16" else ""
+    console.print(metrics_table(metrics, Text(f"{metrics['run']} on {metrics['source']}, {metrics['split']} split"
+                                              f"{in_bf16}")))
+    console.print(confusion_table(metrics))
+    if "most_confidently_wrong" in metrics:
+        console.print(wrong_rows_table(metrics["most_confidently_wrong"]))
+    if predictions is not None:
+        console.print(f"Predictions for every row written to {predictions}", markup=False, highlight=False)
+
+
 def sweep_table(summary: dict) -> Table:
     """sweep's rows: mean ± sample std over seeds per setting, accuracies in percent; ★ the best on validation."""
     seeds = len(summary["seeds"])
@@ -165,7 +196,7 @@ def sweep_table(summary: dict) -> Table:
             mean, std = row["mean"][key] * scale, row["std"][key]
             cells.append(f"{mean:.1f}" + ("" if std is None else f" ± {std * scale:.1f}"))
         star = " ★" if row["setting"] == summary["best"]["setting"] else ""
-        table.add_row(row["setting"] + star, *cells)
+        table.add_row(Text(row["setting"] + star), *cells)
     return table
 
 
@@ -174,35 +205,63 @@ RICH_TABLE_ROWS = 200  # rich lays out every cell of a table; for more rows, pla
 
 def print_predictions(records: Iterator[dict], labels: list[str]) -> int:
     """A rich table for a few texts; plain aligned columns, streamed, for more. Returns the number of texts."""
+    from sentiment_rnn.records import top_k_text
+
     first = list(itertools.islice(records, RICH_TABLE_ROWS + 1))
     if len(first) <= RICH_TABLE_ROWS:
         _rich_table(first)
         return len(first)
     width = max(len(name) for name in [*labels, "label", "error"])
     out = sys.stdout
-    out.write(f"{'label':<{width}}  probability  text\n")
+    out.write(f"{'label':<{width}}  probability  {'top k  ' * ('top_k' in first[0])}text\n")
     count = 0
     for rec in itertools.chain(first, records):
         text = (rec["text"] or "")[:200]
         if "error" in rec:
             out.write(f"{'error':<{width}}  {'':>11}  {text} [{rec['error']}]\n")
         else:
-            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {text}\n")
+            top = f"{top_k_text(rec)}  " if "top_k" in rec else ""
+            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {top}{text}\n")
         count += 1
     return count
 
 
 def _rich_table(records: list[dict]) -> None:
-    from rich.table import Table
+    from sentiment_rnn.records import top_k_text
 
+    top_k = any("top_k" in rec for rec in records)
     table = Table()
     table.add_column("text", overflow="fold")
     table.add_column("label")
     table.add_column("probability", justify="right")
+    if top_k:
+        table.add_column("top k")
     for rec in records:
-        text = (rec["text"] or "")[:200]
+        text = Text((rec["text"] or "")[:200])  # a Text: user text is shown as written, never read as markup
         if "error" in rec:
-            table.add_row(text, f"[red]error: {rec['error']}[/red]", "")
+            table.add_row(text, Text(f"error: {rec['error']}", style="red"), "", *[""] * top_k)
         else:
-            table.add_row(text, rec["label"], f"{rec['probability']:.3f}")
+            top = [Text(top_k_text(rec))] if top_k else []
+            table.add_row(text, Text(rec["label"]), f"{rec['probability']:.3f}", *top)
     console.print(table)
+
+
+def sweep_probe_table(summary: dict) -> Table:
+    """sweep's context probe, a column per setting: pairs right on both sides per '# category' of the probe
+    (mean ± sample std, percent), then how many seeds read the README pair right."""
+    seeds, rows = len(summary["seeds"]), summary["settings"]
+    first, second = summary["readme_pair"]
+    table = Table(title="Context probe: pairs right on both sides %, per category (pairs)",
+                  caption=f'README pair: "{first}" positive, "{second}" negative')
+    table.add_column("category", overflow="fold")
+    for row in rows:
+        table.add_column(row["setting"], justify="right", overflow="fold")
+    for name, first in rows[0]["probe_categories"].items():
+        cells = []
+        for row in rows:
+            category = row["probe_categories"][name]
+            std = "" if category["std"] is None else f" ± {category['std'] * 100:.1f}"
+            cells.append(f"{category['mean'] * 100:.1f}{std}")
+        table.add_row(f"{name or '(no category)'} ({first['pairs']})", *cells)
+    table.add_row(f"README pair right, seeds of {seeds}", *(str(row["readme_pair_right"]) for row in rows))
+    return table

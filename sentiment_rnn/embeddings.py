@@ -7,6 +7,7 @@ gensim is imported inside train_word_vectors so that importing this module stays
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -156,6 +157,9 @@ def packaged_folder(name: str) -> Path:
     """The data folder of a PACKAGED vectors package, or one line naming the extra that installs it."""
     module, dist = PACKAGED[name][:2]
     if importlib.util.find_spec(module) is None:
+        if sys.version_info < (3, 11):  # the [glove] extra's package is built for Python 3.11 and later
+            raise SentimentRNNError(f"model.embedding.pretrained: {name} needs the package {dist}, which needs "
+                                    "Python 3.11+; use Python 3.11+, or --set model.embedding.pretrained=null")
         raise SentimentRNNError(f"model.embedding.pretrained: {name} needs the package {dist}; install it with: "
                                 "pip install 'sentiment-rnn[glove]'")
     return Path(str(resources.files(module) / "data"))

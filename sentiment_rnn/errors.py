@@ -11,7 +11,7 @@ class TrainingInterrupted(SentimentRNNError):
     def __init__(self, run, epoch: int, batches_done: int):
         import shlex
 
-        self.run = run
+        self.run, self.epoch, self.batches_done = run, epoch, batches_done
         self.resume_command = f"sentiment-rnn train --resume {shlex.quote(str(run))}"
         super().__init__(f"training stopped at epoch {epoch} after {batches_done} batches; checkpoint saved. "
                          f"Resume with: {self.resume_command}")

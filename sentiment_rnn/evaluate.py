@@ -9,14 +9,22 @@ import torch
 from sentiment_rnn import data as data_lib
 from sentiment_rnn import rundir
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.inputs import parse_label_map
+from sentiment_rnn.records import add_predictions, check_output_file, scored_rows
 from sentiment_rnn.scoring import classification_metrics, predict_batches
 
 
 def evaluate_run(model_dir: Path | None, source: str | None = None, split: str | None = None,
-                 text_column: str | None = None, label_column: str | None = None, precision: str = "fp32") -> dict:
+                 text_column: str | None = None, label_column: str | None = None, precision: str = "fp32",
+                 label_map: str | None = None, predictions: Path | None = None, show_wrong: int = 0) -> dict:
     """Metrics of a run on `split`: its recorded held-out rows by default (split None: test), or a whole split
     of `source` (split None: its test split, or a single file's rows). precision "bf16" scores the model as
-    `predict --precision bf16` runs it."""
+    `predict --precision bf16` runs it. label_map: "pos=positive,..." for a source whose labels are spelled
+    otherwise. predictions: a JSON-lines file of every scored row; show_wrong: the N most confidently wrong
+    rows go into the metrics."""
+    if label_map and source is None:
+        raise SentimentRNNError("--label-map maps the labels of --data; the run's own rows have the model's labels")
+    check_output_file(predictions)
     run = rundir.load_run(model_dir, precision=precision)
     cfg = run.config.data
     names = list(run.meta["label_names"])
@@ -34,7 +42,8 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
             updates["text_column"] = text_column
         if label_column:
             updates["label_column"] = label_column
-        ds, split = data_lib.load_eval_data(cfg.model_copy(update=updates), split, names)
+        mapping = parse_label_map(label_map, names) if label_map else None
+        ds, split = data_lib.load_eval_data(cfg.model_copy(update=updates), split, names, mapping)
         shown = source
     encoded = data_lib.encode(ds, run.tokenizer, int(run.meta["max_length"]))
     loader = data_lib.make_loader(encoded, 256, shuffle=False)
@@ -42,4 +51,10 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     metrics = classification_metrics(result["y_true"], result["y_pred"], names)
     metrics.update(run=str(run.path), split=split, source=shown, loss=result["loss"],
                    numeric_precision=precision)  # not "precision": that names a per-class metric here
+    if predictions is not None or show_wrong:
+        order = [i for batch in loader.sampler for i in batch]  # the loader reads rows in length buckets
+        probs = torch.empty_like(result["probs"])  # [N, C]
+        probs[order] = result["probs"]
+        rows = scored_rows(ds["text"], ds["label"], probs, names)
+        add_predictions(metrics, rows, predictions, show_wrong)
     return metrics

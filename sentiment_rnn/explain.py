@@ -28,10 +28,11 @@ from sentiment_rnn import runtime
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.models.baseline import PER_POSITION_OUT, PerWordLinear
 from sentiment_rnn.models.rnn import RNNClassifier
+from sentiment_rnn.probe import README_PAIR as PROBE_README_PAIR
 from sentiment_rnn.rundir import LoadedRun, load_run
 from sentiment_rnn.tokenizer import UNK
 
-README_PAIR = ("the flower is so beautiful", "i do not think the flower is beautiful")
+README_PAIR = (PROBE_README_PAIR.first_text, PROBE_README_PAIR.second_text)
 IG_STEPS = 50  # Captum's default; the record's convergence delta says how far the sum is from exact
 READINGS = {
     "top_layer": "the top layer's output after each word, through the head (one forward pass)",

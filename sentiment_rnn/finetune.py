@@ -16,12 +16,11 @@ import torch
 from torch import nn
 
 from sentiment_rnn import rundir
-from sentiment_rnn.config import Config, ModelConfig
+from sentiment_rnn.config import SHAPE_KEYS, Config, ModelConfig
 from sentiment_rnn.errors import SentimentRNNError
 
 SHARED_PREFIXES = ("embedding.", "encoder.")  # what a classifier takes from its source run
 LM_SOFTMAX_PREFIXES = ("head.head.", "head.tail.")  # a pretrain-lm run's adaptive softmax: continuing it reads it
-SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
 
 
 @dataclass

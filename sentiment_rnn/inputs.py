@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.records import with_top_k
 
 UNDECODABLE = "\0undecodable"  # stands in for a line that is not UTF-8 until it becomes an error record
 PAST = {"classify": "classified", "explain": "explained"}
@@ -67,8 +68,14 @@ def decode_lines(source: Iterable[bytes]) -> Iterator[str]:
             yield UNDECODABLE
 
 
-def prediction_stream(predictor, source: list[str] | BinaryIO) -> Iterator[dict]:
-    """predictor's records for TEXT arguments, or streamed for the lines of a file or stdin."""
+def prediction_stream(predictor, source: list[str] | BinaryIO, top_k: int | None = None) -> Iterator[dict]:
+    """predictor's records for TEXT arguments, or streamed for the lines of a file or stdin; with top_k, each
+    record also lists its top_k most probable labels (records.with_top_k)."""
+    records = _records(predictor, source)
+    return with_top_k(records, top_k) if top_k else records
+
+
+def _records(predictor, source: list[str] | BinaryIO) -> Iterator[dict]:
     if isinstance(source, list):
         yield from predictor.predict(source)
         return
@@ -102,3 +109,18 @@ def texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
     if not read:
         raise SentimentRNNError("the input has no lines; nothing to explain")
     return read
+
+
+def parse_label_map(spec: str, model_labels: list[str]) -> dict[str, str]:
+    """evaluate --label-map 'pos=positive,neg=negative': data label -> model label, every target checked."""
+    mapping: dict[str, str] = {}
+    for pair in spec.split(","):
+        source, sep, target = (part.strip() for part in pair.partition("="))
+        if not sep or not source or not target:
+            raise SentimentRNNError(f"--label-map entry '{pair}' is not DATA_LABEL=MODEL_LABEL; "
+                                    "write it as pos=positive,neg=negative")
+        if target not in model_labels:
+            raise SentimentRNNError(f"--label-map maps '{source}' to '{target}', which is not one of the model's "
+                                    f"labels ({', '.join(model_labels)})")
+        mapping[source] = target
+    return mapping

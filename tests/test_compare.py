@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment_rnn.compare import LENGTHS, shuffle_words, summarize
+from sentiment_rnn.compare import LENGTHS, RUN_PREFIX, shuffle_words, summarize
 from sentiment_rnn.config import ModelConfig, load_config
+from sentiment_rnn.evaluate import evaluate_run
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.models.baseline import per_word_linear_params
 from sentiment_rnn.tokenizer import train_tokenizer
@@ -122,7 +124,12 @@ def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
         model = comparison["models"][kind]
         assert len(model["per_seed"]) == 2
         assert keys <= model["mean"].keys() and keys <= model["std"].keys()
-        assert all(0 <= model["mean"][k] <= 1 for k in ("test_accuracy", "probe_accuracy", "word_order_sensitivity"))
+        for key in ("test_accuracy", "probe_accuracy", "word_order_sensitivity"):
+            assert model["mean"][key] == pytest.approx(statistics.fmean(r[key] for r in model["per_seed"]))
+        # each seed's figure is its saved model's score on the recorded test rows, scored here in-process
+        assert [r["test_accuracy"] for r in model["per_seed"]] == pytest.approx(
+            [evaluate_run(out / f"{RUN_PREFIX[kind]}-seed{s}")["accuracy"] for s in (0, 1)])
+        assert model["mean"]["word_order_sensitivity"] > 0  # both models read word positions
     rnn, baseline = comparison["models"]["rnn"]["mean"], comparison["models"]["per_word_linear"]["mean"]
     assert rnn["params_L16"] == rnn["params_L1024"] == rnn["params_without_embedding"]
     assert baseline["params_L1024"] > baseline["params_L16"]

@@ -4,6 +4,7 @@ and the whole pretrain -> fine-tune -> predict path through the installed CLI.""
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -139,14 +140,18 @@ def test_cli_pretrains_fine_tunes_and_predicts(tmp_path):
     shape = [f"--set={s}" for s in SHAPE]
     done = run_cli("pretrain-lm", "-c", "configs/lm.yaml", "-o", str(lm), *shape, *[f"--set={s}" for s in TINY_LM])
     assert done.returncode == 0, done.stderr
-    done = run_cli("train", "-c", "configs/finetune.yaml", "-o", str(clf), *shape,
+    # The refusal's hint is the command to run: it names every shape key this LM's width differs in.
+    wrong = CliRunner().invoke(app, ["predict", "--model", str(lm), "the flower is so beautiful"])
+    hint = wrong.stderr.strip().split("fine-tune one from it: ")[1]
+    assert hint == ("sentiment-rnn train -c finetune --set model.embedding_dim=16 --set model.hidden_size=24 "
+                    f"--set model.num_layers=2 --set model.init_from={lm}")
+    done = run_cli(*shlex.split(hint)[1:], "-o", str(clf),
                    *[f"--set={s}" for s in ["data.limit=400", "train.epochs=2", "train.max_steps=3",
-                                            "train.threads=1", f"model.init_from={lm}"]])
+                                            "train.threads=1"]])
     assert done.returncode == 0, done.stderr
     done = run_cli("predict", "--model", str(clf), "the flower is so beautiful")
     assert done.returncode == 0 and ("positive" in done.stdout or "negative" in done.stdout), done.stderr
     # The refusals run in-process (the same Typer app and error boundary), which spares a start-up each.
-    wrong = CliRunner().invoke(app, ["predict", "--model", str(lm), "the flower is so beautiful"])
     assert wrong.exit_code == 1 and "is a pretrain-lm run" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
     bad = CliRunner().invoke(app, ["train", "-c", "configs/finetune.yaml", "-o", str(tmp_path / "bad"),
                                    "--set", f"model.init_from={tmp_path / 'missing'}"])

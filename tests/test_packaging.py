@@ -59,6 +59,7 @@ def test_a_built_wheel_trains_the_default_config_from_an_empty_folder(tmp_path):
     assert where.startswith(fresh_site), where
     cli = venv / "bin" / "sentiment-rnn"
     result = subprocess.run([cli, "train", "--config", "default", "--set", "data.limit=300", "--set", "train.epochs=1",
+                             "--set", "stage_one.limit=300", "--set", "stage_one.epochs=1",
                              "--set", "model.hidden_size=8", "--set", "train.threads=1"],
                             cwd=work, capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from sentiment_rnn import predict
+from sentiment_rnn import predict, runtime
 from sentiment_rnn.cli_run import Precision
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
@@ -65,6 +65,18 @@ def test_fast_predictor_gives_the_plain_probabilities(tiny_run):
     fast = Predictor.from_dir(tiny_run, threads=1, fast=True)
     assert plain.forward is plain.run.model and isinstance(fast.forward, FrozenClassifier)  # tiny is a vanilla RNN
     torch.testing.assert_close(fast.probabilities(texts), plain.probabilities(texts), rtol=0, atol=1e-5)
+
+
+def test_a_predictor_runs_with_the_threads_asked_for_and_the_plain_model_unless_asked(tiny_run):
+    before = torch.get_num_threads()
+    asked = runtime.default_threads() + 1  # not what threads=None would set
+    try:
+        Predictor.from_dir(tiny_run, threads=asked)
+        assert torch.get_num_threads() == asked  # predict/serve --threads
+    finally:
+        torch.set_num_threads(before)
+    run = load_run(tiny_run)
+    assert Predictor(run).forward is run.model  # the speed kernel is an opt-in
 
 
 def test_predict_fast_option_prints_the_plain_probabilities(tiny_run):

@@ -4,6 +4,7 @@ appear whole or not at all. In-process and quick: scripts/mutate.py runs these a
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,12 +59,14 @@ def test_a_run_without_one_required_file_is_incomplete_and_named(missing, tiny_r
 
 
 def test_resolve_run_says_what_the_path_is_instead(tiny_run, tmp_path):
-    cases = [(tmp_path / "absent", "does not exist"), (tmp_path / "file.csv", "is a file, not a run directory"),
-             (tmp_path / "empty", "is not a run directory (no config.yaml, no metrics.json)")]
+    fix = "; pass a folder written by 'sentiment-rnn train'"  # the user's only guide to what is wanted
+    cases = [(tmp_path / "absent", "does not exist" + fix),
+             (tmp_path / "file.csv", "is a file, not a run directory" + fix),
+             (tmp_path / "empty", "is not a run directory (no config.yaml, no metrics.json)" + fix)]
     (tmp_path / "file.csv").write_text("text,label\n")
     (tmp_path / "empty").mkdir()
     for path, words in cases:
-        with pytest.raises(SentimentRNNError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(SentimentRNNError, match=words.replace("(", r"\(").replace(")", r"\)") + "$"):
             rundir.resolve_run(path)
     unfinished = copy_run(tiny_run, tmp_path, "unfinished", 0)
     (unfinished / rundir.METRICS).unlink()
@@ -100,6 +103,7 @@ def test_load_run_rebuilds_the_trained_model_in_eval_mode_and_refuses_mixed_file
     import json
 
     loaded = rundir.load_run(tiny_run)
+    assert loaded.path == tiny_run and loaded.config.model.hidden_size == 16  # configs/tiny.yaml's
     assert not loaded.model.training and loaded.meta["label_names"] == ["negative", "positive"]
     assert loaded.tokenizer.get_vocab_size() == loaded.meta["vocab_size"]
     with pytest.raises(SentimentRNNError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
@@ -120,3 +124,92 @@ def test_load_run_rebuilds_the_trained_model_in_eval_mode_and_refuses_mixed_file
     (run / rundir.META).write_text(json.dumps({**meta, "weights_sha256": rundir.sha256(run / rundir.WEIGHTS)}))
     with pytest.raises(SentimentRNNError, match="is not a readable safetensors file"):
         rundir.load_run(run)
+
+
+def test_find_latest_run_passes_over_a_newer_language_model_but_not_a_run_with_a_damaged_meta(tiny_run, tmp_path):
+    import json
+
+    copy_run(tiny_run, tmp_path, "classifier", 100)
+    lm = copy_run(tiny_run, tmp_path, "lm", 10)
+    meta = json.loads((lm / rundir.META).read_text())
+    (lm / rundir.META).write_text(json.dumps({**meta, "kind": "language_model"}))
+    assert rundir.find_latest_run(tmp_path) == tmp_path / "classifier"  # pretrain-lm has nothing to predict with
+    damaged = copy_run(tiny_run, tmp_path, "damaged", 0)
+    (damaged / rundir.META).write_bytes(b"{")
+    assert rundir.find_latest_run(tmp_path) == damaged  # picked, so that loading it names the damage
+    with pytest.raises(SentimentRNNError, match="meta.json' is not valid JSON"):
+        rundir.load_run(damaged)
+
+
+def test_load_run_names_what_is_wrong_with_meta_or_weights_that_do_not_fit(tiny_run, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    run = copy_run(tiny_run, tmp_path, "run", 0)
+    meta = json.loads((run / rundir.META).read_text())
+    for key in ("vocab_size", "label_names", "max_length"):
+        (run / rundir.META).write_text(json.dumps({k: v for k, v in meta.items() if k != key}))
+        with pytest.raises(SentimentRNNError, match="lacks vocab_size/label_names/max_length; the run is damaged"):
+            rundir.load_run(run)
+    state = load_file(str(run / rundir.WEIGHTS))
+    dropped = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, str(run / rundir.WEIGHTS))
+    (run / rundir.META).write_text(json.dumps({**meta, "weights_sha256": rundir.sha256(run / rundir.WEIGHTS)}))
+    fit = rf"does not fit config.yaml \(Missing key\(s\) .*{dropped}.*train again$"
+    with pytest.raises(SentimentRNNError, match=fit):
+        rundir.load_run(run)  # every weight must be there: a missing one is not left at its random start
+
+
+def test_load_run_in_bf16_casts_every_weight(tiny_run):
+    import torch
+
+    model = rundir.load_run(tiny_run, precision="bf16").model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not model.training
+
+
+def test_versions_are_the_installed_ones_and_the_package_folder_commit(tiny_run):
+    import json
+    import platform
+    import subprocess
+    from importlib import metadata
+    from pathlib import Path
+
+    found = rundir.versions()
+    assert found["python"] == platform.python_version()
+    for package in ("torch", "datasets", "tokenizers", "sentiment-rnn"):
+        assert found[package] == metadata.version(package)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(rundir.__file__).resolve().parent)
+    assert found["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)  # None outside git
+    assert json.loads((tiny_run / rundir.META).read_text())["versions"] == found  # what training records
+
+
+def test_without_model_the_latest_run_under_runs_in_the_working_folder_is_resolved(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    copy_run(tiny_run, tmp_path / "runs", "old", 100)
+    copy_run(tiny_run, tmp_path / "runs", "new", 10)
+    assert rundir.resolve_run(None) == rundir.DEFAULT_ROOT / "new"  # predict/evaluate/explain without --model
+
+
+def test_a_baseline_run_is_rebuilt_at_its_own_max_length(tmp_path):
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.train import train
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "tiny.yaml",
+                         ["model.kind=per_word_linear", "data.limit=120", "train.epochs=1", "data.max_length=12"])
+    train(config, tmp_path / "run")
+    model = rundir.load_run(tmp_path / "run").model
+    assert model.max_length == 12  # the per-word model has one weight block per position
+
+
+def test_versions_record_the_package_commit_from_any_folder_and_none_when_git_fails(tmp_path, monkeypatch):
+    expected = rundir.versions()["git_commit"]
+    monkeypatch.chdir(tmp_path)  # training started outside the checkout still records the package's commit
+    assert rundir.versions()["git_commit"] == expected
+    monkeypatch.setenv("GIT_DIR", str(tmp_path))  # git runs and fails
+    assert rundir.versions()["git_commit"] is None
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    assert rundir.versions()["git_commit"] is None

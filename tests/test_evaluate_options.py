@@ -1,0 +1,110 @@
+"""evaluate --label-map, --predictions and --show-wrong via the installed command, on the tiny run and its export."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
+WORDS = ["great", "awful", "fine", "dull", "moving", "silly", "warm", "tedious"]
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def labeled_csv(path: Path, labels: tuple[str, str], n: int = 30) -> Path:
+    rows = [f"review {i} was {WORDS[i % 8]} and {WORDS[(i * 3) % 8]} [v{i}],{labels[i % 2]}" for i in range(n)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def test_label_map_scores_data_whose_labels_are_spelled_otherwise(tiny_run, tmp_path):
+    short = labeled_csv(tmp_path / "short.csv", ("neg", "pos"))
+    one_line_error(run("evaluate", "-m", tiny_run, "--data", short), "or map them with --label-map")
+    mapped = run("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos=positive, neg=negative", "--json")
+    assert mapped.returncode == 0, mapped.stderr
+    spelled = run("evaluate", "-m", tiny_run, "--data", labeled_csv(tmp_path / "long.csv", ("negative", "positive")),
+                  "--json")
+    mapped, spelled = json.loads(mapped.stdout), json.loads(spelled.stdout)
+    assert mapped["n"] == 30 and mapped["confusion_matrix"] == spelled["confusion_matrix"]
+    assert mapped["per_class"]["positive"]["support"] == 15
+
+
+def test_label_map_refuses_a_target_the_model_lacks_and_a_malformed_pair(tiny_run, tmp_path):
+    short = labeled_csv(tmp_path / "short.csv", ("neg", "pos"))
+    one_line_error(run("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos=good,neg=negative"),
+                   "maps 'pos' to 'good', which is not one of the model's labels (negative, positive)")
+    one_line_error(run("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos"),
+                   "is not DATA_LABEL=MODEL_LABEL")
+
+
+def test_a_single_data_file_is_named_in_errors_not_as_split_train(tiny_run, tmp_path):
+    odd = labeled_csv(tmp_path / "odd.csv", ("neg", "meh"))
+    proc = run("evaluate", "-m", tiny_run, "--data", odd)
+    one_line_error(proc, f"'{odd}' has label 'neg'")
+    assert "split 'train'" not in proc.stderr
+
+
+def check_predictions(rows: list[dict], metrics: dict) -> None:
+    assert len(rows) == metrics["n"]
+    for row in rows:
+        assert row["predicted"] == max(row["probabilities"], key=row["probabilities"].get)
+        assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert sum(r["predicted"] == r["label"] for r in rows) / len(rows) == pytest.approx(metrics["accuracy"])
+    wrong = metrics["most_confidently_wrong"]
+    assert 0 < len(wrong) <= 5 and all(r["predicted"] != r["label"] for r in wrong)
+    confidence = [r["probabilities"][r["predicted"]] for r in wrong]
+    assert confidence == sorted(confidence, reverse=True)
+    all_wrong = [r["probabilities"][r["predicted"]] for r in rows if r["predicted"] != r["label"]]
+    assert confidence[0] == max(all_wrong)
+
+
+def test_predictions_file_holds_every_row_in_the_datas_order(tiny_run, tmp_path):
+    data, out = labeled_csv(tmp_path / "d.csv", ("negative", "positive")), tmp_path / "pred.jsonl"
+    proc = run("evaluate", "-m", tiny_run, "--data", data, "--predictions", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    metrics, rows = json.loads(proc.stdout), read_jsonl(out)
+    assert [r["text"] for r in rows] == [line.rsplit(",", 1)[0] for line in data.read_text().splitlines()[1:]]
+    assert [r["label"] for r in rows] == ["negative", "positive"] * 15
+    check_predictions(rows, metrics)
+    assert set(tmp_path.iterdir()) == {data, out}  # no temporary file left beside it
+
+
+def test_predictions_of_an_export_equal_the_runs_and_the_summary_shows_the_wrong_rows(tiny_run, tiny_export, tmp_path):
+    scored = {}
+    for name, model in (("run", tiny_run), ("export", tiny_export)):
+        proc = run("evaluate", "-m", model, "--predictions", tmp_path / f"{name}.jsonl", "--json")
+        assert proc.returncode == 0, proc.stderr
+        scored[name] = read_jsonl(tmp_path / f"{name}.jsonl")
+        check_predictions(scored[name], json.loads(proc.stdout))
+    by_text = {r["text"]: r for r in scored["run"]}
+    for row in scored["export"]:
+        assert row["label"] == by_text[row["text"]]["label"] and row["predicted"] == by_text[row["text"]]["predicted"]
+    shown = run("evaluate", "-m", tiny_export, "--predictions", tmp_path / "again.jsonl", "--show-wrong", "2")
+    assert shown.returncode == 0, shown.stderr
+    worst = sorted((r for r in scored["export"] if r["predicted"] != r["label"]),
+                   key=lambda r: -r["probabilities"][r["predicted"]])[0]
+    assert "2 most confidently wrong rows" in shown.stdout and worst["text"][:40] in shown.stdout.replace("\n", "")
+
+
+def test_a_predictions_file_that_cannot_be_written_leaves_nothing_behind(tiny_export, tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    proc = run("evaluate", "-m", tiny_export, "--predictions", target)
+    one_line_error(proc, f"cannot write '{target}': it is a directory")
+    assert list(tmp_path.iterdir()) == [target] and not list(target.iterdir())
+    one_line_error(run("evaluate", "-m", tiny_export, "--predictions", tmp_path / "absent" / "p.jsonl"),
+                   "its folder does not exist")
