@@ -20,7 +20,12 @@ from sentiment_rnn.errors import SentimentRNNError
 CellName = Literal["rnn", "gru", "lstm"]  # the recurrent cells; checked here once, for every module
 CELLS: tuple[str, ...] = get_args(CellName)
 # model.* keys that fix the embedding's and encoder's tensor shapes: model.init_from needs a source that matches
-SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
+SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "bidirectional")
+
+
+def _is_widths(values: list) -> bool:
+    """A non-empty list of positive ints (booleans are not widths)."""
+    return bool(values) and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in values)
 
 
 class _Strict(BaseModel):
@@ -94,9 +99,9 @@ class ModelConfig(_Strict):
     cell: CellName = "rnn"  # recurrent cell
     nonlinearity: Literal["tanh", "relu"] = "tanh"  # only for cell: rnn
     encoder: Literal["layer", "cells"] = "layer"  # nn.RNN-style layer, or nn.RNNCell unrolled by hand
-    hidden_size: int = Field(128, ge=1)  # state width per layer (encoder: layer)
-    num_layers: int = Field(1, ge=1, le=16)  # stacked layers (encoder: layer)
-    hidden_sizes: list[int] | None = None  # per-layer widths (encoder: cells), e.g. [20, 15]
+    # state width of every layer, or one width per layer, e.g. [20, 15] (unequal widths need encoder: cells)
+    hidden_size: int | list[int] = 128
+    num_layers: int = Field(1, ge=1, le=16)  # stacked layers; a hidden_size list gives its own length
     bidirectional: bool = False  # also read each sentence right to left
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the word vectors
@@ -106,18 +111,40 @@ class ModelConfig(_Strict):
     # start embedding + encoder from this pretrain-lm or train run (its tokenizer is reused)
     init_from: str | None = None
 
+    @field_validator("hidden_size", mode="before")
+    @classmethod
+    def _positive_widths(cls, value: Any) -> Any:
+        """One readable message instead of pydantic's two union branches."""
+        if not _is_widths(value if isinstance(value, list) else [value]):
+            raise ValueError(f"must be a positive width or a list of per-layer widths, e.g. 128 or [20, 15] "
+                             f"(got {value!r})")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_width_per_layer(cls, data: Any) -> Any:
+        """hidden_size as a list sets num_layers to its length; equal widths are written as one int, so a model
+        has one spelling, and nn.RNN's own (hidden_size, num_layers) wherever it can have it."""
+        sizes = data.get("hidden_size") if isinstance(data, dict) else None
+        if not isinstance(sizes, list) or not _is_widths(sizes):
+            return data  # not a list, or a bad one (_positive_widths names the problem)
+        if data.get("num_layers", len(sizes)) != len(sizes):
+            raise ValueError(f"model.hidden_size {sizes} gives {len(sizes)} layers but model.num_layers is "
+                             f"{data['num_layers']}; drop model.num_layers or set it to {len(sizes)}")
+        return {**data, "hidden_size": sizes[0] if len(set(sizes)) == 1 else list(sizes), "num_layers": len(sizes)}
+
     @model_validator(mode="after")
-    def _sizes_match_encoder(self) -> ModelConfig:
-        if self.hidden_sizes is not None:
-            if self.encoder != "cells":
-                raise ValueError("model.hidden_sizes needs model.encoder: cells; use hidden_size and num_layers")
-            if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-                raise ValueError("model.hidden_sizes must be a non-empty list of positive sizes, e.g. [20, 15]")
+    def _widths_match_encoder(self) -> ModelConfig:
+        if isinstance(self.hidden_size, list) and self.encoder != "cells":
+            raise ValueError(f"model.hidden_size {self.hidden_size} gives each layer its own width, which needs "
+                             "model.encoder: cells (nn.RNN's layers share one width)")
         return self
 
     def layer_sizes(self) -> list[int]:
-        """Hidden width of every layer, whichever way it was written."""
-        return list(self.hidden_sizes) if self.hidden_sizes else [self.hidden_size] * self.num_layers
+        """Hidden width of every layer, bottom first."""
+        if isinstance(self.hidden_size, list):
+            return list(self.hidden_size)
+        return [self.hidden_size] * self.num_layers
 
 
 class TrainConfig(_Strict):
@@ -231,6 +258,33 @@ def _drop_retired(raw: dict, origin: str, overrides: dict[str, str]) -> None:
                                     f"delete the key (a saved run loads without it) and train or load again")
 
 
+def _refuse_hidden_sizes(raw: dict, origin: str, overrides: dict[str, str]) -> None:
+    """model.hidden_sizes became model.hidden_size's list form; null (what every run saved before held for
+    encoder: layer) is dropped, a list is refused with the key to write instead."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or "hidden_sizes" not in model:
+        return
+    sizes = model.pop("hidden_sizes")
+    if sizes is not None:
+        where = _origin_of(("model", "hidden_sizes"), origin, overrides)
+        raise SentimentRNNError(f"{where}: model.hidden_sizes is now written model.hidden_size: "
+                                f"{_flow(sizes)} (one width per layer); rename the key")
+
+
+def _translate_hidden_sizes(raw: dict) -> None:
+    """A run saved with model.hidden_sizes (widths per layer) loads as model.hidden_size's list form; its
+    hidden_size and num_layers then held unused defaults."""
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("hidden_sizes"), list):
+        sizes = model.pop("hidden_sizes")
+        model.update(hidden_size=sizes, num_layers=len(sizes))
+
+
+def _flow(value: Any) -> str:
+    """A value as YAML writes it on one line, e.g. [20, 15]."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     """Valid keys at a nested location, for 'did you mean' hints."""
     for part in loc:
@@ -277,6 +331,7 @@ def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[st
     if not isinstance(raw, dict):
         raise SentimentRNNError(f"{origin}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     _drop_retired(raw, origin, overrides or {})
+    _refuse_hidden_sizes(raw, origin, overrides or {})
     schema = schema or (LMRunConfig if "lm" in raw else Config)
     try:
         return schema.model_validate(raw)
@@ -346,8 +401,9 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None, sch
                 saved_run: bool = False) -> Config:
     """Read a YAML config (see resolve_config; the schema's defaults when None) and apply KEY=VALUE overrides.
 
-    schema: see parse_config. saved_run: the file is a classifier run's own config.yaml, whose lm: section (runs
-    saved before the split held pretrain-lm's defaults) shaped nothing of the classifier and is left out.
+    schema: see parse_config. saved_run: the file is a run's own config.yaml, whose lm: section (classifier runs
+    saved before the split held pretrain-lm's defaults) shaped nothing of the classifier and is left out, and whose
+    model.hidden_sizes (runs saved before it became hidden_size's list form) is read as that list form.
     """
     raw: Any = {}
     origin = "defaults"
@@ -359,6 +415,8 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None, sch
             raw["name"] = source.name.rsplit(".", 1)[0]
         if saved_run and schema is Config and isinstance(raw, dict):
             raw.pop("lm", None)
+        if saved_run and isinstance(raw, dict):
+            _translate_hidden_sizes(raw)
     written = {}
     for item in overrides or []:
         if not isinstance(raw, dict):
