@@ -23,11 +23,6 @@ CELLS: tuple[str, ...] = get_args(CellName)
 SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "bidirectional")
 
 
-def _is_widths(values: list) -> bool:
-    """A non-empty list of positive ints (booleans are not widths)."""
-    return bool(values) and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in values)
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -101,7 +96,7 @@ class ModelConfig(_Strict):
     encoder: Literal["layer", "cells"] = "layer"  # nn.RNN-style layer, or nn.RNNCell unrolled by hand
     # state width of every layer, or one width per layer, e.g. [20, 15] (unequal widths need encoder: cells)
     hidden_size: int | list[int] = 128
-    num_layers: int = Field(1, ge=1, le=16)  # stacked layers; a hidden_size list gives its own length
+    num_layers: int = Field(1, ge=1, le=16)  # stacked layers; a hidden_size list sets it to its length
     bidirectional: bool = False  # also read each sentence right to left
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the word vectors
@@ -111,40 +106,27 @@ class ModelConfig(_Strict):
     # start embedding + encoder from this pretrain-lm or train run (its tokenizer is reused)
     init_from: str | None = None
 
-    @field_validator("hidden_size", mode="before")
-    @classmethod
-    def _positive_widths(cls, value: Any) -> Any:
-        """One readable message instead of pydantic's two union branches."""
-        if not _is_widths(value if isinstance(value, list) else [value]):
-            raise ValueError(f"must be a positive width or a list of per-layer widths, e.g. 128 or [20, 15] "
-                             f"(got {value!r})")
-        return value
-
     @model_validator(mode="before")
     @classmethod
     def _one_width_per_layer(cls, data: Any) -> Any:
-        """hidden_size as a list sets num_layers to its length; equal widths are written as one int, so a model
-        has one spelling, and nn.RNN's own (hidden_size, num_layers) wherever it can have it."""
-        sizes = data.get("hidden_size") if isinstance(data, dict) else None
-        if not isinstance(sizes, list) or not _is_widths(sizes):
-            return data  # not a list, or a bad one (_positive_widths names the problem)
-        if data.get("num_layers", len(sizes)) != len(sizes):
-            raise ValueError(f"model.hidden_size {sizes} gives {len(sizes)} layers but model.num_layers is "
-                             f"{data['num_layers']}; drop model.num_layers or set it to {len(sizes)}")
-        return {**data, "hidden_size": sizes[0] if len(set(sizes)) == 1 else list(sizes), "num_layers": len(sizes)}
-
-    @model_validator(mode="after")
-    def _widths_match_encoder(self) -> ModelConfig:
-        if isinstance(self.hidden_size, list) and self.encoder != "cells":
-            raise ValueError(f"model.hidden_size {self.hidden_size} gives each layer its own width, which needs "
-                             "model.encoder: cells (nn.RNN's layers share one width)")
-        return self
+        """hidden_size: one width, or one per layer, which sets num_layers to their count. Equal widths read as one,
+        so a model has one spelling: nn.RNN's own (hidden_size, num_layers) wherever it can have it."""
+        sizes = data.get("hidden_size", 1) if isinstance(data, dict) else 1
+        widths = sizes if isinstance(sizes, list) else [sizes]
+        if not widths or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in widths):
+            raise ValueError(f"model.hidden_size must be a positive width or a list of per-layer widths, e.g. 128 "
+                             f"or [20, 15] (got {sizes!r})")
+        if not isinstance(sizes, list):
+            return data
+        if len(set(sizes)) > 1 and data.get("encoder", cls.model_fields["encoder"].default) != "cells":
+            raise ValueError(f"model.hidden_size {sizes} gives each layer its own width, which needs model.encoder: "
+                             "cells (nn.RNN's layers share one width)")
+        return {**data, "hidden_size": sizes[0] if len(set(sizes)) == 1 else sizes, "num_layers": len(sizes)}
 
     def layer_sizes(self) -> list[int]:
         """Hidden width of every layer, bottom first."""
-        if isinstance(self.hidden_size, list):
-            return list(self.hidden_size)
-        return [self.hidden_size] * self.num_layers
+        sizes = self.hidden_size
+        return list(sizes) if isinstance(sizes, list) else [sizes] * self.num_layers
 
 
 class TrainConfig(_Strict):
@@ -258,31 +240,17 @@ def _drop_retired(raw: dict, origin: str, overrides: dict[str, str]) -> None:
                                     f"delete the key (a saved run loads without it) and train or load again")
 
 
-def _refuse_hidden_sizes(raw: dict, origin: str, overrides: dict[str, str]) -> None:
-    """model.hidden_sizes became model.hidden_size's list form; null (what every run saved before held for
-    encoder: layer) is dropped, a list is refused with the key to write instead."""
+def _read_hidden_sizes(raw: dict, origin: str, overrides: dict[str, str], saved_run: bool = False) -> None:
+    """model.hidden_sizes: [20, 15] is written model.hidden_size: [20, 15]. A run saved before (null there for
+    encoder: layer) loads as that list form; a config giving the old key is refused, naming the new one."""
     model = raw.get("model")
-    if not isinstance(model, dict) or "hidden_sizes" not in model:
-        return
-    sizes = model.pop("hidden_sizes")
-    if sizes is not None:
+    sizes = model.pop("hidden_sizes", None) if isinstance(model, dict) else None
+    if sizes is not None and not saved_run:
         where = _origin_of(("model", "hidden_sizes"), origin, overrides)
         raise SentimentRNNError(f"{where}: model.hidden_sizes is now written model.hidden_size: "
-                                f"{_flow(sizes)} (one width per layer); rename the key")
-
-
-def _translate_hidden_sizes(raw: dict) -> None:
-    """A run saved with model.hidden_sizes (widths per layer) loads as model.hidden_size's list form; its
-    hidden_size and num_layers then held unused defaults."""
-    model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("hidden_sizes"), list):
-        sizes = model.pop("hidden_sizes")
+                                f"{yaml.safe_dump(sizes, default_flow_style=True).strip()}; rename the key")
+    if sizes is not None:
         model.update(hidden_size=sizes, num_layers=len(sizes))
-
-
-def _flow(value: Any) -> str:
-    """A value as YAML writes it on one line, e.g. [20, 15]."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -331,7 +299,7 @@ def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[st
     if not isinstance(raw, dict):
         raise SentimentRNNError(f"{origin}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     _drop_retired(raw, origin, overrides or {})
-    _refuse_hidden_sizes(raw, origin, overrides or {})
+    _read_hidden_sizes(raw, origin, overrides or {})
     schema = schema or (LMRunConfig if "lm" in raw else Config)
     try:
         return schema.model_validate(raw)
@@ -401,9 +369,8 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None, sch
                 saved_run: bool = False) -> Config:
     """Read a YAML config (see resolve_config; the schema's defaults when None) and apply KEY=VALUE overrides.
 
-    schema: see parse_config. saved_run: the file is a run's own config.yaml, whose lm: section (classifier runs
-    saved before the split held pretrain-lm's defaults) shaped nothing of the classifier and is left out, and whose
-    model.hidden_sizes (runs saved before it became hidden_size's list form) is read as that list form.
+    schema: see parse_config. saved_run: the file is a run's own config.yaml: a classifier's lm: section (runs saved
+    before the split held pretrain-lm's defaults) shaped nothing and is left out; see _read_hidden_sizes.
     """
     raw: Any = {}
     origin = "defaults"
@@ -413,10 +380,10 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None, sch
         raw = _read_yaml(source, origin)
         if isinstance(raw, dict) and "name" not in raw:
             raw["name"] = source.name.rsplit(".", 1)[0]
-        if saved_run and schema is Config and isinstance(raw, dict):
-            raw.pop("lm", None)
         if saved_run and isinstance(raw, dict):
-            _translate_hidden_sizes(raw)
+            if schema is Config:
+                raw.pop("lm", None)
+            _read_hidden_sizes(raw, origin, {}, saved_run=True)
     written = {}
     for item in overrides or []:
         if not isinstance(raw, dict):

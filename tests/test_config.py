@@ -32,8 +32,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 @pytest.mark.parametrize("raw, expected", [
     ({"model": {"hiden_size": 3}}, "did you mean 'hidden_size'"),
     ({"trian": {}}, "did you mean 'train'"),
-    ({"model": {"hidden_size": "big"}}, "'model.hidden_size'"),
-    ({"model": {"hidden_size": -4}}, "'model.hidden_size': must be a positive width or a list of per-layer widths"),
+    ({"model": {"hidden_size": "big"}}, "model.hidden_size must be a positive width"),
+    ({"model": {"hidden_size": -4}}, "'model': model.hidden_size must be a positive width"),
     ({"model": {"cell": "transformer"}}, "'rnn', 'gru' or 'lstm'"),
     ({"data": {"split": [0.5, 0.5, 0.5]}}, "sum to 1"),
 ])

@@ -57,12 +57,14 @@ def test_the_retired_hidden_sizes_key_is_one_error_naming_its_replacement(tmp_pa
                                       "--set", "model.hidden_sizes=[20,15]", "-o", str(tmp_path / "run")])
     assert result.exit_code == 1, result.output
     assert result.output == ("Error: --set model.hidden_sizes=[20,15]: model.hidden_sizes is now written "
-                             "model.hidden_size: [20, 15] (one width per layer); rename the key\n")
+                             "model.hidden_size: [20, 15]; rename the key\n")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_width_list_sets_num_layers_and_equal_widths_read_as_one_width(tmp_path):
     cells = parse_config({"model": {"encoder": "cells", "hidden_size": [20, 15]}}).model
+    # The list is the depth: over a file's num_layers (configs/tutorial.yaml has 4) it gives its own length.
+    assert parse_config({"model": {"encoder": "cells", "hidden_size": [20, 15], "num_layers": 4}}).model == cells
     assert (cells.hidden_size, cells.num_layers, cells.layer_sizes()) == ([20, 15], 2, [20, 15])
     stack = parse_config({"model": {"hidden_size": [20, 20, 20, 20]}}).model
     assert (stack.hidden_size, stack.num_layers) == (20, 4)  # the tutorial's nn.RNN(100, 20, num_layers=4)
@@ -74,10 +76,9 @@ def test_a_width_list_sets_num_layers_and_equal_widths_read_as_one_width(tmp_pat
 @pytest.mark.parametrize("model, expected", [
     ({"hidden_size": [20, 15]}, "'model': model.hidden_size [20, 15] gives each layer its own width, which needs "
                                 "model.encoder: cells"),
-    ({"encoder": "cells", "hidden_size": [20, 15], "num_layers": 3},
-     "model.hidden_size [20, 15] gives 2 layers but model.num_layers is 3; drop model.num_layers or set it to 2"),
-    ({"hidden_size": []}, "'model.hidden_size': must be a positive width or a list of per-layer widths"),
-    ({"hidden_size": [20, 0]}, "'model.hidden_size': must be a positive width or a list of per-layer widths"),
+    ({"hidden_size": []}, "'model': model.hidden_size must be a positive width or a list of per-layer widths"),
+    ({"hidden_size": [20, 0]}, "'model': model.hidden_size must be a positive width or a list of per-layer widths"),
+    ({"hidden_size": "big"}, "'model': model.hidden_size must be a positive width or a list of per-layer widths"),
 ])
 def test_width_mistakes_are_one_line_naming_the_fix(model, expected):
     with pytest.raises(SentimentRNNError) as err:
