@@ -122,7 +122,7 @@ def pack():
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     smoke = [job("smoke-bilstm", "tiny", 0, ["model.cell=lstm", "model.bidirectional=true"]),
-             job("smoke-cells", "tiny", 0, ["model.encoder=cells", "model.hidden_sizes=[8,6]", "model.cell=gru",
+             job("smoke-cells", "tiny", 0, ["model.encoder=cells", "model.hidden_size=[8,6]", "model.cell=gru",
                                             "model.bidirectional=true"])]
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(run, smoke))

@@ -233,7 +233,7 @@ def sweep(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", "-s",
         help="KEY=V1,V2,... repeatable: every combination of the values is a setting; one value is a plain "
-             "override. Commas inside [...] or quotes do not separate values: model.hidden_sizes=[20,15],[32].",
+             "override. Commas inside [...] or quotes do not separate values: model.hidden_size=[20,15],[32].",
     )] = None,
     jobs: Annotated[int, typer.Option(
         min=1, help="Runs trained at a time, each in its own process with cores/N torch threads (unless "
@@ -289,7 +289,7 @@ def pretrain_lm(
     cfg, out = config_and_output(config, "lm", set_, output, overwrite, resume, Path("runs") / "pretrained",
                                  language_model=True)
     console.print(f"[bold]Pretraining[/bold] {escape(cfg.name)}: {cfg.model.cell} language model "
-                  f"({cfg.model.num_layers} x {cfg.model.hidden_size}, {cfg.lm.batching} batches) on "
+                  f"({cfg.model.layer_sizes()}, {cfg.lm.batching} batches) on "
                   f"{escape(cfg.lm.source)} -> {escape(str(out))}", highlight=False)
     metrics = run_pretraining(cfg, out, RichReporter(columns="language_model"), overwrite=overwrite,
                               resume=resume is not None)

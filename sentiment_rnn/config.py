@@ -20,7 +20,7 @@ from sentiment_rnn.errors import SentimentRNNError
 CellName = Literal["rnn", "gru", "lstm"]  # the recurrent cells; checked here once, for every module
 CELLS: tuple[str, ...] = get_args(CellName)
 # model.* keys that fix the embedding's and encoder's tensor shapes: model.init_from needs a source that matches
-SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "hidden_sizes", "bidirectional")
+SHAPE_KEYS = ("cell", "encoder", "embedding_dim", "hidden_size", "num_layers", "bidirectional")
 
 
 class _Strict(BaseModel):
@@ -94,9 +94,9 @@ class ModelConfig(_Strict):
     cell: CellName = "rnn"  # recurrent cell
     nonlinearity: Literal["tanh", "relu"] = "tanh"  # only for cell: rnn
     encoder: Literal["layer", "cells"] = "layer"  # nn.RNN-style layer, or nn.RNNCell unrolled by hand
-    hidden_size: int = Field(128, ge=1)  # state width per layer (encoder: layer)
-    num_layers: int = Field(1, ge=1, le=16)  # stacked layers (encoder: layer)
-    hidden_sizes: list[int] | None = None  # per-layer widths (encoder: cells), e.g. [20, 15]
+    # state width of every layer, or one width per layer, e.g. [20, 15] (unequal widths need encoder: cells)
+    hidden_size: int | list[int] = 128
+    num_layers: int = Field(1, ge=1, le=16)  # stacked layers; a hidden_size list sets it to its length
     bidirectional: bool = False  # also read each sentence right to left
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the word vectors
@@ -106,18 +106,27 @@ class ModelConfig(_Strict):
     # start embedding + encoder from this pretrain-lm or train run (its tokenizer is reused)
     init_from: str | None = None
 
-    @model_validator(mode="after")
-    def _sizes_match_encoder(self) -> ModelConfig:
-        if self.hidden_sizes is not None:
-            if self.encoder != "cells":
-                raise ValueError("model.hidden_sizes needs model.encoder: cells; use hidden_size and num_layers")
-            if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-                raise ValueError("model.hidden_sizes must be a non-empty list of positive sizes, e.g. [20, 15]")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_width_per_layer(cls, data: Any) -> Any:
+        """hidden_size: one width, or one per layer, which sets num_layers to their count. Equal widths read as one,
+        so a model has one spelling: nn.RNN's own (hidden_size, num_layers) wherever it can have it."""
+        sizes = data.get("hidden_size", 1) if isinstance(data, dict) else 1
+        widths = sizes if isinstance(sizes, list) else [sizes]
+        if not widths or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in widths):
+            raise ValueError(f"model.hidden_size must be a positive width or a list of per-layer widths, e.g. 128 "
+                             f"or [20, 15] (got {sizes!r})")
+        if not isinstance(sizes, list):
+            return data
+        if len(set(sizes)) > 1 and data.get("encoder", cls.model_fields["encoder"].default) != "cells":
+            raise ValueError(f"model.hidden_size {sizes} gives each layer its own width, which needs model.encoder: "
+                             "cells (nn.RNN's layers share one width)")
+        return {**data, "hidden_size": sizes[0] if len(set(sizes)) == 1 else sizes, "num_layers": len(sizes)}
 
     def layer_sizes(self) -> list[int]:
-        """Hidden width of every layer, whichever way it was written."""
-        return list(self.hidden_sizes) if self.hidden_sizes else [self.hidden_size] * self.num_layers
+        """Hidden width of every layer, bottom first."""
+        sizes = self.hidden_size
+        return list(sizes) if isinstance(sizes, list) else [sizes] * self.num_layers
 
 
 class TrainConfig(_Strict):
@@ -231,6 +240,19 @@ def _drop_retired(raw: dict, origin: str, overrides: dict[str, str]) -> None:
                                     f"delete the key (a saved run loads without it) and train or load again")
 
 
+def _read_hidden_sizes(raw: dict, origin: str, overrides: dict[str, str], saved_run: bool = False) -> None:
+    """model.hidden_sizes: [20, 15] is written model.hidden_size: [20, 15]. A run saved before (null there for
+    encoder: layer) loads as that list form; a config giving the old key is refused, naming the new one."""
+    model = raw.get("model")
+    sizes = model.pop("hidden_sizes", None) if isinstance(model, dict) else None
+    if sizes is not None and not saved_run:
+        where = _origin_of(("model", "hidden_sizes"), origin, overrides)
+        raise SentimentRNNError(f"{where}: model.hidden_sizes is now written model.hidden_size: "
+                                f"{yaml.safe_dump(sizes, default_flow_style=True).strip()}; rename the key")
+    if sizes is not None:
+        model.update(hidden_size=sizes, num_layers=len(sizes))
+
+
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     """Valid keys at a nested location, for 'did you mean' hints."""
     for part in loc:
@@ -277,6 +299,7 @@ def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[st
     if not isinstance(raw, dict):
         raise SentimentRNNError(f"{origin}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     _drop_retired(raw, origin, overrides or {})
+    _read_hidden_sizes(raw, origin, overrides or {})
     schema = schema or (LMRunConfig if "lm" in raw else Config)
     try:
         return schema.model_validate(raw)
@@ -346,8 +369,8 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None, sch
                 saved_run: bool = False) -> Config:
     """Read a YAML config (see resolve_config; the schema's defaults when None) and apply KEY=VALUE overrides.
 
-    schema: see parse_config. saved_run: the file is a classifier run's own config.yaml, whose lm: section (runs
-    saved before the split held pretrain-lm's defaults) shaped nothing of the classifier and is left out.
+    schema: see parse_config. saved_run: the file is a run's own config.yaml: a classifier's lm: section (runs saved
+    before the split held pretrain-lm's defaults) shaped nothing and is left out; see _read_hidden_sizes.
     """
     raw: Any = {}
     origin = "defaults"
@@ -357,8 +380,10 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None, sch
         raw = _read_yaml(source, origin)
         if isinstance(raw, dict) and "name" not in raw:
             raw["name"] = source.name.rsplit(".", 1)[0]
-        if saved_run and schema is Config and isinstance(raw, dict):
-            raw.pop("lm", None)
+        if saved_run and isinstance(raw, dict):
+            if schema is Config:
+                raw.pop("lm", None)
+            _read_hidden_sizes(raw, origin, {}, saved_run=True)
     written = {}
     for item in overrides or []:
         if not isinstance(raw, dict):

@@ -132,7 +132,7 @@ def trace_shapes(model: nn.Module, config: Config, batch: int, seq_len: int, voc
               _stage("x", list(seen["x"].shape), "[seq_len, batch, embedding_dim]", "word vectors")]
     if isinstance(encoder, CellEncoder):
         for k in range(len(encoder.layers)):
-            width, below = f"[batch, hidden_sizes[{k}]]", f"[batch, {dirs}hidden_sizes[{k - 1}]]"
+            width, below = f"[batch, hidden_size[{k}]]", f"[batch, {dirs}hidden_size[{k - 1}]]"
             stages += _state_stages(f"h0 (layer {k})", seen[("h0", k)], width,
                                     "zeros, one per layer and direction, own width", lstm)
             stages.append(_stage(f"x_t (layer {k})", list(seen[("x_t", k)].shape),
@@ -144,7 +144,7 @@ def trace_shapes(model: nn.Module, config: Config, batch: int, seq_len: int, voc
         stack = "[num_layers*2, batch, hidden_size]" if cfg.bidirectional else "[num_layers, batch, hidden_size]"
         stages += _state_stages("h0", seen["h_n"], stack, "zeros: nn.RNN's default when no h0 is passed", lstm)
     if encoder is not None:
-        width = "hidden_sizes[-1]" if isinstance(encoder, CellEncoder) else "hidden_size"
+        width = "hidden_size[-1]" if isinstance(encoder, CellEncoder) else "hidden_size"
         stages.append(_stage("out", list(seen["out"].shape), f"[seq_len, batch, {dirs}{width}]",
                              "top layer's h_t at every step"))
         if not isinstance(encoder, CellEncoder):

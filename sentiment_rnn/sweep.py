@@ -65,7 +65,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def split_values(item: str) -> tuple[str, list[str]]:
     """'KEY=V1,V2' -> (KEY, [V1, V2]). Commas inside brackets, braces, parentheses or quotes do not separate
-    values, so 'model.hidden_sizes=[20,15],[32]' gives [20,15] and [32]; each value is read as
+    values, so 'model.hidden_size=[20,15],[32]' gives [20,15] and [32]; each value is read as
     `train --set KEY=VALUE` reads it."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
@@ -85,7 +85,7 @@ def split_values(item: str) -> tuple[str, list[str]]:
         current += char
     if depth != 0 or quote:
         raise SentimentRNNError(f"--set '{item}' has an unclosed bracket or quote; close it, e.g. "
-                                "--set model.hidden_sizes=[20,15],[32]")
+                                "--set model.hidden_size=[20,15],[32]")
     values.append(current)
     if any(not v.strip() for v in values) and len(values) > 1:
         raise SentimentRNNError(f"--set '{item}' has an empty value between commas; drop the extra comma")

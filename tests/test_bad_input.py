@@ -98,7 +98,7 @@ TRAIN_CASES = {
     "wrong type": Case(lambda t: ["train", "-c", str(TINY), "--set", "train.batch_size=many"],
                        "'train.batch_size': Input should be a valid integer"),
     "negative size": Case(lambda t: ["train", "-c", str(TINY), "--set", "model.hidden_size=-4"],
-                          "'model.hidden_size': Input should be greater than or equal to 1"),
+                          "'model': model.hidden_size must be a positive width or a list of per-layer widths"),
     "zero epochs": Case(lambda t: ["train", "-c", str(TINY), "--set", "train.epochs=0"], "'train.epochs'"),
     "unknown cell": Case(lambda t: ["train", "-c", str(TINY), "--set", "model.cell=transformer"],
                          "'model.cell': Input should be 'rnn', 'gru' or 'lstm'"),

@@ -126,7 +126,7 @@ def test_invalid_cell_name_is_refused_once_by_the_config_listing_valid_cells():
     from sentiment_rnn.config import parse_config
 
     with pytest.raises(SentimentRNNError) as excinfo:
-        parse_config({"model": {"encoder": "cells", "cell": "transformer", "hidden_sizes": [HIDDEN_SIZE]}})
+        parse_config({"model": {"encoder": "cells", "cell": "transformer", "hidden_size": [HIDDEN_SIZE]}})
     message = str(excinfo.value)
     assert "transformer" in message
     assert all(name in message for name in ("rnn", "gru", "lstm"))

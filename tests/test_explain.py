@@ -29,9 +29,9 @@ LONG = "a moving and often funny film " * 8  # 48 tokens, more than tiny's max_l
 RNN_MODELS = {  # one-directional ones read the top layer; bidirectional ones re-read each prefix
     "tanh rnn, 2 layers": ModelConfig(cell="rnn", hidden_size=8, num_layers=2),
     "lstm": ModelConfig(cell="lstm", hidden_size=8),
-    "gru, cells encoder": ModelConfig(cell="gru", encoder="cells", hidden_sizes=[8, 6]),
+    "gru, cells encoder": ModelConfig(cell="gru", encoder="cells", hidden_size=[8, 6]),
     "bidirectional lstm": ModelConfig(cell="lstm", hidden_size=8, bidirectional=True),
-    "bidirectional rnn, cells": ModelConfig(cell="rnn", encoder="cells", hidden_sizes=[8], bidirectional=True),
+    "bidirectional rnn, cells": ModelConfig(cell="rnn", encoder="cells", hidden_size=[8], bidirectional=True),
 }
 
 

@@ -30,7 +30,7 @@ PARITY_MODELS = [  # every recurrence the export must carry: cells, directions, 
     dict(cell="lstm"),
     dict(cell="lstm", bidirectional=True),
     dict(cell="gru", encoder="cells", bidirectional=True),
-    dict(cell="lstm", encoder="cells", hidden_sizes=[12, 8]),
+    dict(cell="lstm", encoder="cells", hidden_size=[12, 8]),
 ]
 
 
@@ -47,7 +47,7 @@ def _mixed_batch(vocab: int, steps: int, batch: int, seed: int) -> tuple[torch.T
 @pytest.mark.parametrize("kwargs", PARITY_MODELS, ids=lambda k: "-".join(str(v) for v in k.values()))
 def test_onnx_probabilities_match_the_models_own_forward(kwargs, tmp_path):
     torch.manual_seed(0)
-    cfg = ModelConfig(embedding_dim=10, hidden_size=12, num_layers=2, **kwargs)
+    cfg = ModelConfig(**{"embedding_dim": 10, "hidden_size": 12, "num_layers": 2, **kwargs})
     model = build_model(cfg, 60, 3, 30).eval()
     path = tmp_path / "model.onnx"
     write_onnx(ExportableClassifier(model), path, 60)

@@ -45,7 +45,7 @@ def test_probe_equals_hand_written_bptt_for_one_tanh_layer():
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_probe_reaches_every_step_back_for_every_encoder(cell, encoder, bidirectional):
     torch.manual_seed(0)
-    sizes = {"hidden_sizes": [8, 6]} if encoder == "cells" else {"hidden_size": 8, "num_layers": 2}
+    sizes = {"hidden_size": [8, 6]} if encoder == "cells" else {"hidden_size": 8, "num_layers": 2}
     model = build_model(ModelConfig(cell=cell, encoder=encoder, bidirectional=bidirectional, embedding_dim=6, **sizes),
                         40, 2, 32)
     norms = gradient_probe(model, batch(lengths=(12, 7, 3)), CPU)

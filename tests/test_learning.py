@@ -144,8 +144,7 @@ ENCODERS = {"lstm": {"cell": "lstm"}, "bidirectional gru": {"cell": "gru", "bidi
 def test_dropout_acts_between_stacked_layers_and_nowhere_else_in_the_encoder(name, fast):
     def encoder_outputs(num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        layers = {"hidden_sizes": [12] * num_layers} if name == "cells encoder" else {"num_layers": num_layers}
-        cfg = ModelConfig(**ENCODERS[name], **layers, hidden_size=12, embedding_dim=10, dropout=0.5)
+        cfg = ModelConfig(**ENCODERS[name], num_layers=num_layers, hidden_size=12, embedding_dim=10, dropout=0.5)
         model = build_model(cfg, VOCAB, CLASSES, MAX_LENGTH)
         if fast:
             enable_fast_cpu(model)

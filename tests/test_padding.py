@@ -17,7 +17,7 @@ COMBINATIONS = [(cell, bidirectional, encoder)
 
 def classifier(cell: str, bidirectional: bool, encoder: str):
     torch.manual_seed(0)
-    sizes = {"hidden_sizes": [12, 8]} if encoder == "cells" else {"hidden_size": 12, "num_layers": 2}
+    sizes = {"hidden_size": [12, 8]} if encoder == "cells" else {"hidden_size": 12, "num_layers": 2}
     cfg = ModelConfig(cell=cell, bidirectional=bidirectional, encoder=encoder.removesuffix("-fast"), embedding_dim=10,
                       dropout=0.3, embedding_dropout=0.3, head_dropout=0.3, **sizes)
     model = build_model(cfg, VOCAB, CLASSES, max_length=32).double().eval()

@@ -70,7 +70,7 @@ def test_bidirectional_lstm_has_both_directions_and_h_and_c_states():
 
 
 def test_cells_encoder_shows_one_state_per_layer_with_its_own_width():
-    description = describe_config(TUTORIAL, ["model.encoder=cells", "model.hidden_sizes=[20, 15]"])
+    description = describe_config(TUTORIAL, ["model.encoder=cells", "model.hidden_size=[20, 15]"])
     shapes = {s["stage"]: s["shape"] for s in description["shapes"]}
     assert shapes["h0 (layer 0)"] == [3, 20] and shapes["h0 (layer 1)"] == [3, 15]
     assert shapes["x_t (layer 1)"] == [3, 20] and shapes["out"] == [10, 3, 15] and shapes["final"] == [3, 15]

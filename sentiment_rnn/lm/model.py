@@ -80,6 +80,6 @@ def build_language_model(model_cfg: ModelConfig, lm_cfg: LMConfig, vocab_size: i
     """The LM around the very embedding and encoder modules a classifier of model_cfg would have."""
     check_model_config(model_cfg)
     classifier = build_model(model_cfg, vocab_size, 2, lm_cfg.bptt)  # its head is dropped: classes do not matter
-    return LanguageModel(classifier.embedding, classifier.encoder, model_cfg.hidden_size, vocab_size,
+    return LanguageModel(classifier.embedding, classifier.encoder, model_cfg.layer_sizes()[-1], vocab_size,
                 usable_cutoffs(lm_cfg.cutoffs, vocab_size), lm_cfg.div_value,
                 model_cfg.embedding_dropout, model_cfg.head_dropout)
