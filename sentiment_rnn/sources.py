@@ -6,6 +6,7 @@ has them; checking, labelling and splitting happen in `splits.py`.
 
 from __future__ import annotations
 
+import glob
 import logging
 from importlib import resources
 from pathlib import Path
@@ -105,7 +106,8 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
                 raise SentimentRNNError(
                     f"data file '{p}' has no data rows; give a file with a header row and data rows")
     options = {"delimiter": "\t"} if suffix == ".tsv" else {}
-    return FORMATS[suffix], {k: [str(p) for p in v] for k, v in files.items()}, options
+    # datasets reads data_files as glob patterns: a folder named "[v2]" must match itself, not one character
+    return FORMATS[suffix], {k: [glob.escape(str(p)) for p in v] for k, v in files.items()}, options
 
 
 def _load_embedded(source: str) -> datasets.DatasetDict:

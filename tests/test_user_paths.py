@@ -199,3 +199,14 @@ def test_a_shape_mismatch_names_both_shapes_whole(tiny_run, tmp_path):
     (run / "meta.json").write_text(json.dumps({**meta, "weights_sha256": rundir.sha256(run / "model.safetensors")}))
     line = one_line_error(CliRunner().invoke(app, ["predict", "--model", str(run), "good"]), "does not fit config.yaml")
     assert "torch.Size([2560, 10, 1])" in line and "torch.Size([16, 100])" in line and line.endswith("; train again")
+
+
+def test_a_data_file_under_a_folder_named_with_brackets_is_read_as_itself(tmp_path):
+    from sentiment_rnn.config import DataConfig
+    from sentiment_rnn.sources import load_raw
+
+    folder = tmp_path / "[v2]data"  # a glob pattern would read "[v2]" as one character, "v" or "2"
+    folder.mkdir()
+    (folder / "reviews.csv").write_text("text,label\ngood film,positive\nbad film,negative\nfine,positive\n")
+    raw = load_raw(DataConfig(source=str(folder / "reviews.csv")))
+    assert raw["train"]["text"] == ["good film", "bad film", "fine"]
