@@ -63,8 +63,6 @@ def escape(text: str) -> str:
 def fail(message: str, code: int = 1) -> None:
     """Print `Error: message` and exit; the message is printed as it is written, never read as rich markup
     (a hint such as pip install 'sentiment-rnn[serve]' keeps its brackets)."""
-    from rich.markup import escape
-
     from sentiment_rnn.console import err_console
 
     err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
@@ -79,8 +77,6 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as exc:
-            from rich.markup import escape
-
             from sentiment_rnn.console import err_console
 
             err_console.print(f"[bold yellow]Interrupted:[/bold yellow] {escape(str(exc))}", highlight=False,

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from sentiment_rnn.cli_common import ModelOpt, handle_errors, heavy_imports
+from sentiment_rnn.cli_common import ModelOpt, escape, handle_errors, heavy_imports
 from sentiment_rnn.errors import SentimentRNNError
 
 
@@ -34,6 +34,9 @@ class Precision(str, Enum):
 PrecisionOpt = Annotated[Precision, typer.Option(
     help="fp32 runs the model as trained; bf16 runs it in bfloat16, faster on CPUs with native bf16 "
          "(AVX512-BF16, AMX), with slightly different probabilities (README, Benchmarks).")]
+
+
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Text file, one text per line.")]
 
 
 class Backend(str, Enum):
@@ -88,7 +91,7 @@ def predict(
     texts: Annotated[list[str] | None, typer.Argument(
         help="Texts to classify; '-' reads one text per line from stdin.",
     )] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
+    file: FileOpt = None,
     model: ModelOpt = None,
     fmt: Annotated[Format, typer.Option(
         "--format",
@@ -228,7 +231,7 @@ def explain(
     texts: Annotated[list[str] | None, typer.Argument(
         help="Texts to explain; '-' reads one text per line from stdin.",
     )] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Text file, one text per line.")] = None,
+    file: FileOpt = None,
     model: ModelOpt = None,
     fmt: Annotated[ExplainFormat, typer.Option(
         "--format", help="Output: table (coloured words) or json (every number).",
@@ -254,8 +257,6 @@ def explain(
 
         explainer = Explainer.from_dir(model, target=target)
     records = [explainer.explain(text, steps) for text in texts]
-    from rich.markup import escape
-
     from sentiment_rnn.console import console, err_console
     from sentiment_rnn.explain_render import terminal, write_output
 

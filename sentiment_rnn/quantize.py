@@ -17,8 +17,6 @@ import numpy as np
 
 from sentiment_rnn.errors import SentimentRNNError
 
-INT8_TYPES = (2, 3)  # onnx.TensorProto.UINT8, INT8: the types quantized weights are stored in
-
 
 def quantize_in_place(model_path: Path) -> None:
     """Replace model_path's graph with its int8 dynamic quantization; one-line error if nothing quantizes."""
@@ -34,10 +32,10 @@ def quantize_in_place(model_path: Path) -> None:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise SentimentRNNError(f"onnxruntime cannot quantize this model ({first}); export it without --quantize") \
             from None
-    graph = onnx.load(str(quantized)).graph
-    ops = sorted({node.op_type for node in onnx.load(str(model_path)).graph.node})
-    if not any(init.data_type in INT8_TYPES for init in graph.initializer):
+    int8_types = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)  # the types quantized weights are stored in
+    if not any(init.data_type in int8_types for init in onnx.load(str(quantized)).graph.initializer):
         quantized.unlink()
+        ops = sorted({node.op_type for node in onnx.load(str(model_path)).graph.node})
         raise SentimentRNNError(f"onnxruntime's dynamic quantization supports none of this model's ops "
                                 f"({', '.join(ops)}); export it without --quantize")
     os.replace(quantized, model_path)
