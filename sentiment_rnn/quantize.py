@@ -24,7 +24,9 @@ def quantize_in_place(model_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantized = model_path.with_name(f".{model_path.name}.int8")
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing advice on the root logger
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing advice on the root logger
     try:
         quantize_dynamic(model_path, quantized, weight_type=QuantType.QInt8)
     except Exception as exc:  # onnxruntime's quantizer raises many types; the user needs one line
@@ -32,6 +34,8 @@ def quantize_in_place(model_path: Path) -> None:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise SentimentRNNError(f"onnxruntime cannot quantize this model ({first}); export it without --quantize") \
             from None
+    finally:
+        root.setLevel(level)  # a library call leaves the caller's logging as it found it
     int8_types = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)  # the types quantized weights are stored in
     if not any(init.data_type in int8_types for init in onnx.load(str(quantized)).graph.initializer):
         quantized.unlink()

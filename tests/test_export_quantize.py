@@ -2,12 +2,14 @@
 that predict and evaluate use; a graph with nothing to quantize is refused in one line."""
 
 import json
+import logging
 import shutil
 import subprocess
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.quantize import quantize_in_place
@@ -52,3 +54,21 @@ def test_a_graph_with_no_op_to_quantize_is_refused_in_one_line(tmp_path):
     with pytest.raises(SentimentRNNError, match=r"supports none of this model's ops \(Relu\); export it without"):
         quantize_in_place(path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_quantizing_leaves_the_callers_logging_level_as_it_was(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    weight = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul", [x], [y], [weight])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        quantize_in_place(path)
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)
+    assert any(init.data_type == TensorProto.INT8 for init in onnx.load(str(path)).graph.initializer)
