@@ -304,13 +304,21 @@ def test_seed_everything_repeats_every_generator():
 
 def test_the_first_sigint_asks_to_stop_the_second_interrupts_and_the_handler_is_restored_after():
     calls = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+
+    def record(signum, frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGINT, record)
     try:
         with checkpoint.StopOnInterrupt() as stop:
-            signal.raise_signal(signal.SIGINT)
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:  # a failure of this test, not a Ctrl-C that should end pytest
+                pytest.fail("the first SIGINT interrupted at once instead of asking the loop to stop")
             assert stop.requested and not calls
             with pytest.raises(KeyboardInterrupt):
                 signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is record  # checked first: a third SIGINT to stop would end pytest
         signal.raise_signal(signal.SIGINT)
         assert calls == [signal.SIGINT]  # the handler from before is back
     finally:
