@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # the quick in-process tests that exercise each module; --tests overrides
 TESTS = {
     "rundir": ["tests/test_rundir.py"],
-    "checkpoint": ["tests/test_checkpoint_resume.py", "-k", "not sigkill and not ctrl_c"],
+    "checkpoint": ["tests/test_checkpoint_units.py", "tests/test_checkpoint_resume.py",
+                   "-k", "not sigkill and not ctrl_c"],
     "predict": ["tests/test_predict.py", "tests/test_rundir.py"],
     "serve": ["tests/test_serve.py", "-k", "micro_batches or model_failure"],
     "data": ["tests/test_data.py", "tests/test_input_pipeline.py"],
