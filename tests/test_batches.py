@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from sentiment_rnn import data as data_lib
-from sentiment_rnn.config import DataConfig, TokenizerConfig
+from sentiment_rnn.config import Config, DataConfig, TokenizerConfig
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.tokenizer import train_tokenizer
 
@@ -43,7 +43,8 @@ def test_an_unshuffled_loader_gives_every_row_once_sorted_by_length_with_integer
     labels = torch.cat([y for _, _, y in batches])
     assert labels.dtype == torch.int64  # what cross_entropy takes as class indices
     assert sorted(labels.tolist()) == sorted(enc["label"])
-    assert flat(loader.sampler) == list(range(ROWS))
+    order = [i for b in loader.sampler for i in b]
+    assert order == sorted(range(ROWS), key=lambda i: enc["length"][i])  # ties in row order, whatever numpy sorts with
 
 
 def test_the_longest_batch_is_the_last_of_the_sorted_loader():
@@ -74,6 +75,21 @@ def test_shuffled_batches_hold_every_row_once_per_epoch_and_an_order_fixed_by_se
     assert epoch(again, 1, start=4) == second[4:]  # ... less those it already trained on
     other = data_lib.BucketBatchSampler(lengths, 8, shuffle=True, pool=3, seed=seed + 1)
     assert epoch(other, 1) != second
+
+
+def test_the_pool_size_only_decides_which_rows_are_sorted_together():
+    ties = np.full(160, 9)  # every row as long as every other: sorting must leave the shuffled order alone
+    orders = [epoch(data_lib.BucketBatchSampler(ties, 8, shuffle=True, pool=pool, seed=1), 2) for pool in (1, 20)]
+    assert orders[0] == orders[1]
+
+
+def test_training_texts_are_each_sources_own_training_rows_under_the_configs_split():
+    cfg = Config.model_validate({"data": {"limit": 200, "split": [0.5, 0.25, 0.25]}, "seed": 4})
+    texts = data_lib.training_texts(["imdb", "rotten_tomatoes", "imdb"], cfg)
+    assert list(texts) == ["imdb", "rotten_tomatoes"]
+    for source, rows in texts.items():
+        splits = data_lib.load_splits(DataConfig(source=source, limit=200, split=(0.5, 0.25, 0.25)), seed=4)
+        assert rows == splits.train["text"] and len(rows) == 100
 
 
 def test_a_shuffled_loader_leaves_torchs_global_random_state_alone():

@@ -1,0 +1,152 @@
+"""What `train()` records adds up: per-step losses to the epoch's, early stopping to the history, the kept
+epoch's weights to the test score, and the run directory to what the loop did.
+
+Seconds per training on a 120-row file, in-process, so mutation testing (scripts/mutate.py train) can run
+them against every mutant of sentiment_rnn/train.py.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sentiment_rnn import rundir
+from sentiment_rnn.checkpoint import Reporter
+from sentiment_rnn.config import Config
+from sentiment_rnn.evaluate import evaluate_run
+from sentiment_rnn.train import train
+
+STEPS = 6  # 96 training rows (the 80% share of 120) in batches of 16: every batch full
+
+
+class Recorder(Reporter):
+    """The loop's progress hooks, kept: (epoch, epochs, steps) per epoch start, and each step's report."""
+
+    def __init__(self):
+        self.starts, self.steps, self.ends = [], [], []
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.starts.append((epoch, epochs, steps))
+        self.steps.append([])
+
+    def step(self, loss: float, tokens: int, accuracy: float | None = None) -> None:
+        self.steps[-1].append((loss, tokens, accuracy))
+
+    def epoch_end(self, record: dict) -> None:
+        self.ends.append(record)
+
+
+def config(path, **train_keys) -> Config:
+    return Config.model_validate({
+        "name": "loop", "data": {"source": str(path), "max_length": 12}, "tokenizer": {"min_frequency": 1},
+        "model": {"cell": "gru", "hidden_size": 8, "embedding_dim": 8},
+        "train": {"epochs": 6, "batch_size": 16, "lr": 0.05, "patience": 1, "threads": 1, "device": "cpu",
+                  **train_keys}})
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    """120 sentences whose label is carried by one word among four, at a random place; one label in five flipped,
+    so validation stops improving after a few epochs."""
+    gen = torch.Generator().manual_seed(0)
+    lines = []
+    for i in range(120):
+        words = [f"w{int(k)}" for k in torch.randint(0, 30, (int(torch.randint(2, 9, (1,), generator=gen)),),
+                                                      generator=gen)]
+        words.insert(int(torch.randint(0, len(words), (1,), generator=gen)), ["dull", "great", "awful", "fine"][i % 4])
+        lines.append(f"{' '.join(words)},{(i + (i % 5 == 0)) % 2}\n")
+    path = tmp_path_factory.mktemp("loop") / "reviews.csv"
+    path.write_text("text,label\n" + "".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(reviews, tmp_path_factory):
+    recorder = Recorder()
+    out = tmp_path_factory.mktemp("loop") / "run"
+    metrics = train(config(reviews), out, reporter=recorder)
+    return metrics, recorder, out
+
+
+def test_each_epochs_record_is_the_sum_of_its_steps(run):
+    metrics, recorder, _ = run
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    assert recorder.starts == [(h["epoch"], 6, STEPS) for h in history]
+    assert recorder.ends == history
+    for h, steps in zip(history, recorder.steps, strict=True):
+        losses, tokens, accuracy = zip(*steps, strict=True)
+        assert h["train_loss"] == pytest.approx(sum(losses) / STEPS)  # full batches: each weighs the same
+        assert h["train_accuracy"] == accuracy[-1]
+        assert h["tokens_per_s"] * h["seconds"] == pytest.approx(tokens[-1])
+        assert tokens[-1] == tokens[0] * STEPS or tokens[-1] > tokens[0]  # counted over the epoch, not reset
+        assert tokens[-1] == recorder.steps[0][-1][1]  # every epoch reads every training token once
+    assert metrics["train_seconds"] == pytest.approx(sum(h["seconds"] for h in history))
+    total = sum(h["tokens_per_s"] * h["seconds"] for h in history)
+    assert metrics["tokens_per_s"] == pytest.approx(total / metrics["train_seconds"])
+    norms = metrics["grad_norm_per_step"]
+    assert len(norms) == STEPS * len(history) and all(math.isfinite(n) and n > 0 for n in norms)
+    assert [p["epoch"] for p in metrics["grad_through_time"]] == [1] and metrics["grad_through_time"][0]["norms"]
+
+
+def test_early_stopping_keeps_the_best_validation_epoch_and_stops_after_patience(run):
+    metrics, _, _ = run
+    history, best, stale = metrics["history"], (-1.0, -math.inf), 0
+    for h in history:
+        score = (h["val_accuracy"], -h["val_loss"])
+        assert h["best"] == (score > best)
+        best, stale = (max(score, best), 0 if h["best"] else stale + 1)
+    assert stale == 1 and len(history) < 6  # patience 1: the first epoch without gain is the last
+    kept = max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+    assert metrics["best_epoch"] == kept["epoch"] < len(history)
+    assert metrics["validation"] == {"accuracy": kept["val_accuracy"], "loss": kept["val_loss"]}
+
+
+def test_the_saved_weights_are_the_kept_epochs_and_score_the_recorded_test_metrics(run):
+    metrics, _, out = run
+    validation = evaluate_run(out, split="validation")
+    assert validation["accuracy"] == pytest.approx(metrics["validation"]["accuracy"])
+    assert validation["loss"] == pytest.approx(metrics["validation"]["loss"], rel=1e-5)
+    test = evaluate_run(out)
+    assert {k: test[k] for k in metrics["test"]} == metrics["test"]
+
+
+def test_the_run_directory_holds_what_rebuilds_and_audits_the_run(run, reviews):
+    metrics, _, out = run
+    assert json.loads((out / rundir.METRICS).read_text()) == metrics
+    assert not (out / rundir.CHECKPOINT).exists() and (out / "final_state.pt").is_file()
+    assert (out / rundir.CURVES).is_file() and (out / rundir.GRADIENTS).is_file()
+    assert rundir.read_config(out) == config(reviews)
+    split = json.loads((out / rundir.SPLIT).read_text())
+    assert metrics["sizes"] == split["sizes"] == {"train": 96, "validation": 12, "test": 12}
+    loaded = rundir.load_run(out)
+    assert {k: loaded.meta[k] for k in ("label_names", "vocab_size", "max_length", "model_kind", "init_from")} == {
+        "label_names": ["0", "1"], "vocab_size": loaded.tokenizer.get_vocab_size(), "max_length": 12,
+        "model_kind": "rnn", "init_from": None}
+    assert loaded.tokenizer.get_vocab_size() == 36  # [PAD], [UNK], w0..w29 and the four label words
+    assert metrics["parameters"]["total"] == sum(p.numel() for p in loaded.model.parameters())
+    assert (metrics["device"], metrics["threads"], metrics["world_size"]) == ("cpu", 1, 1)
+    assert metrics["class_weights"] is None and metrics["embedding_coverage"] is None
+
+
+def test_max_steps_cuts_every_epoch_and_class_weights_reach_the_metrics(reviews, tmp_path):
+    recorder = Recorder()
+    metrics = train(config(reviews, epochs=2, patience=2, max_steps=2, class_weights=[1, 3], grad_probe_epochs=[]),
+                    tmp_path / "run", reporter=recorder)
+    assert recorder.starts == [(1, 2, 2), (2, 2, 2)] and [len(s) for s in recorder.steps] == [2, 2]
+    assert len(metrics["grad_norm_per_step"]) == 4 and metrics["grad_through_time"] == []
+    assert metrics["class_weights"] == [1.0, 3.0]
+    assert not (tmp_path / "run" / rundir.GRADIENTS).exists()
+
+
+def test_the_same_config_trains_the_same_run_whatever_ran_before(reviews, run, tmp_path):
+    metrics, _, out = run
+    torch.manual_seed(123)  # global generators moved: the run seeds its own
+    torch.rand(7)
+    again = train(config(reviews), tmp_path / "again")
+    drop = ("seconds", "tokens_per_s")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in again["history"]] == [
+        {k: v for k, v in h.items() if k not in drop} for h in metrics["history"]]
+    assert again["grad_norm_per_step"] == metrics["grad_norm_per_step"] and again["test"] == metrics["test"]
+    assert (tmp_path / "again" / rundir.WEIGHTS).read_bytes() == (out / rundir.WEIGHTS).read_bytes()
