@@ -7,6 +7,7 @@ them against every mutant of sentiment_rnn/train.py.
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ import torch
 from sentiment_rnn import rundir
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config
+from sentiment_rnn.data import describe_splits
+from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
 from sentiment_rnn.train import train
 
@@ -24,7 +27,10 @@ class Recorder(Reporter):
     """The loop's progress hooks, kept: (epoch, epochs, steps) per epoch start, and each step's report."""
 
     def __init__(self):
-        self.starts, self.steps, self.ends = [], [], []
+        self.stages, self.starts, self.steps, self.ends = [], [], [], []
+
+    def stage(self, text: str) -> None:
+        self.stages.append(text)
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self.starts.append((epoch, epochs, steps))
@@ -37,10 +43,10 @@ class Recorder(Reporter):
         self.ends.append(record)
 
 
-def config(path, **train_keys) -> Config:
+def config(path, embedding: dict | None = None, **train_keys) -> Config:
     return Config.model_validate({
         "name": "loop", "data": {"source": str(path), "max_length": 12}, "tokenizer": {"min_frequency": 1},
-        "model": {"cell": "gru", "hidden_size": 8, "embedding_dim": 8},
+        "model": {"cell": "gru", "hidden_size": 8, "embedding_dim": 8, "embedding": embedding or {}},
         "train": {"epochs": 6, "batch_size": 16, "lr": 0.05, "patience": 1, "threads": 1, "device": "cpu",
                   **train_keys}})
 
@@ -75,6 +81,9 @@ def test_each_epochs_record_is_the_sum_of_its_steps(run):
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
     assert recorder.starts == [(h["epoch"], 6, STEPS) for h in history]
     assert recorder.ends == history
+    split = json.loads((run[2] / rundir.SPLIT).read_text())
+    assert recorder.stages == ["Loading data", describe_splits(split), "Training tokenizer", "Tokenizing",
+                               "Scoring the test split"]
     for h, steps in zip(history, recorder.steps, strict=True):
         losses, tokens, accuracy = zip(*steps, strict=True)
         assert h["train_loss"] == pytest.approx(sum(losses) / STEPS)  # full batches: each weighs the same
@@ -140,13 +149,66 @@ def test_max_steps_cuts_every_epoch_and_class_weights_reach_the_metrics(reviews,
     assert not (tmp_path / "run" / rundir.GRADIENTS).exists()
 
 
-def test_the_same_config_trains_the_same_run_whatever_ran_before(reviews, run, tmp_path):
+def test_the_same_config_trains_the_same_run_whatever_ran_before_and_overwrite_replaces_a_run(reviews, run, tmp_path):
     metrics, _, out = run
+    again = shutil.copytree(out, tmp_path / "again")
+    (again / "stale.txt").write_text("from an older run")
+    with pytest.raises(SentimentRNNError, match="already exists"):
+        train(config(reviews), again)
     torch.manual_seed(123)  # global generators moved: the run seeds its own
     torch.rand(7)
-    again = train(config(reviews), tmp_path / "again")
+    retrained = train(config(reviews), again, overwrite=True)
+    assert not (again / "stale.txt").exists()
     drop = ("seconds", "tokens_per_s")
-    assert [{k: v for k, v in h.items() if k not in drop} for h in again["history"]] == [
+    assert [{k: v for k, v in h.items() if k not in drop} for h in retrained["history"]] == [
         {k: v for k, v in h.items() if k not in drop} for h in metrics["history"]]
-    assert again["grad_norm_per_step"] == metrics["grad_norm_per_step"] and again["test"] == metrics["test"]
-    assert (tmp_path / "again" / rundir.WEIGHTS).read_bytes() == (out / rundir.WEIGHTS).read_bytes()
+    assert retrained["grad_norm_per_step"] == metrics["grad_norm_per_step"] and retrained["test"] == metrics["test"]
+    assert (again / rundir.WEIGHTS).read_bytes() == (out / rundir.WEIGHTS).read_bytes()
+
+
+def test_a_finished_run_continued_with_more_epochs_is_the_longer_run(reviews, tmp_path):
+    short, longer = config(reviews, epochs=2, patience=5), config(reviews, epochs=3, patience=5)
+    train(short, tmp_path / "continued")
+    recorder = Recorder()
+    continued = train(longer, tmp_path / "continued", reporter=recorder, resume=True)
+    whole = train(longer, tmp_path / "whole")
+    assert [s for s in recorder.stages if s.startswith("Resuming")] == [
+        f"Resuming from {tmp_path / 'continued' / rundir.CHECKPOINT}"]
+    assert recorder.starts == [(3, 3, STEPS)]  # only the new epoch trains
+    drop = ("seconds", "tokens_per_s")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in continued["history"]] == [
+        {k: v for k, v in h.items() if k not in drop} for h in whole["history"]]
+    assert continued["test"] == whole["test"] and continued["grad_norm_per_step"] == whole["grad_norm_per_step"]
+    assert not (tmp_path / "continued" / rundir.CHECKPOINT).exists()
+
+
+def glove(path, words: dict[str, list[float]]):
+    path.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in words.items()))
+    return path
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_pretrained_vectors_start_the_embedding_and_a_frozen_one_stays_through_gradual_unfreezing(reviews, tmp_path,
+                                                                                                  freeze):
+    vectors = {w: [round(0.1 * k + 0.01 * j, 2) for j in range(8)] for k, w in enumerate(["great", "dull", "w3"])}
+    path = glove(tmp_path / "vectors.txt", vectors)
+    cfg = config(reviews, {"pretrained": str(path), "freeze": freeze}, epochs=3, patience=5, max_steps=2, unfreeze=1)
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["embedding_coverage"] == pytest.approx(3 / 34)  # of the 34 words besides [PAD] and [UNK]
+    loaded = rundir.load_run(tmp_path / "run")
+    rows = loaded.model.embedding.weight[[loaded.tokenizer.token_to_id(w) for w in vectors]]  # [3, E]
+    # epoch 3 opens the embedding's layer group: only a frozen embedding keeps the vectors as they were
+    assert torch.allclose(rows, torch.tensor(list(vectors.values()))) == freeze
+
+
+def test_a_missing_vectors_file_or_an_unknown_tracker_fails_before_anything_is_written(reviews, tmp_path):
+    with pytest.raises(SentimentRNNError, match="model.embedding.pretrained '.*missing.txt' not found"):
+        train(config(reviews, {"pretrained": str(tmp_path / "missing.txt")}), tmp_path / "run")
+    with pytest.raises(SentimentRNNError, match="unknown --report-to 'wandb'"):
+        train(config(reviews), tmp_path / "run", report_to="wandb")
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_to_tensorboard_writes_the_runs_scalars_into_the_run(reviews, tmp_path):
+    train(config(reviews, epochs=1, max_steps=2), tmp_path / "run", report_to="tensorboard")
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
