@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from sentiment_rnn import rundir
+from sentiment_rnn import checkpoint, rundir
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config
 from sentiment_rnn.data import describe_splits
@@ -43,10 +43,10 @@ class Recorder(Reporter):
         self.ends.append(record)
 
 
-def config(path, embedding: dict | None = None, **train_keys) -> Config:
+def config(path, model: dict | None = None, **train_keys) -> Config:
     return Config.model_validate({
         "name": "loop", "data": {"source": str(path), "max_length": 12}, "tokenizer": {"min_frequency": 1},
-        "model": {"cell": "gru", "hidden_size": 8, "embedding_dim": 8, "embedding": embedding or {}},
+        "model": {"cell": "gru", "hidden_size": 8, "embedding_dim": 8, **(model or {})},
         "train": {"epochs": 6, "batch_size": 16, "lr": 0.05, "patience": 1, "threads": 1, "device": "cpu",
                   **train_keys}})
 
@@ -192,7 +192,8 @@ def test_pretrained_vectors_start_the_embedding_and_a_frozen_one_stays_through_g
                                                                                                   freeze):
     vectors = {w: [round(0.1 * k + 0.01 * j, 2) for j in range(8)] for k, w in enumerate(["great", "dull", "w3"])}
     path = glove(tmp_path / "vectors.txt", vectors)
-    cfg = config(reviews, {"pretrained": str(path), "freeze": freeze}, epochs=3, patience=5, max_steps=2, unfreeze=1)
+    embedding = {"pretrained": str(path), "freeze": freeze}
+    cfg = config(reviews, {"embedding": embedding}, epochs=3, patience=5, max_steps=2, unfreeze=1)
     metrics = train(cfg, tmp_path / "run")
     assert metrics["embedding_coverage"] == pytest.approx(3 / 34)  # of the 34 words besides [PAD] and [UNK]
     loaded = rundir.load_run(tmp_path / "run")
@@ -203,7 +204,7 @@ def test_pretrained_vectors_start_the_embedding_and_a_frozen_one_stays_through_g
 
 def test_a_missing_vectors_file_or_an_unknown_tracker_fails_before_anything_is_written(reviews, tmp_path):
     with pytest.raises(SentimentRNNError, match="model.embedding.pretrained '.*missing.txt' not found"):
-        train(config(reviews, {"pretrained": str(tmp_path / "missing.txt")}), tmp_path / "run")
+        train(config(reviews, {"embedding": {"pretrained": str(tmp_path / "missing.txt")}}), tmp_path / "run")
     with pytest.raises(SentimentRNNError, match="unknown --report-to 'wandb'"):
         train(config(reviews), tmp_path / "run", report_to="wandb")
     assert not (tmp_path / "run").exists()
@@ -212,3 +213,27 @@ def test_a_missing_vectors_file_or_an_unknown_tracker_fails_before_anything_is_w
 def test_report_to_tensorboard_writes_the_runs_scalars_into_the_run(reviews, tmp_path):
     train(config(reviews, epochs=1, max_steps=2), tmp_path / "run", report_to="tensorboard")
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_init_from_a_run_reuses_its_tokenizer_and_starts_from_its_embedding_and_encoder(run, reviews, tmp_path):
+    _, _, source = run
+    recorder = Recorder()
+    cfg = config(reviews, {"init_from": str(source)}, epochs=1, max_steps=1, lr=1e-9)  # one step that moves nothing
+    train(cfg, tmp_path / "tuned", reporter=recorder)
+    assert f"Reusing the tokenizer of {source.resolve()}" in recorder.stages
+    before, after = rundir.load_run(source), rundir.load_run(tmp_path / "tuned")
+    assert after.tokenizer.to_str() == before.tokenizer.to_str()
+    assert after.meta["init_from"] == {"path": str(source.resolve()), "weights_sha256": before.meta["weights_sha256"]}
+    theirs, ours = before.model.state_dict(), after.model.state_dict()
+    shared = [k for k in ours if k.startswith(("embedding.", "encoder."))]
+    assert shared and all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in shared)
+
+
+def test_resuming_refuses_data_that_changed_since_the_run_started(reviews, tmp_path):
+    data = shutil.copy(reviews, tmp_path / "reviews.csv")
+    cfg = config(data, epochs=1, max_steps=1)
+    train(cfg, tmp_path / "run")
+    checkpoint.reopen(tmp_path / "run")  # unfinished again: the next train(resume=True) continues it
+    data.write_text(data.read_text() + "".join(f"w{i} great,1\nw{i} dull,0\n" for i in range(10)))  # 20 more rows
+    with pytest.raises(SentimentRNNError, match="changed since training started"):
+        train(cfg, tmp_path / "run", resume=True)
