@@ -18,7 +18,7 @@ from sentiment_rnn.config import Config
 from sentiment_rnn.data import describe_splits
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
-from sentiment_rnn.train import train
+from sentiment_rnn.train import on_epoch_start, setup_model, train
 
 STEPS = 6  # 96 training rows (the 80% share of 120) in batches of 16: every batch full
 
@@ -237,3 +237,20 @@ def test_resuming_refuses_data_that_changed_since_the_run_started(reviews, tmp_p
     data.write_text(data.read_text() + "".join(f"w{i} great,1\nw{i} dull,0\n" for i in range(10)))  # 20 more rows
     with pytest.raises(SentimentRNNError, match="changed since training started"):
         train(cfg, tmp_path / "run", resume=True)
+
+
+def test_the_per_word_baseline_trains_through_the_same_loop(reviews, tmp_path):
+    metrics = train(config(reviews, {"kind": "per_word_linear"}, epochs=1, max_steps=2), tmp_path / "run")
+    loaded = rundir.load_run(tmp_path / "run")
+    assert loaded.meta["model_kind"] == "per_word_linear" and len(metrics["grad_norm_per_step"]) == 2
+
+
+def test_a_frozen_pretrained_embedding_stays_out_of_the_gradients_when_its_layer_group_opens(reviews):
+    # Left to gradual unfreezing, it would get gradients: no update (the optimizer never held it), but its norm
+    # would join the recorded gradient norms and the clipping of every other parameter.
+    cfg = config(reviews, {"embedding": {"pretrained": "vectors.txt", "freeze": True}}, unfreeze=1)
+    model = setup_model(cfg, vocab_size=36, num_classes=2, device=torch.device("cpu"))
+    for epoch in (1, 3):
+        on_epoch_start(model, epoch, cfg)
+    assert not model.embedding.weight.requires_grad
+    assert all(p.requires_grad for p in [*model.encoder.parameters(), *model.head.parameters()])
