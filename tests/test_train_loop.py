@@ -210,9 +210,70 @@ def test_a_missing_vectors_file_or_an_unknown_tracker_fails_before_anything_is_w
     assert not (tmp_path / "run").exists()
 
 
-def test_report_to_tensorboard_writes_the_runs_scalars_into_the_run(reviews, tmp_path):
-    train(config(reviews, epochs=1, max_steps=2), tmp_path / "run", report_to="tensorboard")
-    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+def test_report_to_tensorboard_writes_each_steps_loss_gradient_norm_and_scheduled_rate(reviews, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recorder = Recorder()
+    cfg = config(reviews, epochs=1, max_steps=4, schedule="warmup_linear", warmup_steps=3)
+    metrics = train(cfg, tmp_path / "run", reporter=recorder, report_to="tensorboard")
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    tags = ("step/loss", "step/grad_norm", "step/lr")
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags}
+    assert scalars["step/loss"] == [(k, pytest.approx(loss)) for k, (loss, _, _) in enumerate(recorder.steps[0], 1)]
+    assert [v for _, v in scalars["step/grad_norm"]] == pytest.approx(metrics["grad_norm_per_step"], rel=1e-4)
+    # the rate after each step: linear warm-up over 3 steps, then down to zero at the 4th and last
+    assert [v for _, v in scalars["step/lr"]] == pytest.approx([0.025, 0.0375, 0.05, 0.0])
+
+
+class Crash(Recorder):
+    """Fails at the given step report, as a kill would: after that step's update, before its checkpoint."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.count = at, 0
+
+    def step(self, loss: float, tokens: int, accuracy: float | None = None) -> None:
+        super().step(loss, tokens, accuracy)
+        self.count += 1
+        if self.count == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint_to_the_uninterrupted_runs_result(reviews, tmp_path):
+    cfg = config(reviews, epochs=2, patience=5, checkpoint_every=2, schedule="warmup_linear", warmup_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", reporter=Crash(at=3))
+    saved = checkpoint.read(tmp_path / "run" / rundir.CHECKPOINT)
+    assert saved["progress"]["batches_done"] == 2 and saved["scheduler"]["last_epoch"] == 2
+    recorder = Recorder()
+    resumed = train(cfg, tmp_path / "run", reporter=recorder, resume=True)
+    whole = train(cfg, tmp_path / "whole")
+    assert recorder.starts == [(1, 2, STEPS - 2), (2, 2, STEPS)]  # the first epoch's last four steps, then all
+    drop = ("seconds", "tokens_per_s")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed["history"]] == [
+        {k: v for k, v in h.items() if k not in drop} for h in whole["history"]]
+    assert resumed["grad_norm_per_step"] == whole["grad_norm_per_step"] and resumed["test"] == whole["test"]
+    assert (tmp_path / "run" / rundir.WEIGHTS).read_bytes() == (tmp_path / "whole" / rundir.WEIGHTS).read_bytes()
+    assert 0 < resumed["train_seconds"] < 10 * whole["train_seconds"]
+
+
+def test_a_non_finite_loss_names_its_step_and_leaves_nothing_behind(reviews, tmp_path):
+    cfg = config(reviews, class_weights=[1, 1e39])  # inf in float32: the very first loss is not finite
+    with pytest.raises(SentimentRNNError) as error:
+        train(cfg, tmp_path / "run")
+    assert str(error.value) == ("loss became nan at epoch 1 step 1, before the first checkpoint; lower train.lr "
+                                "(now 0.05) or set a smaller train.clip_grad_norm (now 1.0) and train again")
+    assert not (tmp_path / "run").exists()
+
+
+def test_gradient_clipping_changes_the_training_and_none_turns_it_off(reviews, tmp_path):
+    weights = {}
+    for clip in (1e-4, None):
+        metrics = train(config(reviews, epochs=1, max_steps=3, clip_grad_norm=clip), tmp_path / str(clip))
+        weights[clip] = (tmp_path / str(clip) / rundir.WEIGHTS).read_bytes()
+        assert all(n > 1e-4 for n in metrics["grad_norm_per_step"])  # recorded before clipping
+    assert weights[1e-4] != weights[None]
 
 
 def test_init_from_a_run_reuses_its_tokenizer_and_starts_from_its_embedding_and_encoder(run, reviews, tmp_path):
