@@ -67,10 +67,10 @@ def reviews(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def run(reviews, tmp_path_factory):
+@pytest.fixture  # one training per test: mutation testing counts a test as covering what its own setup called
+def run(reviews, tmp_path):
     recorder = Recorder()
-    out = tmp_path_factory.mktemp("loop") / "run"
+    out = tmp_path / "run"
     metrics = train(config(reviews), out, reporter=recorder)
     return metrics, recorder, out
 
