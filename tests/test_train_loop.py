@@ -112,6 +112,13 @@ def test_early_stopping_keeps_the_best_validation_epoch_and_stops_after_patience
     assert metrics["validation"] == {"accuracy": kept["val_accuracy"], "loss": kept["val_loss"]}
 
 
+def test_patience_counts_the_epochs_without_gain_since_the_last_one(reviews, tmp_path):
+    history = train(config(reviews, epochs=12, patience=2), tmp_path / "run")["history"]
+    gains = [h["best"] for h in history]
+    assert gains[-2:] == [False, False] and len(history) < 12  # the second epoch in a row without gain is the last
+    assert [False, False] not in [gains[i:i + 2] for i in range(len(gains) - 2)]  # and no earlier such pair
+
+
 def test_the_saved_weights_are_the_kept_epochs_and_score_the_recorded_test_metrics(run):
     metrics, _, out = run
     validation = evaluate_run(out, split="validation")
