@@ -31,8 +31,13 @@ TESTS = {
                    "-k", "not sigkill and not ctrl_c"],
     "predict": ["tests/test_predict.py", "tests/test_rundir.py"],
     "serve": ["tests/test_serve.py", "-k", "micro_batches or model_failure"],
-    "data": ["tests/test_data.py", "tests/test_input_pipeline.py"],
-    "train": ["tests/test_learning.py"],
+    "data": ["tests/test_data.py", "tests/test_input_pipeline.py", "tests/test_batches.py",
+             "tests/test_distributed.py::test_ranks_split_every_batch_and_all_take_the_same_number_of_steps",
+             "tests/test_pretrain.py::test_corpus_is_the_training_rows_and_never_a_held_out_row",
+             "tests/test_pretrain.py::test_unknown_source_is_refused"],
+    # test_learning.py's other train() test alone takes ten seconds a mutant; test_train_loop.py checks more, faster
+    "train": ["tests/test_learning.py::test_train_fast_cpu_takes_the_speed_route_and_reaches_the_plain_runs_weights",
+              "tests/test_train_loop.py"],
     "models": ["tests/test_cells.py", "tests/test_padding.py", "tests/test_learning.py"],
 }
 
