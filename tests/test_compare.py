@@ -65,12 +65,6 @@ def test_baseline_is_one_linear_layer_per_position_then_the_head():
         torch.testing.assert_close(model(longer, lengths), model(longer[:max_length], lengths))
 
 
-def test_baseline_padding_embeds_to_zero_and_never_learns():
-    model = build_model(ModelConfig(kind="per_word_linear", embedding_dim=6), 30, 2, max_length=5)
-    ids = torch.tensor([[4, 9], [7, 0], [0, 0]])  # [T, B], [PAD]=0
-    model(ids, torch.tensor([2, 1])).sum().backward()
-    assert not model.embedding.weight[0].any() and not model.embedding.weight.grad[0].any()
-
 def test_default_rnn_logits_do_not_change_with_padding():
     torch.manual_seed(0)
     model = build_model(load_config(ROOT / "configs" / "default.yaml").model, 50, 2, max_length=64).eval()
