@@ -50,9 +50,9 @@ def serve_in_process(predictor, limits: Limits, send, metadata: dict | None = No
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
-                return await asyncio.wait_for(send(client), timeout=20)
+                return await send(client)
 
-    return asyncio.run(go())
+    return asyncio.run(asyncio.wait_for(go(), timeout=20))  # a hang, the shutdown's included, fails the test
 
 
 def answers(predictor, texts: list[str]) -> list[dict]:
@@ -117,7 +117,7 @@ def test_shutdown_answers_a_request_still_waiting_in_the_batcher(run):
             await asyncio.sleep(0.2)  # the request now waits in the micro-batcher, whose batch is open for 5 s
         return await asyncio.wait_for(pending, timeout=2)  # answered by the drain, well before the 5 s
 
-    reply = asyncio.run(go())
+    reply = asyncio.run(asyncio.wait_for(go(), timeout=4))
     assert reply.status_code == 200 and reply.json()["predictions"] == answers(predictor, ["still answered"])
 
 
@@ -209,3 +209,28 @@ def test_bind_listens_on_a_free_port_and_a_taken_port_is_a_one_line_error():
         sock.close()
     with pytest.raises(SentimentRNNError, match=r"^cannot listen on 192\.0\.2\.1:0 \(.+\); pass another --host"):
         bind("192.0.2.1", 0)  # TEST-NET-1: no interface of this machine has it
+
+
+def test_a_wrong_method_or_path_keeps_starlettes_status_detail_and_headers(run):
+    predictor = Predictor.from_dir(run)
+
+    async def send(client):
+        return await client.get("/predict"), await client.post("/nowhere", json={"texts": ["fine"]})
+
+    wrong_method, wrong_path = serve_in_process(predictor, LIMITS, send)
+    assert (wrong_method.status_code, wrong_method.json()) == (405, {"detail": "Method Not Allowed"})
+    assert wrong_method.headers["allow"] == "POST"
+    assert (wrong_path.status_code, wrong_path.json()) == (404, {"detail": "Not Found"})
+
+
+def test_bind_listens_on_an_ipv6_host():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    sock = bind("::1", 0)
+    try:
+        assert sock.family == socket.AF_INET6 and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
