@@ -195,6 +195,9 @@ def test_health_metadata_and_docs(run):
                            "limits": {"max_texts": 3, "max_chars": 10, "max_body_bytes": 100, "max_batch": 64,
                                       "max_wait_ms": 5.0}}
     assert "/predict" in openapi.json()["paths"] and docs.status_code == 200
+    info = openapi.json()["info"]  # the title and summary /docs shows
+    assert (info["title"], info["summary"]) == ("sentiment-rnn", "Sentiment labels and probabilities from a trained "
+                                                                 "RNN classifier.")
 
 
 def test_bind_listens_on_a_free_port_and_a_taken_port_is_a_one_line_error():
@@ -234,3 +237,4 @@ def test_bind_listens_on_an_ipv6_host():
         assert sock.family == socket.AF_INET6 and sock.getsockname()[1] > 0
     finally:
         sock.close()
+
