@@ -10,7 +10,7 @@ from sentiment_rnn.config import ModelConfig
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.models import build_model
 from sentiment_rnn.models.cells import CellEncoder
-from sentiment_rnn.models.rnn import LayerEncoder
+from sentiment_rnn.models.rnn import LayerEncoder, concat_pool
 
 VOCAB, CLASSES, MAX_LENGTH = 40, 3, 16
 
@@ -81,3 +81,10 @@ def test_input_of_the_wrong_width_is_one_error_naming_the_shape():
     with pytest.raises(SentimentRNNError) as error:
         encoder(torch.randn(5, 2, 6), torch.tensor([5, 5]))
     assert str(error.value) == "input shape (5, 2, 6) is wrong: pass time-major [seq_len, batch, 4]"
+
+
+def test_concat_pooling_takes_max_and_mean_over_each_sentences_own_words():
+    out = torch.tensor([[[2.0], [1.0]], [[-9.0], [4.0]], [[-9.0], [7.0]]])  # [T=3, B=2, H=1]; sentence 0 has 1 word
+    final = torch.tensor([[5.0], [6.0]])  # [B, H]
+    pooled = concat_pool(out, final, torch.tensor([1, 3]))  # [B, 3H]: [final, max, mean]
+    assert pooled.tolist() == [[5.0, 2.0, 2.0], [6.0, 7.0, 4.0]]
