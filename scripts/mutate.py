@@ -16,6 +16,7 @@ A tool for developers, not a CI gate.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -72,8 +73,11 @@ def main() -> None:
         for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scratch copy"]):
             subprocess.run([*git, *step], cwd=work, check=True)
         mutmut = [sys.executable, "-m", "mutmut"]
+        # One torch thread per test process unless told otherwise: mutmut caps each mutant's CPU seconds, and on
+        # a busy machine idle OpenMP threads spinning used them up, so passing tests were reported as timeouts.
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         subprocess.run([*mutmut, "run", "--max-children", str(args.max_children), *(args.only or [])], cwd=work,
-                       check=False)
+                       check=False, env=env)
         subprocess.run([*mutmut, "results"], cwd=work, check=False)
         if args.save:
             save_results(mutmut, work, args.save)
