@@ -50,6 +50,21 @@ def test_baseline_output_changes_when_a_word_moves_to_another_position():
         torch.testing.assert_close(model(sentence, lengths), model(longer, lengths))
 
 
+def test_baseline_is_one_linear_layer_per_position_then_the_head():
+    torch.manual_seed(0)
+    max_length = 5
+    model = build_model(ModelConfig(kind="per_word_linear", embedding_dim=6), 30, 3, max_length).eval()
+    ids = torch.tensor([[4, 9], [7, 0], [0, 0]])  # [T, B]: sentences of 2 and 1 words
+    lengths = torch.tensor([2, 1])
+    x = model.embedding(torch.cat([ids, torch.zeros(max_length - 3, 2, dtype=ids.dtype)]))  # [L, B, E]
+    per_position = [x[t] @ model.position_weight[t] + model.position_bias[t] for t in range(max_length)]  # [B, 2]
+    expected = model.head(torch.cat(per_position, dim=1))  # [B, 2L] -> [B, C]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, lengths), expected)
+        longer = torch.cat([ids, torch.full((4, 2), 11)])  # [7, B]: words past L are cut off
+        torch.testing.assert_close(model(longer, lengths), model(longer[:max_length], lengths))
+
+
 def test_default_rnn_logits_do_not_change_with_padding():
     torch.manual_seed(0)
     model = build_model(load_config(ROOT / "configs" / "default.yaml").model, 50, 2, max_length=64).eval()

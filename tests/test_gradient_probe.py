@@ -52,3 +52,23 @@ def test_probe_reaches_every_step_back_for_every_encoder(cell, encoder, bidirect
     assert len(norms) == 12
     assert all(n > 0 for n in norms)  # the gradient flows back through the recurrence, not only at the end
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
+
+
+def test_probe_averages_each_step_back_over_the_sentences_long_enough_to_have_it():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=8, embedding_dim=6), 40, 2, 32).double()
+    ids, lengths, y = batch(seq_len=6, lengths=(6, 2, 4))
+    probe = torch.tensor(gradient_probe(model, (ids, lengths, y), CPU), dtype=torch.float64)  # [6]
+    # Alone, a sentence's loss is not divided by the batch size 3: its gradient is 3 times larger.
+    alone = [torch.tensor(gradient_probe(model, (ids[:n, [i]], lengths[[i]], y[[i]]), CPU), dtype=torch.float64) / 3
+             for i, n in enumerate(lengths.tolist())]
+    expected = torch.stack([sum(a[k] for a in alone if k < len(a)) / sum(k < len(a) for a in alone)
+                            for k in range(6)])
+    torch.testing.assert_close(probe, expected)
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig(kind="per_word_linear"), ModelConfig(hidden_size=8, pooling="concat")],
+                         ids=["baseline", "concat pooling"])
+def test_no_probe_for_a_model_whose_head_reads_more_than_the_final_state(cfg):
+    model = build_model(cfg, 40, 2, 32)
+    assert gradient_probe(model, batch(), CPU) is None

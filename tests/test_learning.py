@@ -135,6 +135,22 @@ def test_parameter_groups_cover_every_parameter_once_from_embedding_to_head():
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
 
 
+
+@pytest.mark.parametrize("encoder", ["layer", "cells"])
+def test_each_encoder_group_holds_its_own_layers_weights(encoder):
+    """Per-layer learning rates and gradual unfreezing must reach the layer they name, not a neighbour."""
+    cfg = ModelConfig(cell="gru", num_layers=3, bidirectional=True, encoder=encoder)
+    model = build_model(cfg, VOCAB, CLASSES, MAX_LENGTH)
+    groups = dict(model.parameter_groups())
+    assert list(groups) == ["embedding", "encoder.0", "encoder.1", "encoder.2", "head"]
+    for k in range(3):
+        if encoder == "cells":
+            expected = list(model.encoder.layers[k].parameters())
+        else:  # nn.GRU names layer k's weights weight_ih_lk, ..., bias_hh_lk_reverse
+            expected = [p for name, p in model.encoder.rnn.named_parameters()
+                        if name.endswith((f"_l{k}", f"_l{k}_reverse"))]
+        assert [id(p) for p in groups[f"encoder.{k}"]] == [id(p) for p in expected], k
+
 ENCODERS = {"lstm": {"cell": "lstm"}, "bidirectional gru": {"cell": "gru", "bidirectional": True},
             "tanh rnn": {"cell": "rnn"}, "cells encoder": {"cell": "gru", "encoder": "cells"}}
 

@@ -1,6 +1,7 @@
-"""`sentiment-rnn serve`: a real server of the installed CLI on 127.0.0.1, good and bad requests, SIGTERM."""
+"""`sentiment-rnn serve`: a real server of the installed CLI on 127.0.0.1, good and bad requests, SIGTERM.
 
-import asyncio
+The same app in this process, where mutation testing sees it: tests/test_serve_app.py."""
+
 import json
 import os
 import re
@@ -15,10 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-
-from sentiment_rnn.predict import Predictor
-from sentiment_rnn.serve import Limits, create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "sentiment-rnn")
@@ -167,47 +164,3 @@ def test_serving_a_run_directory_uses_torch(tiny_run):
     finally:
         stop(proc)
 
-
-def serve_in_process(predictor, limits: Limits, send):
-    """Await send(client) against the app in this process, its lifespan (the micro-batcher) included."""
-    app = create_app(predictor, {"backend": "torch"}, limits)
-
-    async def go():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
-                return await asyncio.wait_for(send(client), timeout=20)
-
-    return asyncio.run(go())
-
-
-def test_concurrent_requests_reach_the_model_together_in_micro_batches(tiny_run):
-    predictor = Predictor.from_dir(tiny_run)
-    calls, predict = [], predictor.predict
-    predictor.predict = lambda texts: calls.append(len(texts)) or predict(texts)  # the real model, counted
-    texts = [f"the {n}th film was {'great' if n % 2 else 'awful'}" for n in range(8)]
-
-    async def send(client):
-        replies = await asyncio.gather(*(client.post("/predict", json={"texts": [t]}) for t in texts))
-        return [reply.json()["predictions"][0] for reply in replies]
-
-    answers = serve_in_process(predictor, Limits(max_batch=4, max_wait_ms=2000), send)
-    assert calls == [4, 4]  # eight requests, two model calls: each batch closed on reaching --max-batch
-    expected = [{k: r[k] for k in ("label", "probability", "probabilities")} for r in predict(texts)]
-    assert answers == expected
-
-
-def test_a_model_failure_fails_its_requests_and_the_server_answers_the_next(tiny_run):
-    predictor = Predictor.from_dir(tiny_run)
-    model, head = predictor.run.model, predictor.run.model.head
-
-    async def send(client):
-        model.head = torch.nn.Linear(3, 2)  # a real error in the forward pass: the head reads the wrong width
-        failed = await client.post("/predict", json={"texts": ["a fine film"]})
-        model.head = head
-        return failed, await client.post("/predict", json={"texts": ["a fine film"]}), await client.get("/health")
-
-    failed, after, health = serve_in_process(predictor, Limits(), send)
-    assert failed.status_code == 500
-    assert after.status_code == 200 and after.json()["predictions"][0]["label"] in ("negative", "positive")
-    assert health.json() == {"status": "ok"}
