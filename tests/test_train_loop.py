@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from sentiment_rnn import checkpoint, rundir
-from sentiment_rnn.checkpoint import Reporter
-from sentiment_rnn.config import Config
+from sentiment_rnn.checkpoint import Progress, Reporter
+from sentiment_rnn.config import Config, LMRunConfig
 from sentiment_rnn.data import describe_splits
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
-from sentiment_rnn.train import on_epoch_start, setup_model, train
+from sentiment_rnn.train import keep_if_best, on_epoch_start, setup_model, train
 
 STEPS = 6  # 96 training rows (the 80% share of 120) in batches of 16: every batch full
 
@@ -188,6 +188,7 @@ def test_a_finished_run_continued_with_more_epochs_is_the_longer_run(reviews, tm
     whole = train(longer, tmp_path / "whole")
     assert [s for s in recorder.stages if s.startswith("Resuming")] == [
         f"Resuming from {tmp_path / 'continued' / rundir.CHECKPOINT}"]
+    assert "Continuing the finished run with epoch 3" in recorder.stages
     assert recorder.starts == [(3, 3, STEPS)]  # only the new epoch trains
     drop = ("seconds", "tokens_per_s")
     assert [{k: v for k, v in h.items() if k not in drop} for h in continued["history"]] == [
@@ -219,6 +220,8 @@ def test_pretrained_vectors_start_the_embedding_and_a_frozen_one_stays_through_g
 def test_a_missing_vectors_file_or_an_unknown_tracker_fails_before_anything_is_written(reviews, tmp_path):
     with pytest.raises(SentimentRNNError, match="model.embedding.pretrained '.*missing.txt' not found"):
         train(config(reviews, {"embedding": {"pretrained": str(tmp_path / "missing.txt")}}), tmp_path / "run")
+    with pytest.raises(SentimentRNNError, match="glove-6b-50d has 50 dimensions but model.embedding_dim is 8"):
+        train(config(reviews, {"embedding": {"pretrained": "glove-6b-50d"}}), tmp_path / "run")
     with pytest.raises(SentimentRNNError, match="unknown --report-to 'wandb'"):
         train(config(reviews), tmp_path / "run", report_to="wandb")
     assert not (tmp_path / "run").exists()
@@ -260,6 +263,8 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint_to_the_uninterr
         train(cfg, tmp_path / "run", reporter=Crash(at=3))
     saved = checkpoint.read(tmp_path / "run" / rundir.CHECKPOINT)
     assert saved["progress"]["batches_done"] == 2 and saved["scheduler"]["last_epoch"] == 2
+    saved["progress"]["seconds"] = 3600.0  # as if its first two steps had taken an hour: the epoch's time counts them
+    torch.save(saved, tmp_path / "run" / rundir.CHECKPOINT)
     recorder = Recorder()
     resumed = train(cfg, tmp_path / "run", reporter=recorder, resume=True)
     whole = train(cfg, tmp_path / "whole")
@@ -269,7 +274,9 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint_to_the_uninterr
         {k: v for k, v in h.items() if k not in drop} for h in whole["history"]]
     assert resumed["grad_norm_per_step"] == whole["grad_norm_per_step"] and resumed["test"] == whole["test"]
     assert (tmp_path / "run" / rundir.WEIGHTS).read_bytes() == (tmp_path / "whole" / rundir.WEIGHTS).read_bytes()
-    assert 0 < resumed["train_seconds"] < 10 * whole["train_seconds"]
+    first, second = (h["seconds"] for h in resumed["history"])
+    assert 3600 < first < 3600 + 10 * whole["train_seconds"] and 0 < second < 10 * whole["train_seconds"]
+    assert resumed["train_seconds"] == pytest.approx(first + second)
 
 
 def test_a_non_finite_loss_names_its_step_and_leaves_nothing_behind(reviews, tmp_path):
@@ -329,3 +336,43 @@ def test_a_frozen_pretrained_embedding_stays_out_of_the_gradients_when_its_layer
         on_epoch_start(model, epoch, cfg)
     assert not model.embedding.weight.requires_grad
     assert all(p.requires_grad for p in [*model.encoder.parameters(), *model.head.parameters()])
+
+
+def test_training_accuracy_counts_the_training_rows_the_model_classifies_right(reviews, tmp_path):
+    # lr 1e-9: the weights the epoch trained with are the saved ones, so the training rows' correct answers are
+    # the whole file's less the validation and test rows'
+    metrics = train(config(reviews, epochs=1, lr=1e-9), tmp_path / "run")
+    whole = evaluate_run(tmp_path / "run", source=str(reviews))
+    held_out = 12 * metrics["validation"]["accuracy"] + 12 * metrics["test"]["accuracy"]
+    correct = 96 * metrics["history"][0]["train_accuracy"]
+    assert round(correct) == round(120 * whole["accuracy"] - held_out) and correct != 48  # 48: right == wrong
+
+
+def test_train_bucket_pool_sets_how_many_batches_are_sorted_by_length_together(reviews, run, tmp_path):
+    recorder = Recorder()
+    train(config(reviews, epochs=1, bucket_pool=1), tmp_path / "pool", reporter=recorder)
+
+    def batch_tokens(steps):
+        seen = [0, *(tokens for _, tokens, _ in steps)]
+        return sorted(seen[i + 1] - seen[i] for i in range(STEPS))
+
+    # the default pool holds all 96 rows: whatever the seed, its batches are the same length-sorted sixths
+    assert batch_tokens(recorder.steps[0]) != batch_tokens(run[1].steps[0])
+
+
+def test_a_later_epoch_that_only_ties_the_best_validation_score_is_not_kept():
+    model, progress = torch.nn.Linear(2, 2), Progress()
+    assert keep_if_best(progress, model, {"accuracy": 0.75, "loss": 0.5}, epoch=1)
+    kept = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not keep_if_best(progress, model, {"accuracy": 0.75, "loss": 0.5}, epoch=2)
+    assert (progress.best["epoch"], progress.stale) == (1, 1) and torch.equal(progress.best["state"]["weight"], kept)
+
+
+def test_config_yaml_holds_a_classifiers_keys_only_even_from_a_pretrain_lm_config(reviews, tmp_path):
+    cfg = LMRunConfig.model_validate({**config(reviews, epochs=1, max_steps=1).model_dump(), "lm": {"bptt": 20}})
+    train(cfg, tmp_path / "run")
+    import yaml
+
+    assert set(yaml.safe_load((tmp_path / "run" / rundir.CONFIG).read_text())) == set(Config.model_fields)
