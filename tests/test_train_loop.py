@@ -376,3 +376,17 @@ def test_config_yaml_holds_a_classifiers_keys_only_even_from_a_pretrain_lm_confi
     import yaml
 
     assert set(yaml.safe_load((tmp_path / "run" / rundir.CONFIG).read_text())) == set(Config.model_fields)
+
+
+def test_the_gradient_probe_reads_the_longest_validation_sentences_among_several_batches(tmp_path):
+    # 264 validation rows, two batches of 256 and 8; one row in fifty is 20 words long, the others 2 or 3:
+    # the long ones are all in the batch of 8
+    lines = [f"{' '.join(f'w{(i + k) % 30}' for k in range(20 if i % 50 == 0 else 2 + i % 2))},{i % 2}\n"
+             for i in range(330)]
+    path = tmp_path / "long.csv"
+    path.write_text("text,label\n" + "".join(lines))
+    raw = config(path, epochs=1, max_steps=1).model_dump()
+    cfg = Config.model_validate({**raw, "data": {**raw["data"], "split": [0.1, 0.8, 0.1], "max_length": 24}})
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["sizes"]["validation"] == 264
+    assert len(metrics["grad_through_time"][0]["norms"]) == 20  # steps back from the last token of the longest
