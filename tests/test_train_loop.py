@@ -19,6 +19,8 @@ from sentiment_rnn.config import Config, LMRunConfig
 from sentiment_rnn.data import describe_splits
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
+from sentiment_rnn.plots import plot_gradient_norms
+from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.train import keep_if_best, on_epoch_start, setup_model, train
 
 STEPS = 6  # 96 training rows (the 80% share of 120) in batches of 16: every batch full
@@ -135,8 +137,10 @@ def test_the_saved_weights_are_the_kept_epochs_and_score_the_recorded_test_metri
     assert {k: test[k] for k in metrics["test"]} == metrics["test"]
 
 
-def test_the_run_directory_holds_what_rebuilds_and_audits_the_run(run, reviews):
+def test_the_run_directory_holds_what_rebuilds_and_audits_the_run(run, reviews, tmp_path):
     metrics, _, out = run
+    plot_gradient_norms(metrics["grad_through_time"], tmp_path / "titled.png", "loop: gru")  # config name: cell
+    assert (out / rundir.GRADIENTS).read_bytes() == (tmp_path / "titled.png").read_bytes()
     assert json.loads((out / rundir.METRICS).read_text()) == metrics
     assert not (out / rundir.CHECKPOINT).exists() and (out / "final_state.pt").is_file()
     assert (out / rundir.CURVES).is_file() and (out / rundir.GRADIENTS).is_file()
@@ -321,10 +325,16 @@ def test_resuming_refuses_data_that_changed_since_the_run_started(reviews, tmp_p
         train(cfg, tmp_path / "run", resume=True)
 
 
-def test_the_per_word_baseline_trains_through_the_same_loop(reviews, tmp_path):
-    metrics = train(config(reviews, {"kind": "per_word_linear"}, epochs=1, max_steps=2), tmp_path / "run")
+def test_the_per_word_baseline_trains_through_the_same_loop_with_the_configured_threads(reviews, tmp_path):
+    threads, before = (2 if default_threads() == 1 else 1), torch.get_num_threads()  # not the default's number
+    try:
+        metrics = train(config(reviews, {"kind": "per_word_linear"}, epochs=1, max_steps=2, threads=threads),
+                        tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
     loaded = rundir.load_run(tmp_path / "run")
     assert loaded.meta["model_kind"] == "per_word_linear" and len(metrics["grad_norm_per_step"]) == 2
+    assert metrics["threads"] == threads
 
 
 def test_a_frozen_pretrained_embedding_stays_out_of_the_gradients_when_its_layer_group_opens(reviews):
