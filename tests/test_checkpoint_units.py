@@ -35,9 +35,7 @@ def tiny_parts(lr: float = 0.1) -> tuple[nn.Module, torch.optim.Optimizer]:
 
 
 def saved(path: Path, **content) -> Path:
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    path.write_bytes(buffer.getvalue())
+    torch.save(content, path)
     return path
 
 
