@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.sentence_carving import containing_sentences, rows_following_sentences
 from sentiment_rnn.sources import load_raw, resolve_source
 
 ROW = "__row__"  # original row number, so a run can record exactly which rows it held out
@@ -198,21 +199,43 @@ def _stratified_split(rows: np.ndarray, labels: np.ndarray, test_share: float, s
     return kept, held
 
 
-def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: int):
-    """Stratified, seeded train/validation/test split of one dataset.
+def _carve_rows(rows: np.ndarray, labels: np.ndarray, shares: tuple[float, float, float], seed: int,
+                names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seeded train/validation/test split of `rows` (their labels: `labels[rows]`).
 
-    Both draws work on row numbers, with the label column read once: the held-out part is split again by
-    position, so it never has to be read back from a selection of rows.
+    The held-out part is split again by position, so the label column is read once.
     """
     held = shares[1] + shares[2]
-    n = len(train)
-    names = train.features["label"].names
+    n = len(rows)
     if round(n * held) < 2 * len(names) or round(n * shares[0]) < len(names):
         raise SentimentRNNError(f"only {n} rows: too few to split into train/validation/test; give more data")
-    labels = column_numpy(train, "label")
-    kept, held_out = _stratified_split(np.arange(n), labels, held, seed, names)
+    kept, held_out = _stratified_split(rows, labels, held, seed, names)
     validation, test = _stratified_split(held_out, labels, shares[2] / held, seed, names)
-    return train.select(kept), train.select(validation), train.select(test)
+    return kept, validation, test
+
+
+def _carve(train: datasets.Dataset, shares: tuple[float, float, float], seed: int):
+    """Stratified, seeded train/validation/test split of one dataset, row by row."""
+    rows = _carve_rows(np.arange(len(train)), column_numpy(train, "label"), shares, seed,
+                       train.features["label"].names)
+    return tuple(train.select(r) for r in rows)
+
+
+def _carve_by_sentence(train: datasets.Dataset, shares, seed: int, given: dict) -> tuple[dict, int]:
+    """Carve whole sentences (see sentence_carving.py); a carved part that a given split replaces trains.
+
+    Returns the parts and how many rows were left out (phrases held only by held-out sentences).
+    """
+    sentences, holders = containing_sentences(column_numpy(train, "text").tolist())
+    labels = column_numpy(train, "label")
+    kept, *held = _carve_rows(np.arange(len(sentences)), labels[sentences], shares, seed,
+                              train.features["label"].names)
+    parts = dict(zip(HELD_OUT, held, strict=True))
+    training = np.concatenate([kept, *(parts[p] for p in given)])
+    rows = rows_following_sentences(holders, training)
+    carved = {"train": train.select(rows),
+              **{p: train.select(np.sort(sentences[r])) for p, r in parts.items() if p not in given}}
+    return {**carved, **given}, len(train) - len(rows) - sum(len(parts[p]) for p in HELD_OUT if p not in given)
 
 
 def held_out_splits(cfg: DataConfig, raw) -> tuple[dict[str, str], dict[str, int]]:
@@ -238,16 +261,20 @@ def held_out_splits(cfg: DataConfig, raw) -> tuple[dict[str, str], dict[str, int
     return chosen, unlabeled
 
 
-def _parts(train: datasets.Dataset, given: dict[str, datasets.Dataset], shares, seed: int) -> dict:
-    """train/validation/test: the given splits, and the rest carved from `train`."""
+def _parts(train: datasets.Dataset, given: dict[str, datasets.Dataset], shares, seed: int,
+           by_sentence: bool = False) -> tuple[dict, int]:
+    """train/validation/test: the given splits, and the rest carved from `train`; also how many training
+    rows were left out (by_sentence only: phrases that lie only in held-out sentences)."""
     if len(given) == len(HELD_OUT):  # nothing to carve: every training row trains
-        return {"train": train, **given}
+        return {"train": train, **given}, 0
+    if by_sentence:
+        return _carve_by_sentence(train, shares, seed, given)
     carved = dict(zip(("train", *HELD_OUT), _carve(train, shares, seed), strict=True))
     if not given:
-        return carved
+        return carved, 0
     # The carved part that a given split replaces goes back to training.
     carved["train"] = datasets.concatenate_datasets([carved["train"], *(carved[p] for p in given)])
-    return {**carved, **given}
+    return {**carved, **given}, 0
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
@@ -273,7 +300,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.limit is not None and cfg.limit < len(train):
         # Seeded sample: the embedded CSV lists every positive row before the negatives.
         train = train.shuffle(seed=seed).select(range(cfg.limit))
-    parts = _parts(train, {part: data[split] for part, split in named.items()}, cfg.split, seed)
+    parts, left_out = _parts(train, {part: data[split] for part, split in named.items()}, cfg.split, seed,
+                             cfg.carve_by_sentence)
     record = {
         "source": resolve_source(cfg.source),  # absolute: the run can be evaluated from any folder
         "source_given": cfg.source,  # as the user wrote it, for display
@@ -284,6 +312,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         "sizes": {k: len(v) for k, v in parts.items()},
         "unlabeled": unlabeled,  # the source's own splits without labels, never scored
     }
+    if cfg.carve_by_sentence:
+        record["carved_by_sentence"] = {"left_out": left_out}  # phrases held only by held-out sentences
     return Splits(parts["train"], parts["validation"], parts["test"], names, record)
 
 
@@ -296,6 +326,9 @@ def describe_splits(record: dict) -> str:
         origin = f"split '{split}'" if part == "train" or split != train else f"carved from '{train}'"
         said.append(f"{part} {record['sizes'][part]:,} rows ({origin})")
     line = f"Data {record.get('source_given', record['source'])}: " + ", ".join(said)
+    if "carved_by_sentence" in record:
+        line += (f"; carved as whole sentences, {record['carved_by_sentence']['left_out']:,} phrases that lie only "
+                 "in them left out of training")
     for split, rows in record.get("unlabeled", {}).items():
         line += f"; split '{split}' ({rows:,} rows) has no labels and is never scored"
     return line
