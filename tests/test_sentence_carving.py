@@ -1,0 +1,116 @@
+"""data.carve_by_sentence: validation and test carved as whole sentences from data made of labeled phrases
+(SST-2), each phrase training only when a training sentence holds it."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_hub_data import WORDS, write_split
+
+from sentiment_rnn.config import DataConfig
+from sentiment_rnn.sentence_carving import containing_sentences, rows_following_sentences
+from sentiment_rnn.splits import describe_splits, load_splits, recorded_split
+
+from conftest import TINY
+
+CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
+
+
+def test_a_phrase_lies_in_the_sentences_holding_its_words_in_a_row():
+    texts = ["a good film", "good", "a good", "goodness , at last", "film a", "bad day", "good", "day"]
+    sentences, holders = containing_sentences(texts)
+    assert sorted(texts[s] for s in sentences) == ["a good film", "bad day", "film a", "goodness , at last"]
+    named = {texts[s]: k for k, s in enumerate(sentences)}
+    assert holders[1] == holders[2] == holders[6] == [named["a good film"]]  # not "goodness", a repeat too
+    assert holders[7] == [named["bad day"]]
+    assert holders[0] == [named["a good film"]]  # a sentence holds itself
+    assert holders[4] == [named["film a"]]  # "film a" is no run of "a good film"'s words
+
+
+def test_a_phrase_twice_in_a_sentence_is_held_by_it_once():
+    sentences, holders = containing_sentences(["so so good", "so"])
+    assert sentences.tolist() == [0] and holders == [[0], [0]]
+
+
+def test_a_phrase_held_by_two_sentences_trains_when_either_trains():
+    texts = ["the plot is dull", "the cast is fine", "is", "the plot", "the cast"]
+    sentences, holders = containing_sentences(texts)
+    plot = int(next(k for k, s in enumerate(sentences) if texts[s] == "the plot is dull"))
+    cast = 1 - plot
+    assert sorted(holders[2]) == [0, 1]  # "is" lies in both
+    assert rows_following_sentences(holders, [cast]).tolist() == [1, 2, 4]
+    assert rows_following_sentences(holders, [plot]).tolist() == [0, 2, 3]
+
+
+def phrases(n: int) -> dict:
+    """n sentences, each followed by three of its phrases: its label word and "a WORD film" (both shared by
+    other sentences) and "take K ." (its own alone)."""
+    rows, labels = [], []
+    for k in range(n):
+        y, word = k % 2, WORDS[k % 2][k % 4]
+        for text in (f"a {word} film , take {k} .", word, f"a {word} film", f"take {k} ."):
+            rows.append(text)
+            labels.append(y)
+    return {"idx": list(range(len(rows))), "sentence": rows, "label": labels}
+
+
+@pytest.fixture(scope="module")
+def phrase_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("phrases") / "sst2"
+    write_split(folder, "train", phrases(60))
+    write_split(folder, "validation", phrases(10))
+    return folder
+
+
+def config(folder: Path, by_sentence: bool = True) -> DataConfig:
+    return DataConfig(source=str(folder), text_column="sentence", validation_split="train",
+                      test_split="validation", carve_by_sentence=by_sentence)
+
+
+def test_validation_holds_whole_sentences_and_their_own_phrases_leave_training(phrase_folder):
+    splits = load_splits(config(phrase_folder), 0)
+    held = splits.validation["text"]
+    assert len(held) == 6 and all(text.startswith("a ") and text.endswith(" .") for text in held)
+    takes = {text.split(", ")[1] for text in held}  # "take K ." of each held-out sentence
+    training = set(splits.train["text"])
+    assert not takes & training and not set(held) & training
+    assert {"a dull film", "a boring film", "a great film", "a sharp film"} <= training  # shared: still train
+    assert len(splits.train) == 240 - 2 * 6 and splits.record["carved_by_sentence"] == {"left_out": 6}
+    assert splits.record["sizes"] == {"train": 228, "validation": 6, "test": 40}
+    assert describe_splits(splits.record).endswith(
+        "carved as whole sentences, 6 phrases that lie only in them left out of training")
+
+
+def test_carving_by_sentence_is_seeded_and_rebuilt_from_the_record(phrase_folder):
+    first, again, other = (load_splits(config(phrase_folder), seed) for seed in (0, 0, 1))
+    assert first.validation["text"] == again.validation["text"] != other.validation["text"]
+    assert first.train["text"] == again.train["text"]
+    assert sorted(first.validation["label"]).count(1) == 3  # stratified: half of each label
+    rebuilt, _ = recorded_split(config(phrase_folder), first.record, "validation", first.label_names)
+    assert rebuilt["text"] == first.validation["text"]
+
+
+def test_row_by_row_carving_keeps_a_held_out_sentences_phrases_in_training(phrase_folder):
+    """What the option fixes: carved row by row, held-out sentences' own phrases train."""
+    splits = load_splits(config(phrase_folder, by_sentence=False), 0)
+    assert "carved_by_sentence" not in splits.record and len(splits.validation) == 24
+    sentences = [t for t in splits.validation["text"] if t.startswith("a ") and t.endswith(" .")]
+    own = {text.split(", ")[1] for text in sentences}
+    assert own & set(splits.train["text"])
+
+
+@pytest.mark.slow
+def test_train_carves_by_sentence_through_the_installed_command(phrase_folder, tmp_path):
+    run = tmp_path / "run"
+    trained = subprocess.run([CLI, "train", "-c", str(TINY), "--set", f"data.source={phrase_folder}",
+                              "--set", "data.text_column=sentence", "--set", "data.validation_split=train",
+                              "--set", "data.test_split=validation", "--set", "data.carve_by_sentence=true",
+                              "--set", "train.epochs=1", "--set", "train.grad_probe_epochs=[]", "-o", str(run)],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert "6 phrases that lie only in them left out of training" in " ".join(trained.stdout.split())
+    assert json.loads((run / "metrics.json").read_text())["sizes"] == {"train": 228, "validation": 6, "test": 40}
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["rows"]["validation"]) == 6 and split["carved_by_sentence"] == {"left_out": 6}
