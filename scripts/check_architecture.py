@@ -24,9 +24,9 @@ KEPT_OFF_THE_DEFAULT_PATH = ("sentiment_rnn.speed", "sentiment_rnn.lm")
 # family (one trainer never reaches into another). A module missing here is reported, so the table stays whole.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("errors", "config", "runtime", "distributed")},
-    {"parts": ("inputs", "records", "tokenizer", "sources", "splits", "data", "models", "models.rnn", "models.cells",
-               "models.baseline", "models.bptt", "rundir", "checkpoint", "scoring", "optim", "plots", "tracking",
-               "embeddings", "probe", "finetune", "sentences")},
+    {"parts": ("inputs", "records", "tokenizer", "sources", "sentence_carving", "splits", "data", "models",
+               "models.rnn", "models.cells", "models.baseline", "models.bptt", "rundir", "checkpoint", "scoring",
+               "optim", "plots", "tracking", "embeddings", "probe", "finetune", "sentences")},
     {"speed opt-in": ("speed", "speed.rnn", "speed.bidirectional", "speed.encoder")},
     {"train": ("train",),
      "pretrain-lm": ("lm", "lm.data", "lm.model", "lm.tokenizer", "lm.pretrain"),

@@ -45,9 +45,7 @@ class DataConfig(_Strict):
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
     limit: int | None = Field(None, ge=10)  # use only this many source rows (tiny runs, tests)
     split_seed: int | None = Field(None, ge=0)  # seed of the carving (and of limit's sample); None: the run's seed
-    # carve validation/test as whole sentences, each phrase (a row lying inside a longer row) training only when
-    # a training sentence holds it: for data of labeled phrases such as SST-2 (sentence_carving.py)
-    carve_by_sentence: bool = False
+    carve_by_sentence: bool = False  # carve whole sentences; phrases follow them (SST-2; sentence_carving.py)
 
     def carving_seed(self, run_seed: int) -> int:
         """The seed that carves the splits (and draws limit's sample): split_seed, else the run's seed."""

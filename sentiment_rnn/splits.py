@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.sentence_carving import containing_sentences, rows_following_sentences
 from sentiment_rnn.sources import load_raw, resolve_source
 
 ROW = "__row__"  # original row number, so a run can record exactly which rows it held out
@@ -226,6 +225,8 @@ def _carve_by_sentence(train: datasets.Dataset, shares, seed: int, given: dict) 
 
     Returns the parts and how many rows were left out (phrases held only by held-out sentences).
     """
+    from sentiment_rnn.sentence_carving import containing_sentences, rows_following_sentences  # this option only
+
     sentences, holders = containing_sentences(column_numpy(train, "text").tolist())
     labels = column_numpy(train, "label")
     kept, *held = _carve_rows(np.arange(len(sentences)), labels[sentences], shares, seed,
