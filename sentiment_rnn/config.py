@@ -28,8 +28,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    # rotten_tomatoes | imdb | imdb_sentences (IMDB's sentences, each labeled by its review) | a local file or
-    # folder | hf:<owner/name>
+    # rotten_tomatoes | imdb | imdb_sentences (IMDB's sentences labeled by their review) | a file or folder | hf:NAME
     source: str = "rotten_tomatoes"
     hf_subset: str | None = None  # the Hub dataset's configuration name, if it has several
     text_column: str = "text"  # column holding the text
@@ -190,6 +189,7 @@ class StageOneConfig(_Strict):
     enabled: bool = False  # train on stage_one.source first, then on data.source starting from that run
     source: str = "imdb_sentences"  # the first stage's data.source
     epochs: int = Field(2, ge=1)  # the first stage's train.epochs
+    lr: float | None = Field(None, gt=0)  # the first stage's train.lr; null: train.lr (the second may fine-tune slower)
     limit: int | None = Field(None, ge=10)  # the first stage's data.limit (rows of its source)
     split: tuple[float, float, float] = (0.96, 0.02, 0.02)  # the first stage's data.split: a small validation
 

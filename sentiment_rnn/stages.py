@@ -35,6 +35,8 @@ def stage_one_config(config: Config) -> Config:
     raw["data"] = {"source": first.source, "max_length": config.data.max_length, "limit": first.limit,
                    "split": list(first.split)}
     raw["train"]["epochs"] = first.epochs
+    if first.lr is not None:
+        raw["train"]["lr"] = first.lr
     raw["stage_one"] = {"enabled": False}
     return parse_config(raw, "stage_one")
 

@@ -112,6 +112,17 @@ def test_first_stage_key_changes_with_its_config_seed_and_data():
     assert stage_key(stage_one_config(load_config(TINY, ["stage_one.enabled=true", "data.limit=300"]))) == key
 
 
+def test_stage_one_lr_is_the_first_stages_rate_and_keys_it():
+    """configs/sst2.yaml: the first stage at 0.002, the phrases fine-tuned from it at 0.001."""
+    config = load_config(TINY, ["stage_one.enabled=true", "train.lr=0.001", "stage_one.lr=0.002"])
+    assert stage_one_config(config).train.lr == 0.002 and config.train.lr == 0.001
+    same_rate = load_config(TINY, ["stage_one.enabled=true", "train.lr=0.002"])
+    assert stage_one_config(same_rate).train.lr == 0.002  # null: the config's own train.lr
+    assert stage_key(stage_one_config(config)) == stage_key(stage_one_config(same_rate))
+    unset = load_config(TINY, ["stage_one.enabled=true", "train.lr=0.001"])
+    assert stage_key(stage_one_config(unset)) != stage_key(stage_one_config(config))
+
+
 def wait_then_kill(proc: subprocess.Popen, checkpoint: Path, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not checkpoint.exists():
