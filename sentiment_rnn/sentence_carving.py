@@ -47,6 +47,5 @@ def containing_sentences(texts: list[str]) -> tuple[np.ndarray, list[list[int]]]
 def rows_following_sentences(holders: list[list[int]], training_sentences: np.ndarray) -> np.ndarray:
     """Row numbers that train: every row held by at least one training sentence (given as indices into the
     sentences array)."""
-    training = np.zeros(max((max(h) for h in holders if h), default=-1) + 1, dtype=bool)
-    training[training_sentences] = True
-    return np.asarray([row for row, held in enumerate(holders) if training[held].any()], dtype=np.int64)
+    training = set(map(int, training_sentences))
+    return np.asarray([row for row, held in enumerate(holders) if not training.isdisjoint(held)], dtype=np.int64)
