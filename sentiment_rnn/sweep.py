@@ -3,7 +3,8 @@
 Each (setting, seed) is a normal run directory, OUTPUT/<setting>/seed-<N>/, trained by train.train with
 the config that `train --config X --set KEY=VALUE ... --set seed=N` would build, so predict, evaluate,
 explain and export work on any of them. Rerunning a sweep keeps every finished run (metrics.json present),
-resumes an unfinished one from its checkpoint and trains the rest. summary.json and sweep.png are written
+resumes an unfinished one from its checkpoint and trains the rest. Two-stage runs share OUTPUT/stage-one/:
+a seed's first stage is trained once for every setting that leaves it unchanged. summary.json and sweep.png are written
 last. The best setting is the one with the highest mean validation accuracy: the test split only reports.
 """
 
@@ -14,7 +15,7 @@ import multiprocessing
 import os
 import re
 import statistics
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from sentiment_rnn import rundir
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config, load_config, parse_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.stages import train  # a config with stage_one.enabled trains both stages
+from sentiment_rnn.stages import first_stage_of, train  # a config with stage_one.enabled trains both stages
 
-SUMMARY, FIGURE = "summary.json", "sweep.png"
+SUMMARY, FIGURE, FIRST_STAGES = "summary.json", "sweep.png", "stage-one"
 STD = "sample standard deviation (n - 1 in the denominator) over seeds; null for one seed"
 # (key in summary.json, column label); probe_pairs_right only when the data has a positive label
 FIGURES = [("val_accuracy", "validation accuracy"), ("test_accuracy", "test accuracy"),
@@ -201,15 +202,17 @@ def run_sweep(config: str | Path, items: list[str] | None, seeds: str, output: P
 def _train_missing(todo: list[Job], states: dict, jobs: int, report_to: str | None, reporter: Reporter,
                    output: Path) -> None:
     """Train (or resume) the jobs, here one after the other or in `jobs` processes; Ctrl-C stops them at a
-    checkpoint and raises SweepInterrupted."""
+    checkpoint and raises SweepInterrupted. Two-stage runs keep their first stages in OUTPUT/stage-one/, so
+    settings that differ only in the second stage train each seed's first stage once."""
+    first_stages = output / FIRST_STAGES
     try:
         if jobs == 1 or len(todo) <= 1:
             for i, job in enumerate(todo, 1):
                 _announce(reporter, job, states[job.run], i, len(todo))
                 train(job.config, job.run, reporter, overwrite=job.run.exists() and states[job.run] == "new",
-                      resume=states[job.run] == "resume", report_to=report_to)
+                      resume=states[job.run] == "resume", report_to=report_to, first_stages=first_stages)
         else:
-            _train_parallel(todo, states, jobs, report_to, reporter)
+            _train_parallel(todo, states, jobs, report_to, reporter, first_stages)
     except (TrainingInterrupted, KeyboardInterrupt):  # under --jobs the processes got the Ctrl-C too
         raise SweepInterrupted(output) from None
 
@@ -225,36 +228,53 @@ def thread_share(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def _train_parallel(todo: list[Job], states: dict, jobs: int, report_to: str | None, reporter: Reporter) -> None:
+def next_startable(pending: list[Job], first_stage: dict, building: set) -> Job | None:
+    """The first pending job that does not need a first stage another process is training now (it waits,
+    then reuses that stage instead of training the same one beside it)."""
+    for job in pending:
+        if first_stage[job.run] is None or first_stage[job.run] not in building:
+            return job
+    return None
+
+
+def _train_parallel(todo: list[Job], states: dict, jobs: int, report_to: str | None, reporter: Reporter,
+                    first_stages: Path) -> None:
     """`jobs` runs at a time, each in its own process (spawned: a fresh torch) with its share of the cores
     unless train.threads is set; the processes report nothing, this one a line per run started and ended."""
-    share = thread_share(jobs)
-    context = multiprocessing.get_context("spawn")
+    share, context = thread_share(jobs), multiprocessing.get_context("spawn")
+    first_stage = {job.run: first_stage_of(job.config, job.run, first_stages) for job in todo}
+    pending, running, building, started = list(todo), {}, set(), 0
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {}
-        for i, job in enumerate(todo, 1):
-            config = job.config.model_copy(deep=True)
-            config.train.threads = config.train.threads or share
-            _announce(reporter, job, states[job.run], i, len(todo))
-            futures[pool.submit(_train_job, config.model_dump(mode="json"), str(job.run), states[job.run],
-                                report_to)] = job
         try:
-            for future in as_completed(futures):
-                future.result()  # the process's error, raised here
-                job = futures[future]
-                reporter.stage(f"Finished {job.setting}, seed {job.seed} -> {job.run}")
+            while pending or running:
+                while len(running) < jobs and (job := next_startable(pending, first_stage, building)):
+                    pending.remove(job)
+                    if first_stage[job.run] is not None and not rundir.is_complete(first_stage[job.run]):
+                        building.add(first_stage[job.run])
+                    config = job.config.model_copy(deep=True)
+                    config.train.threads = config.train.threads or share
+                    started += 1
+                    _announce(reporter, job, states[job.run], started, len(todo))
+                    running[pool.submit(_train_job, config.model_dump(mode="json"), str(job.run), states[job.run],
+                                        report_to, str(first_stages))] = job
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = running.pop(future)
+                    future.result()  # the process's error, raised here
+                    building.discard(first_stage[job.run])
+                    reporter.stage(f"Finished {job.setting}, seed {job.seed} -> {job.run}")
         except BaseException:
-            for future in futures:
-                future.cancel()  # the runs not started yet; running ones stop at Ctrl-C with a checkpoint
+            for future in running:
+                future.cancel()  # running ones stop at Ctrl-C with a checkpoint
             raise
 
 
-def _train_job(config: dict, run: str, how: str, report_to: str | None) -> None:
+def _train_job(config: dict, run: str, how: str, report_to: str | None, first_stages: str) -> None:
     """One run in a worker process. An interruption comes back as a plain SentimentRNNError, which crosses
     the process boundary (TrainingInterrupted's constructor does not)."""
     try:
         train(parse_config(config), Path(run), overwrite=Path(run).exists() and how == "new", resume=how == "resume",
-              report_to=report_to)
+              report_to=report_to, first_stages=Path(first_stages))
     except TrainingInterrupted as exc:
         raise SentimentRNNError(str(exc)) from None
 

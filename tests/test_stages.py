@@ -112,6 +112,15 @@ def test_first_stage_key_changes_with_its_config_seed_and_data():
     assert stage_key(stage_one_config(load_config(TINY, ["stage_one.enabled=true", "data.limit=300"]))) == key
 
 
+def test_first_stage_key_leaves_out_the_thread_count_and_what_only_the_second_stage_uses():
+    config = load_config(TINY, ["stage_one.enabled=true"])
+    key = stage_key(stage_one_config(config))
+    # speed; the second stage's length; fine-tuning methods, which the first stage (trained afresh) never uses
+    for same in ("train.threads=1", "train.threads=3", "train.epochs=7", "train.layer_lr_decay=2.6",
+                 "train.unfreeze=1"):
+        assert stage_key(stage_one_config(load_config(TINY, ["stage_one.enabled=true", same]))) == key, same
+
+
 def test_stage_one_lr_is_the_first_stages_rate_and_keys_it():
     """configs/sst2.yaml: the first stage at 0.002, the phrases fine-tuned from it at 0.001."""
     config = load_config(TINY, ["stage_one.enabled=true", "train.lr=0.001", "stage_one.lr=0.002"])

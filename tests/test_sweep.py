@@ -223,3 +223,23 @@ def test_a_run_trained_with_another_config_is_refused_not_overwritten(tiny_run, 
                                       "-o", str(out)])
     assert result.exit_code == 1 and "was trained with another config" in result.output, result.output
     assert (out / "tiny" / "seed-0" / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_settings_that_change_only_the_second_stage_train_each_seeds_first_stage_once(tmp_path):
+    """2 jobs, 2 seeds, 2 second-stage settings: one first stage per seed, in OUTPUT/stage-one, trained by
+    one run and reused by the other (never trained twice side by side)."""
+    out = tmp_path / "sweep"
+    stage_one = ["stage_one.enabled=true", "stage_one.limit=400", "stage_one.epochs=1", "train.batch_size=16"]
+    result = subprocess.run([CLI, "sweep", "--config", TINY, "--seeds", "0,1", "--set", "train.epochs=1,2",
+                             *[arg for item in stage_one for arg in ("--set", item)], "--output", out, "--jobs", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr + result.stdout
+    firsts = sorted(path.name for path in (out / "stage-one").iterdir())
+    assert len(firsts) == 2 and [name.split("-")[-2] for name in firsts] == ["seed0", "seed1"], firsts
+    for seed in (0, 1):
+        stages = [json.loads((out / f"train.epochs={n}" / f"seed-{seed}" / "stage_one.json").read_text())["stage_one"]
+                  for n in (1, 2)]
+        assert stages[0]["path"] == stages[1]["path"]
+        assert Path(stages[0]["path"]).parent == (out / "stage-one").resolve()
+        assert sorted(stage["action"] for stage in stages) == ["reused", "trained"], stages
