@@ -12,6 +12,7 @@ single-stage run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -55,6 +56,7 @@ def stage_two_config(config: Config, first_run: Path) -> Config:
     return parse_config(raw, "stage two")
 
 
+@functools.cache  # once per process: a sweep keys every run's first stage
 def code_digest() -> str:
     """sha256 over the package's Python files: a first stage trained by other code is not reused."""
     digest = hashlib.sha256()
