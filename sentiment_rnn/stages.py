@@ -93,6 +93,15 @@ def first_stage_of(config: Config, output: Path, first_stages: Path | None = Non
     return stage_one_dir(output, first, stage_key(first), first_stages)
 
 
+def requested_config(run: Path) -> Config:
+    """The config a run was asked to train: a two-stage run's own (its record), whose config.yaml holds
+    only the second stage's; any other run's config.yaml."""
+    record = Path(run) / RECORD
+    if record.is_file():
+        return parse_config(rundir.read_json(record)["config"], str(record))
+    return rundir.read_config(run)
+
+
 def pending_config(run: Path) -> Config | None:
     """The two-stage config of a run stopped in its first stage (it has a record and no config.yaml yet);
     None for any other run, which --resume continues with its own config.yaml."""
@@ -144,6 +153,9 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
     stage is looked for in first_stages when given, else beside the run (stage_one_dir)."""
     reporter = reporter or Reporter()
     output = Path(output)
+    if resume and config.stage_one.enabled and (output / rundir.CONFIG).is_file():
+        # stopped in its second stage: that stage continues, from the first stage it recorded
+        config = stage_two_config(config, Path(rundir.read_json(output / RECORD)["stage_one"]["path"]))
     if not config.stage_one.enabled:
         if resume:
             check_recorded_stage_one(output)

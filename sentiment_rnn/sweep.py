@@ -23,7 +23,7 @@ from sentiment_rnn import rundir
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config, load_config, parse_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
-from sentiment_rnn.stages import first_stage_of, train  # a config with stage_one.enabled trains both stages
+from sentiment_rnn.stages import first_stage_of, requested_config, train  # two-stage configs train both
 
 SUMMARY, FIGURE, FIRST_STAGES = "summary.json", "sweep.png", "stage-one"
 STD = "sample standard deviation (n - 1 in the denominator) over seeds; null for one seed"
@@ -163,7 +163,7 @@ def state(job: Job) -> str:
     done, unfinished = rundir.is_complete(job.run), (job.run / rundir.CHECKPOINT).is_file()
     if not (done or unfinished):
         return "new"  # killed before its first checkpoint: nothing in it to keep
-    if _comparable(rundir.read_config(job.run)) != _comparable(job.config):
+    if _comparable(requested_config(job.run)) != _comparable(job.config):
         raise SentimentRNNError(f"'{job.run}' was trained with another config than this sweep's {job.setting}, "
                                 f"seed {job.seed}; choose another --output, or delete '{job.run}' to retrain it")
     return "done" if done else "resume"

@@ -243,3 +243,37 @@ def test_settings_that_change_only_the_second_stage_train_each_seeds_first_stage
         assert stages[0]["path"] == stages[1]["path"]
         assert Path(stages[0]["path"]).parent == (out / "stage-one").resolve()
         assert sorted(stage["action"] for stage in stages) == ["reused", "trained"], stages
+
+
+class CtrlCInSecondRunsSecondStage(Reporter):
+    """Presses Ctrl-C (a real SIGINT to this process) at the first step of the second run's second stage."""
+
+    def __init__(self):
+        self.second_stages = 0
+
+    def stage(self, text: str) -> None:
+        self.second_stages += text.startswith("Stage 2 of 2")
+
+    def step(self, loss: float, tokens: int, accuracy: float | None = None) -> None:
+        if self.second_stages == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_a_continued_two_stage_sweep_keeps_finished_runs_and_resumes_the_second_stage(tmp_path):
+    """A two-stage run's config.yaml is its second stage's; the sweep compares the config it was asked to
+    train, so continuing keeps the finished run, resumes the stopped second stage, and a third call keeps both."""
+    out = tmp_path / "sweep"
+    grid = ["train.epochs=1,2", "stage_one.enabled=true", "stage_one.limit=400", "stage_one.epochs=1"]
+    with pytest.raises(TrainingInterrupted, match="sweep stopped"):
+        run_sweep(TINY, grid, "0", out, reporter=CtrlCInSecondRunsSecondStage())
+    stopped = out / "train.epochs=2" / "seed-0"
+    assert (out / "train.epochs=1" / "seed-0" / "metrics.json").is_file() and (stopped / "checkpoint.pt").is_file()
+    command = [CLI, "sweep", "--config", TINY, "--seeds", "0", *[arg for item in grid for arg in ("--set", item)],
+               "--output", out]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "0 run(s) trained, 1 resumed, 1 kept" in result.stdout, result.stdout
+    assert [h["epoch"] for h in json.loads((stopped / "metrics.json").read_text())["history"]] == [1, 2]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "0 run(s) trained, 0 resumed, 2 kept" in again.stdout, again.stderr + again.stdout
