@@ -108,7 +108,7 @@ def pending_config(run: Path) -> Config | None:
     run = Path(run)
     if not (run / RECORD).is_file() or (run / rundir.CONFIG).is_file():
         return None
-    return parse_config(rundir.read_json(run / RECORD)["config"], str(run / RECORD))
+    return requested_config(run)
 
 
 def check_recorded_stage_one(run: Path) -> None:
