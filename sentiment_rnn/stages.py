@@ -111,11 +111,17 @@ def pending_config(run: Path) -> Config | None:
     return requested_config(run)
 
 
+def recorded_stage_one(run: Path) -> dict | None:
+    """The first stage a two-stage run recorded (path, key, weights sha256, ...); None for any other run."""
+    record = Path(run) / RECORD
+    return rundir.read_json(record)["stage_one"] if record.is_file() else None
+
+
 def check_recorded_stage_one(run: Path) -> None:
     """--resume of a second stage: its first stage must still be the one it started from."""
-    if not (Path(run) / RECORD).is_file():
+    record = recorded_stage_one(run)
+    if record is None:
         return
-    record = rundir.read_json(Path(run) / RECORD)["stage_one"]
     first = Path(record["path"])
     now = rundir.sha256(first / rundir.WEIGHTS) if (first / rundir.WEIGHTS).is_file() else None
     if now != record.get("weights_sha256"):
@@ -155,7 +161,7 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
     output = Path(output)
     if resume and config.stage_one.enabled and (output / rundir.CONFIG).is_file():
         # stopped in its second stage: that stage continues, from the first stage it recorded
-        config = stage_two_config(config, Path(rundir.read_json(output / RECORD)["stage_one"]["path"]))
+        config = stage_two_config(config, Path(recorded_stage_one(output)["path"]))
     if not config.stage_one.enabled:
         if resume:
             check_recorded_stage_one(output)
