@@ -153,8 +153,8 @@ def evaluate(
         "--data", help="Another source (file, folder, hf:<name>); default: the run's own held-out rows.",
     )] = None,
     split: Annotated[str | None, typer.Option(
-        help="Split to score: test or validation (or any split of "
-             "--data); default: test, or a single --data file's rows.",
+        help="Split to score: test, validation, or left-out (the phrases a run carved by sentence left out of "
+             "training), or any split of --data; default: test, or a single --data file's rows.",
     )] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column of --data, if not the run's.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column of --data, if not the run's.")] = None,

@@ -1,27 +1,32 @@
-"""Score a trained run on its own recorded test split, or on another source."""
+"""Score a trained run on its own recorded held-out rows, or on another source."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 import torch
 
 from sentiment_rnn import data as data_lib
-from sentiment_rnn import rundir
+from sentiment_rnn import rundir, splits
+from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.inputs import parse_label_map
 from sentiment_rnn.records import add_predictions, check_output_file, scored_rows
 from sentiment_rnn.scoring import classification_metrics, predict_batches
 
+LEFT_OUT = "left-out"  # a run carved by sentence: the phrases that lie only in its held-out sentences
+RECORDED = ("test", "validation", LEFT_OUT)
+
 
 def evaluate_run(model_dir: Path | None, source: str | None = None, split: str | None = None,
                  text_column: str | None = None, label_column: str | None = None, precision: str = "fp32",
                  label_map: str | None = None, predictions: Path | None = None, show_wrong: int = 0) -> dict:
-    """Metrics of a run on `split`: its recorded held-out rows by default (split None: test), or a whole split
-    of `source` (split None: its test split, or a single file's rows). precision "bf16" scores the model as
-    `predict --precision bf16` runs it. label_map: "pos=positive,..." for a source whose labels are spelled
-    otherwise. predictions: a JSON-lines file of every scored row; show_wrong: the N most confidently wrong
-    rows go into the metrics."""
+    """Metrics of a run on `split`: its recorded held-out rows by default (split None: test; left-out: the
+    phrases a run carved by sentence left out of training), or a whole split of `source` (split None: its
+    test split, or a single file's rows). precision "bf16" scores the model as `predict --precision bf16`
+    runs it. label_map: "pos=positive,..." for a source whose labels are spelled otherwise. predictions: a
+    JSON-lines file of every scored row; show_wrong: the N most confidently wrong rows go into the metrics."""
     if label_map and source is None:
         raise SentimentRNNError("--label-map maps the labels of --data; the run's own rows have the model's labels")
     check_output_file(predictions)
@@ -30,11 +35,14 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     names = list(run.meta["label_names"])
     if source is None:
         split = split or "test"
-        if split not in ("test", "validation"):
-            raise SentimentRNNError(
-                f"the run records only its test and validation rows, not '{split}'; pass --data too")
+        if split not in RECORDED:
+            raise SentimentRNNError(f"the run records only its {', '.join(RECORDED)} rows, not '{split}'; "
+                                    "pass --data too")
         record = rundir.read_json(run.path / rundir.SPLIT)
-        ds, _ = data_lib.recorded_split(cfg, record, split, names)
+        if split == LEFT_OUT:
+            ds = recorded_left_out(cfg, record, names)
+        else:
+            ds, _ = data_lib.recorded_split(cfg, record, split, names)
         shown = record.get("source_given", record.get("source", cfg.source))
     else:
         updates = {"source": source, "limit": None}
@@ -58,3 +66,25 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
         rows = scored_rows(ds["text"], ds["label"], probs, names)
         add_predictions(metrics, rows, predictions, show_wrong)
     return metrics
+
+
+def recorded_left_out(cfg: DataConfig, record: dict, names: list[str] | None = None) -> datasets.Dataset:
+    """The phrases a run carved by sentence left out of training (they lie only in its held-out sentences),
+    rebuilt from its split.json record: rows that chose nothing and were never trained on."""
+    from sentiment_rnn.sentence_carving import left_out_rows  # this option only
+
+    if "carved_by_sentence" not in record:
+        raise SentimentRNNError("this run was carved row by row, so it left no phrases out (data.carve_by_sentence "
+                                "does); score --split validation or test instead")
+    train_split = record["splits"]["train"]
+    whole, _ = splits.recorded_split(cfg, {**record, "rows": {}}, "train", names)
+    train = splits.sampled(whole, cfg, record["seed"])
+    position = {row: k for k, row in enumerate(splits.column_numpy(train, splits.ROW).tolist())}
+    held = {position[row] for part in splits.HELD_OUT if record["splits"][part] == train_split
+            for row in record["rows"][part] if row in position}
+    rows = left_out_rows(splits.column_numpy(train, "text").tolist(), held)
+    then = record["carved_by_sentence"]["left_out"]
+    if len(rows) != then:
+        raise SentimentRNNError(f"'{cfg.source}' changed since training ({len(rows):,} phrases left out now, "
+                                f"{then:,} then); pass --data to evaluate elsewhere")
+    return train.select(rows)

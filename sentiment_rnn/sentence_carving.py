@@ -8,6 +8,7 @@ labeled sentences, used as the test, share no phrase rows with training beyond t
 With `data.carve_by_sentence`, the sentences (rows that lie inside no longer row) are carved, stratified
 and seeded, and every other row follows the sentences it lies in: it trains when one of them trains, and is
 left out when all of them are held out. The held-out parts hold the sentences alone, as the test does.
+The phrases so left out chose nothing and never trained: `evaluate --split left-out` rebuilds and scores them.
 """
 
 from __future__ import annotations
@@ -49,3 +50,13 @@ def rows_following_sentences(holders: list[list[int]], training_sentences: np.nd
     sentences array)."""
     training = set(map(int, training_sentences))
     return np.asarray([row for row, held in enumerate(holders) if not training.isdisjoint(held)], dtype=np.int64)
+
+
+def left_out_rows(texts: list[str], held_out: set[int]) -> np.ndarray:
+    """Row numbers of the phrases a carving left out of training: rows that lie only in the held-out
+    sentences (`held_out`, row numbers of sentences), those sentences themselves not counted."""
+    sentences, holders = containing_sentences(texts)
+    training = np.flatnonzero(~np.isin(sentences, list(held_out)))
+    trained = set(rows_following_sentences(holders, training).tolist())
+    return np.asarray([row for row in range(len(texts)) if row not in trained and row not in held_out],
+                      dtype=np.int64)

@@ -278,6 +278,14 @@ def _parts(train: datasets.Dataset, given: dict[str, datasets.Dataset], shares, 
     return {**carved, **given}, 0
 
 
+def sampled(train: datasets.Dataset, cfg: DataConfig, seed: int) -> datasets.Dataset:
+    """data.limit's seeded sample of the training split (the embedded CSV lists every positive row before
+    the negatives), or the whole split."""
+    if cfg.limit is not None and cfg.limit < len(train):
+        return train.shuffle(seed=seed).select(range(cfg.limit))
+    return train
+
+
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     """Load, validate and split a data source; the record says how to rebuild the exact same parts.
 
@@ -297,10 +305,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         raise SentimentRNNError(
             f"the training data has one class only ({names[0]!r}); a classifier needs rows of at least two labels")
     data = {split: to_ids(ds, cfg, names, split) for split, ds in used.items()}
-    train = data[cfg.train_split]
-    if cfg.limit is not None and cfg.limit < len(train):
-        # Seeded sample: the embedded CSV lists every positive row before the negatives.
-        train = train.shuffle(seed=seed).select(range(cfg.limit))
+    train = sampled(data[cfg.train_split], cfg, seed)
     parts, left_out = _parts(train, {part: data[split] for part, split in named.items()}, cfg.split, seed,
                              cfg.carve_by_sentence)
     record = {

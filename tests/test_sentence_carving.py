@@ -10,8 +10,10 @@ import pytest
 from test_hub_data import WORDS, write_split
 
 from sentiment_rnn.config import DataConfig
-from sentiment_rnn.sentence_carving import containing_sentences, rows_following_sentences
-from sentiment_rnn.splits import describe_splits, load_splits, recorded_split
+from sentiment_rnn.errors import SentimentRNNError
+from sentiment_rnn.evaluate import recorded_left_out
+from sentiment_rnn.sentence_carving import containing_sentences, left_out_rows, rows_following_sentences
+from sentiment_rnn.splits import ROW, describe_splits, load_splits, recorded_split
 
 from conftest import TINY
 
@@ -42,6 +44,13 @@ def test_a_phrase_held_by_two_sentences_trains_when_either_trains():
     assert sorted(holders[2]) == [0, 1]  # "is" lies in both
     assert rows_following_sentences(holders, [cast]).tolist() == [1, 2, 4]
     assert rows_following_sentences(holders, [plot]).tolist() == [0, 2, 3]
+
+
+def test_the_phrases_left_out_are_those_only_held_out_sentences_hold():
+    texts = ["the plot is dull", "the cast is fine", "is", "the plot", "the cast", "the plot"]
+    assert left_out_rows(texts, {0}).tolist() == [3, 5]  # "is" also lies in the training sentence
+    assert left_out_rows(texts, {0, 1}).tolist() == [2, 3, 4, 5]
+    assert left_out_rows(texts, set()).tolist() == []
 
 
 def phrases(n: int) -> dict:
@@ -92,6 +101,33 @@ def test_carving_by_sentence_is_seeded_and_rebuilt_from_the_record(phrase_folder
     assert rebuilt["text"] == first.validation["text"]
 
 
+@pytest.mark.parametrize("limit", [None, 200])
+def test_the_left_out_phrases_are_rebuilt_from_the_record(phrase_folder, limit):
+    """Rebuilt, they are exactly the rows the carving neither trained nor held out (within data.limit's sample)."""
+    cfg = config(phrase_folder).model_copy(update={"limit": limit})
+    splits = load_splits(cfg, 0)
+    left = recorded_left_out(cfg, splits.record, splits.label_names)
+    rows = {part: set(ds[ROW]) for part, ds in (("train", splits.train), ("validation", splits.validation),
+                                                 ("left", left))}
+    assert not rows["left"] & (rows["train"] | rows["validation"])
+    assert sum(map(len, rows.values())) == (limit or 240)
+    assert len(left) == splits.record["carved_by_sentence"]["left_out"]
+    if limit is None:  # each held-out sentence's own phrase "take K .", with its sentence's label
+        labels = {text.split(", ")[1]: y for text, y in zip(splits.validation["text"], splits.validation["label"],
+                                                            strict=True)}
+        assert dict(zip(left["text"], left["label"], strict=True)) == labels
+
+
+def test_left_out_phrases_refuse_a_row_by_row_run_and_a_changed_source(phrase_folder):
+    row_by_row = load_splits(config(phrase_folder, by_sentence=False), 0)
+    with pytest.raises(SentimentRNNError, match="carved row by row, so it left no phrases out"):
+        recorded_left_out(config(phrase_folder), row_by_row.record)
+    record = load_splits(config(phrase_folder), 0).record
+    record["carved_by_sentence"] = {"left_out": 7}
+    with pytest.raises(SentimentRNNError, match=r"changed since training \(6 phrases left out now, 7 then\)"):
+        recorded_left_out(config(phrase_folder), record)
+
+
 def test_row_by_row_carving_keeps_a_held_out_sentences_phrases_in_training(phrase_folder):
     """What the option fixes: carved row by row, held-out sentences' own phrases train."""
     splits = load_splits(config(phrase_folder, by_sentence=False), 0)
@@ -114,3 +150,10 @@ def test_train_carves_by_sentence_through_the_installed_command(phrase_folder, t
     assert json.loads((run / "metrics.json").read_text())["sizes"] == {"train": 228, "validation": 6, "test": 40}
     split = json.loads((run / "split.json").read_text())
     assert len(split["rows"]["validation"]) == 6 and split["carved_by_sentence"] == {"left_out": 6}
+    rows = tmp_path / "left-out.jsonl"
+    scored = subprocess.run([CLI, "evaluate", "--model", str(run), "--split", "left-out", "--json",
+                             "--predictions", str(rows)], capture_output=True, text=True, timeout=120)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["split"] == "left-out"
+    texts = [json.loads(line)["text"] for line in rows.read_text().splitlines()]
+    assert len(texts) == 6 and all(t.startswith("take ") for t in texts)  # the held-out sentences' own phrases
