@@ -22,7 +22,7 @@ from pathlib import Path
 from sentiment_rnn import rundir
 from sentiment_rnn import train as train_lib
 from sentiment_rnn.checkpoint import Reporter
-from sentiment_rnn.config import Config, dump_config, parse_config
+from sentiment_rnn.config import Config, parse_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
 
 RECORD = rundir.STAGE_ONE
@@ -117,9 +117,9 @@ def recorded_stage_one(run: Path) -> dict | None:
     return rundir.read_json(record)["stage_one"] if record.is_file() else None
 
 
-def check_recorded_stage_one(run: Path) -> None:
-    """--resume of a second stage: its first stage must still be the one it started from."""
-    record = recorded_stage_one(run)
+def check_recorded_stage_one(run: Path, record: dict | None) -> None:
+    """--resume of a second stage: its first stage (`record`, from recorded_stage_one) must still be the one
+    it started from."""
     if record is None:
         return
     first = Path(record["path"])
@@ -159,12 +159,13 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
     stage is looked for in first_stages when given, else beside the run (stage_one_dir)."""
     reporter = reporter or Reporter()
     output = Path(output)
-    if resume and config.stage_one.enabled and (output / rundir.CONFIG).is_file():
+    if resume and (output / rundir.CONFIG).is_file() and (entry := recorded_stage_one(output)) is not None:
         # stopped in its second stage: that stage continues, from the first stage it recorded
-        config = stage_two_config(config, Path(recorded_stage_one(output)["path"]))
+        check_recorded_stage_one(output, entry)
+        second = stage_two_config(config, Path(entry["path"])) if config.stage_one.enabled else config
+        metrics = train_lib.train(second, output, reporter, resume=True, report_to=report_to)
+        return {**metrics, "stage_one": stage_one_summary(entry)}
     if not config.stage_one.enabled:
-        if resume:
-            check_recorded_stage_one(output)
         return train_lib.train(config, output, reporter, overwrite=overwrite, resume=resume, report_to=report_to)
     if not resume:
         rundir.check_output(output, overwrite)
@@ -186,7 +187,11 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
     second = stage_two_config(config, where)
     reporter.stage(f"Stage 2 of 2: training on {config.data.source}, starting from the first stage")
     metrics = train_lib.train(second, output, reporter, overwrite=False, resume=False, report_to=report_to)
-    first_metrics = rundir.read_json(where / rundir.METRICS)
-    metrics["stage_one"] = {**record["stage_one"], "action": done["action"], "config": dump_config(first),
-                            "validation": first_metrics["validation"], "train_seconds": first_metrics["train_seconds"]}
-    return metrics
+    return {**metrics, "stage_one": stage_one_summary(record["stage_one"])}
+
+
+def stage_one_summary(entry: dict) -> dict:
+    """The stage_one entry of a two-stage run's metrics: the first stage as its record has it (path, key,
+    config, weights sha256, reused or trained), with that stage's validation scores and training seconds."""
+    first_metrics = rundir.read_json(Path(entry["path"]) / rundir.METRICS)
+    return {**entry, "validation": first_metrics["validation"], "train_seconds": first_metrics["train_seconds"]}

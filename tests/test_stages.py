@@ -172,7 +172,8 @@ def test_resume_inside_the_second_stage_refuses_a_changed_first_stage_and_resume
     assert refused.returncode == 1
     assert "its first stage" in refused.stderr and "changed since this run started" in refused.stderr, refused.stderr
     (first / rundir.WEIGHTS).write_bytes(weights)
-    sentiment_rnn("train", "--resume", str(out))
+    resumed = "".join(sentiment_rnn("train", "--resume", str(out)).stdout.split())  # as printed, wrapped or not
+    assert f"Stage1(reused):{first}" in resumed, resumed  # the first stage it continues from, as a straight run says
     assert_same_weights(out, reference)
 
 
