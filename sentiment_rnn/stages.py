@@ -117,11 +117,9 @@ def recorded_stage_one(run: Path) -> dict | None:
     return rundir.read_json(record)["stage_one"] if record.is_file() else None
 
 
-def check_recorded_stage_one(run: Path, record: dict | None) -> None:
+def check_recorded_stage_one(run: Path, record: dict) -> None:
     """--resume of a second stage: its first stage (`record`, from recorded_stage_one) must still be the one
     it started from."""
-    if record is None:
-        return
     first = Path(record["path"])
     now = rundir.sha256(first / rundir.WEIGHTS) if (first / rundir.WEIGHTS).is_file() else None
     if now != record.get("weights_sha256"):
