@@ -27,8 +27,10 @@ from sentiment_rnn.stages import first_stage_of, requested_config, train  # two-
 
 SUMMARY, FIGURE, FIRST_STAGES = "summary.json", "sweep.png", "stage-one"
 STD = "sample standard deviation (n - 1 in the denominator) over seeds; null for one seed"
-# (key in summary.json, column label); probe_pairs_right only when the data has a positive label
-FIGURES = [("val_accuracy", "validation accuracy"), ("test_accuracy", "test accuracy"),
+# (key in summary.json, column label); probe_pairs_right only when the data has a positive label,
+# left_out_accuracy only when every run was carved by sentence (evaluate --split left-out)
+FIGURES = [("val_accuracy", "validation accuracy"), ("left_out_accuracy", "left-out phrases accuracy"),
+           ("test_accuracy", "test accuracy"),
            ("test_macro_f1", "test macro-F1"), ("probe_pairs_right", "probe pairs right"),
            ("train_seconds", "training seconds")]
 RUNTIME_KEYS = ("threads",)  # train.* keys that change speed, not results: --jobs may set them differently
@@ -285,6 +287,10 @@ def run_figures(job: Job, pairs, positive: str | None) -> dict:
     figures = {"seed": job.seed, "run": str(job.run), "best_epoch": metrics["best_epoch"],
                "val_accuracy": metrics["validation"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
                "test_macro_f1": metrics["test"]["macro_f1"], "train_seconds": metrics["train_seconds"]}
+    if "carved_by_sentence" in rundir.read_json(job.run / rundir.SPLIT):
+        from sentiment_rnn.evaluate import LEFT_OUT, evaluate_run
+
+        figures["left_out_accuracy"] = evaluate_run(job.run, split=LEFT_OUT)["accuracy"]  # rows that chose nothing
     if positive is not None:
         from sentiment_rnn.predict import Predictor
         from sentiment_rnn.probe import score_predictor
@@ -325,10 +331,11 @@ def summarize(planned: list[Job], pairs, output: Path, probe_path: Path | None =
     from sentiment_rnn.probe import DEFAULT_PROBE, README_PAIR
 
     positive = _positive(planned[0].run)
-    keys = [key for key, _ in FIGURES if positive is not None or key != "probe_pairs_right"]
     by_setting: dict[str, list[dict]] = {}
     for job in planned:
         by_setting.setdefault(job.setting, []).append(run_figures(job, pairs, positive))
+    every_run = [run for runs in by_setting.values() for run in runs]
+    keys = [key for key, _ in FIGURES if all(key in run for run in every_run)]
     rows = []
     for name, runs in by_setting.items():
         rows.append({"setting": name, "runs": runs,

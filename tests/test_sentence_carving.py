@@ -12,8 +12,10 @@ from test_hub_data import WORDS, write_split
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import recorded_left_out
+from sentiment_rnn.predict import Predictor
 from sentiment_rnn.sentence_carving import containing_sentences, left_out_rows, rows_following_sentences
 from sentiment_rnn.splits import ROW, describe_splits, load_splits, recorded_split
+from sentiment_rnn.sweep import run_sweep
 
 from conftest import TINY
 
@@ -157,3 +159,29 @@ def test_train_carves_by_sentence_through_the_installed_command(phrase_folder, t
     assert json.loads(scored.stdout)["split"] == "left-out"
     texts = [json.loads(line)["text"] for line in rows.read_text().splitlines()]
     assert len(texts) == 6 and all(t.startswith("take ") for t in texts)  # the held-out sentences' own phrases
+
+
+def left_out_accuracy_by_hand(run: Path, folder: Path) -> float:
+    """The held-out sentences' own "take K ." phrases, labeled as their sentences, classified by the run."""
+    record = json.loads((run / "split.json").read_text())
+    sentences, _ = recorded_split(config(folder), record, "validation")
+    own = {text.split(", ")[1]: label for text, label in zip(sentences["text"], sentences["label"], strict=True)}
+    names = json.loads((run / "meta.json").read_text())["label_names"]
+    predicted = [names.index(p["label"]) for p in Predictor.from_dir(run).predict(list(own))]
+    return sum(p == y for p, y in zip(predicted, own.values(), strict=True)) / len(own)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_runs_carved_by_sentence_reports_their_left_out_phrases(phrase_folder, tmp_path):
+    data = [f"data.source={phrase_folder}", "data.text_column=sentence", "data.validation_split=train",
+            "data.test_split=validation", "train.grad_probe_epochs=[]", "stage_one.enabled=false",
+            "train.epochs=8", "train.lr=0.01", "train.patience=8"]  # long enough to read the sentences' label words
+    summary = run_sweep(TINY, [*data, "data.carve_by_sentence=true"], "0,1", tmp_path / "by-sentence")
+    assert summary["figures"]["left_out_accuracy"] == "left-out phrases accuracy"
+    for run in summary["settings"][0]["runs"]:
+        # "take K ." holds no label word: the phrases are guessed while their sentences are read right
+        assert run["left_out_accuracy"] == pytest.approx(left_out_accuracy_by_hand(Path(run["run"]), phrase_folder))
+        assert run["left_out_accuracy"] < run["val_accuracy"]
+    mixed = run_sweep(TINY, [*data, "data.carve_by_sentence=false,true"], "0", tmp_path / "mixed")
+    assert "left_out_accuracy" not in mixed["figures"]  # a column only when every run has it
+    assert [("left_out_accuracy" in row["runs"][0]) for row in mixed["settings"]] == [False, True]
