@@ -135,7 +135,8 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test", predict
 
     split = split or "test"  # evaluate's --split defaults to the test rows
     if split not in ("test", "validation"):
-        raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'")
+        raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'; "
+                                "evaluate the run directory it was exported from (with torch) for others")
     check_output_file(predictions)
     predictor = OnnxPredictor.load(resolve_export(export_dir))
     rows = [json.loads(line) for line in lines(predictor.path / HELDOUT) if line]

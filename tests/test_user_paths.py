@@ -55,6 +55,13 @@ def test_evaluate_on_an_export_keeps_texts_whose_characters_str_splitlines_would
     assert json.loads(result.stdout)["n"] == len(tests)
 
 
+def test_left_out_phrases_of_an_export_or_a_run_carved_by_row_are_one_line_errors(tiny_export, tiny_run):
+    one_line_error(cli("evaluate", "--model", tiny_export, "--split", "left-out"),
+                   "holds only its run's test and validation rows, not 'left-out'", "evaluate the run directory")
+    one_line_error(cli("evaluate", "--model", tiny_run, "--split", "left-out"),
+                   "carved row by row, so it left no phrases out", "--split validation or test")
+
+
 def test_language_model_text_documents_end_at_newlines_only(tmp_path):
     from sentiment_rnn.inputs import lines
 
