@@ -42,7 +42,7 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
         if split == LEFT_OUT:
             ds = recorded_left_out(cfg, record, names)
         else:
-            ds, _ = data_lib.recorded_split(cfg, record, split, names)
+            ds, _ = splits.recorded_split(cfg, record, split, names)
         shown = record.get("source_given", record.get("source", cfg.source))
     else:
         updates = {"source": source, "limit": None}
