@@ -156,11 +156,16 @@ def plot_lm_curve(metrics: dict, path: Path) -> None:
     _save_atomically(plt, fig, path)
 
 
-def plot_sweep(summary: dict, path: Path) -> None:
-    """sweep's figure: per figure (validation and test accuracy, the probe when scored), each setting's runs
-    as points and their mean as a bar with ±1 sample std; the setting chosen on validation is starred."""
+# summary.json figures that get a panel, where the sweep has them (macro-F1 and seconds stay in the table)
+SWEEP_PANELS = ("val_accuracy", "left_out_accuracy", "test_accuracy", "probe_pairs_right")
+
+
+def plot_sweep(summary: dict, path: Path) -> list[str]:
+    """sweep's figure: per figure (validation accuracy, the left-out phrases' where scored, test accuracy, the
+    probe where scored), each setting's runs as points and their mean as a bar with ±1 sample std; the setting
+    chosen on validation is starred. Returns the panels' titles, left to right."""
     plt = _pyplot()
-    keys = [k for k in ("val_accuracy", "test_accuracy", "probe_pairs_right") if k in summary["figures"]]
+    keys = [k for k in SWEEP_PANELS if k in summary["figures"]]
     rows = summary["settings"]
     fig, axes = plt.subplots(1, len(keys), figsize=(max(6, 1.2 * len(rows) + 2) * len(keys) / 2 + 2, 4.5),
                              squeeze=False)
@@ -180,3 +185,4 @@ def plot_sweep(summary: dict, path: Path) -> None:
                  "std; ★ best mean validation accuracy")
     fig.tight_layout()
     _save_atomically(plt, fig, path)
+    return [summary["figures"][key] for key in keys]

@@ -196,7 +196,7 @@ def run_sweep(config: str | Path, items: list[str] | None, seeds: str, output: P
                    kept=sum(s == "done" for s in states.values()), jobs=jobs, report_to=report_to)
     from sentiment_rnn.plots import plot_sweep
 
-    plot_sweep(summary, output / FIGURE)
+    summary["figure_panels"] = plot_sweep(summary, output / FIGURE)  # sweep.png's panels, left to right
     rundir.write_json(output / SUMMARY, summary)
     return summary
 

@@ -178,10 +178,13 @@ def test_a_sweep_of_runs_carved_by_sentence_reports_their_left_out_phrases(phras
             "train.epochs=8", "train.lr=0.01", "train.patience=8"]  # long enough to read the sentences' label words
     summary = run_sweep(TINY, [*data, "data.carve_by_sentence=true"], "0,1", tmp_path / "by-sentence")
     assert summary["figures"]["left_out_accuracy"] == "left-out phrases accuracy"
+    assert summary["figure_panels"] == ["validation accuracy", "left-out phrases accuracy", "test accuracy",
+                                        "probe pairs right"]  # sweep.png plots it beside validation
     for run in summary["settings"][0]["runs"]:
         # "take K ." holds no label word: the phrases are guessed while their sentences are read right
         assert run["left_out_accuracy"] == pytest.approx(left_out_accuracy_by_hand(Path(run["run"]), phrase_folder))
         assert run["left_out_accuracy"] < run["val_accuracy"]
     mixed = run_sweep(TINY, [*data, "data.carve_by_sentence=false,true"], "0", tmp_path / "mixed")
     assert "left_out_accuracy" not in mixed["figures"]  # a column only when every run has it
+    assert "left-out phrases accuracy" not in mixed["figure_panels"]
     assert [("left_out_accuracy" in row["runs"][0]) for row in mixed["settings"]] == [False, True]
