@@ -46,13 +46,18 @@ def open_texts(texts: list[str], file: Path | None, verb: str) -> list[str] | Bi
     if texts and file is not None:
         raise SentimentRNNError("give either TEXT arguments or --file, not both")
     if file is not None:
-        return open_file(file)
+        return sys.stdin.buffer if str(file) == "-" else open_file(file)  # --file -: stdin, as '-' alone
     if not texts:
         raise SentimentRNNError(f"nothing to {verb}; give TEXT arguments, --file PATH or '-' for stdin")
     if texts == ["-"]:
         return sys.stdin.buffer
-    if not all(t.strip() for t in texts):
-        raise SentimentRNNError(f"an empty text cannot be {PAST[verb]}; pass a non-empty sentence")
+    if "-" in texts:
+        raise SentimentRNNError("'-' reads the texts from stdin and stands alone; give TEXT arguments or '-', "
+                                "not both")
+    empty = [number for number, text in enumerate(texts, 1) if not text.strip()]
+    if empty:
+        raise SentimentRNNError(f"TEXT argument {empty[0]} of {len(texts)} is empty; an empty text cannot be "
+                                f"{PAST[verb]}, so pass a non-empty sentence there")
     return texts
 
 
@@ -100,7 +105,7 @@ def texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
         read = list(decode_lines(source))
     finally:
         _close(source)
-    where = f"line {{}} of '{file}'" if file is not None else "line {} of stdin"
+    where = f"line {{}} of '{file}'" if file is not None and str(file) != "-" else "line {} of stdin"
     for number, line in enumerate(read, 1):
         if line == UNDECODABLE:
             raise SentimentRNNError(f"{where.format(number)} is not valid UTF-8; save the file as UTF-8")

@@ -103,12 +103,24 @@ def test_predict_and_explain_read_a_pipe_dev_stdin_and_process_substitution(tiny
     from_stdin = cli("predict", "--model", tiny_run, "--format", "jsonl", "--file", "/dev/stdin", stdin="fine\n")
     assert from_stdin.returncode == 0, from_stdin.stderr
     assert json.loads(from_stdin.stdout)["text"] == "fine"
+    for command, out in (("predict", "jsonl"), ("explain", "json")):  # --file - is stdin, as '-' alone is
+        dashed = cli(command, "--model", tiny_run, "--format", out, "--file", "-", stdin="a moving film\n")
+        assert dashed.returncode == 0, dashed.stderr
+        assert "a moving film" in dashed.stdout
     substituted = subprocess.run(["bash", "-c", f"'{CLI}' explain --model '{tiny_run}' --format json "
                                   "--file <(printf 'a moving film\\n')"], capture_output=True, text=True, timeout=300)
     assert substituted.returncode == 0, substituted.stderr
     assert json.loads(substituted.stdout)[0]["text"] == "a moving film"
     one_line_error(CliRunner().invoke(app, ["predict", "--model", str(tiny_run), "--file", str(tmp_path)]),
                    "is a directory")
+
+
+def test_a_dash_among_texts_and_an_empty_text_argument_are_refused_by_position(tiny_run):
+    for command in ("predict", "explain"):
+        one_line_error(CliRunner().invoke(app, [command, "--model", str(tiny_run), "-", "good"], input="bad\n"),
+                       "'-' reads the texts from stdin and stands alone")
+        one_line_error(CliRunner().invoke(app, [command, "--model", str(tiny_run), "good", "  "]),
+                       "TEXT argument 2 of 2 is empty")
 
 
 # ------------------------------------------------------------------------------------------- item 5
