@@ -21,7 +21,7 @@ from sentiment_rnn.rundir import sha256
 from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.tokenizer import encode_ids, load_tokenizer, pad_lists
 
-MODEL, LABELS, HELDOUT = "model.onnx", "labels.json", "heldout.jsonl"
+MODEL, LABELS, HELDOUT = rundir.ONNX_MODEL, "labels.json", "heldout.jsonl"
 FILES = (MODEL, rundir.TOKENIZER, LABELS, rundir.CONFIG, HELDOUT)  # each one's sha256 is in meta.json
 FORMAT = "sentiment-rnn-onnx"
 EXPORT_DIR = "onnx"  # where `export` writes inside a run by default

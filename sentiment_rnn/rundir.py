@@ -29,6 +29,7 @@ SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", 
 CORPUS = "corpus.json"  # pretrain-lm's record of the text it read, written first: it marks a language-model run
 CHECKPOINT = "checkpoint.pt"  # only while training: a run that has one but no metrics.json can be resumed
 STAGE_ONE = "stage_one.json"  # a two-stage run's record of its first stage (stages.py), written before training
+ONNX_MODEL = "model.onnx"  # an export's (onnx_backend.py): its folder is not a run, whatever else it holds
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
 DEFAULT_ROOT = Path("runs")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}  # what predict and evaluate may run a model in
@@ -158,6 +159,14 @@ def _is_language_model(run: Path) -> bool:
     return isinstance(meta, dict) and meta.get("kind") == "language_model"
 
 
+def _export_source(export: Path) -> str:
+    """The run an export came from, as its meta.json records it (the folder above, if unreadable)."""
+    try:
+        return str(json.loads((export / META).read_text(encoding="utf-8"))["source_run"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return str(export.resolve().parent)
+
+
 def resolve_run(model: Path | None) -> Path:
     """Check a run directory is complete, naming the first missing file."""
     run = find_latest_run() if model is None else Path(model)
@@ -169,6 +178,9 @@ def resolve_run(model: Path | None) -> Path:
     if not (run / METRICS).is_file() and not (run / CONFIG).is_file():
         raise SentimentRNNError(f"'{run}' is not a run directory (no {CONFIG}, no {METRICS}); "
                                 "pass a folder written by 'sentiment-rnn train'")
+    if (run / ONNX_MODEL).is_file():
+        raise SentimentRNNError(f"'{run}' is an ONNX export, which only predict, evaluate and serve read; pass the "
+                                f"run it came from ({_export_source(run)}) instead")
     if not (run / METRICS).is_file():  # written last: without it, training never finished
         hint = f"resume it with: sentiment-rnn train --resume {run}" if (run / CHECKPOINT).is_file() else "train again"
         raise SentimentRNNError(f"run directory '{run}' has no {METRICS}: training did not finish; {hint}")

@@ -151,6 +151,19 @@ def test_exporting_a_missing_or_unfinished_run_fails_in_one_line(tiny_run, tmp_p
     assert not (unfinished / "onnx").exists()
 
 
+@pytest.mark.parametrize("command", [["explain", "good"], ["inspect"], ["export", "--output", "again"]])
+def test_commands_that_need_the_run_name_it_when_given_its_export(exported, tiny_run, tmp_path, command,
+                                                                  monkeypatch):
+    """Not "training did not finish; train again": the export holds config.yaml but no metrics.json."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [command[0], "--model", str(exported), *command[1:]])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0] == (f"Error: '{exported}' is an ONNX export, which only predict, evaluate and serve read; "
+                        f"pass the run it came from ({tiny_run.resolve()}) instead")
+    assert not (tmp_path / "again").exists()
+
+
 def test_export_refuses_to_overwrite_and_bad_option_pairs(exported, tiny_run, tmp_path):
     result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(exported)])
     assert result.exit_code == 1 and "--overwrite" in result.output
