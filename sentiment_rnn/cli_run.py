@@ -307,7 +307,8 @@ def serve(
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    console.print(f"Serving {metadata['source_run']} ({metadata['backend']}) on http://{shown}:{bound_port} "
+    served = metadata.get("export") or metadata["source_run"]  # an export's folder, or the run's
+    console.print(f"Serving {served} ({metadata['backend']}) on http://{shown}:{bound_port} "
                   f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True, markup=False)
     sys.stdout.flush()
     run_server(create_app(predictor, metadata, limits), sock)

@@ -31,6 +31,7 @@ def start(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
         line = proc.stdout.readline()
         found = re.search(r"http://127\.0\.0\.1:\d+", line)
         if found:
+            proc.banner = line  # the start-up line, naming what is served
             return proc, found.group(0)
         if not line:
             break
@@ -129,6 +130,7 @@ def test_the_small_load_test_has_no_errors_and_flat_memory(tiny_export):
 
 def test_sigterm_finishes_the_request_in_flight(tiny_export):
     proc, url = start(tiny_export, "--max-wait-ms", "1500", "--max-batch", "1000")  # requests wait 1.5 s
+    assert proc.banner.startswith(f"Serving {tiny_export} (onnx) on http://127.0.0.1:")  # the export, not its run
     replies: list[httpx.Response] = []
     sender = threading.Thread(target=lambda: replies.append(
         httpx.post(f"{url}/predict", json={"texts": ["still answered"]}, timeout=30)))
