@@ -273,8 +273,8 @@ def _describe(err: dict, schema: type[Config]) -> str:
                 "this config")
     if err["type"] == "extra_forbidden":
         valid = _field_names(schema, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+        close = [key.removesuffix(str(loc[-1])) + name for name in difflib.get_close_matches(str(loc[-1]), valid, n=1)]
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"  # as --set takes it
         return f"unknown key '{key}'; {hint}"
     if err["type"] == "value_error":  # our own validators' messages already say what is allowed
         return f"'{key}': {err['msg'].removeprefix('Value error, ')}"

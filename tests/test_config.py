@@ -30,7 +30,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ({"model": {"hiden_size": 3}}, "did you mean 'hidden_size'"),
+    ({"model": {"hiden_size": 3}}, "did you mean 'model.hidden_size'"),
     ({"trian": {}}, "did you mean 'train'"),
     ({"model": {"hidden_size": "big"}}, "model.hidden_size must be a positive width"),
     ({"model": {"hidden_size": -4}}, "'model': model.hidden_size must be a positive width"),
