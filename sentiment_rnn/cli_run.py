@@ -255,7 +255,7 @@ def explain(
     with heavy_imports():
         from sentiment_rnn.explain import Explainer
 
-        explainer = Explainer.from_dir(model, target=target)
+        explainer = Explainer.from_dir(_chosen_run(model), target=target)
     records = [explainer.explain(text, steps) for text in texts]
     from sentiment_rnn.console import console, err_console
     from sentiment_rnn.explain_render import terminal, write_output

@@ -153,9 +153,10 @@ def test_without_model_the_latest_run_is_never_a_language_model(tiny_run, tmp_pa
     meta = json.loads((lm / "meta.json").read_text())
     (lm / "meta.json").write_text(json.dumps({**meta, "kind": "language_model"}))
     os.utime(lm / "metrics.json")  # the most recent run under runs/
-    result = cli("predict", "good", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "runs/classifier" in result.stderr
+    for command in ("predict", "explain"):  # each says on stderr which run it read
+        result = cli(command, "good", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "Using runs/classifier, the most recent complete run" in result.stderr, command
 
 
 # ------------------------------------------------------------------------------------------- item 9
