@@ -264,8 +264,9 @@ def check_pretrained(emb: EmbeddingConfig, embedding_dim: int) -> None:
     if path in PACKAGED:
         check_packaged(path, embedding_dim)
     elif not Path(path).is_file():
-        raise SentimentRNNError(f"model.embedding.pretrained '{path}' not found; create it with "
-                                f"'sentiment-rnn pretrain-embeddings --output {path}' or fix the path")
+        raise SentimentRNNError(f"model.embedding.pretrained '{path}' not found: it is neither a file nor a named "
+                                f"set ({', '.join(PACKAGED)}); name one, fix the path, or create the file with "
+                                f"'sentiment-rnn pretrain-embeddings --output {path}'")
 
 
 def load_pretrained(model: torch.nn.Module, emb: EmbeddingConfig, embedding_dim: int, tokenizer, seed: int) -> float:

@@ -224,6 +224,9 @@ def test_pretrained_vectors_start_the_embedding_and_a_frozen_one_stays_through_g
 def test_a_missing_vectors_file_or_an_unknown_tracker_fails_before_anything_is_written(reviews, tmp_path):
     with pytest.raises(SentimentRNNError, match="model.embedding.pretrained '.*missing.txt' not found"):
         train(config(reviews, {"embedding": {"pretrained": str(tmp_path / "missing.txt")}}), tmp_path / "run")
+    with pytest.raises(SentimentRNNError, match=r"'glove-6b-100d' not found: it is neither a file nor a named set "
+                                                r"\(glove-6b-50d\); name one"):
+        train(config(reviews, {"embedding": {"pretrained": "glove-6b-100d"}}), tmp_path / "run")
     with pytest.raises(SentimentRNNError, match="glove-6b-50d has 50 dimensions but model.embedding_dim is 8"):
         train(config(reviews, {"embedding": {"pretrained": "glove-6b-50d"}}), tmp_path / "run")
     with pytest.raises(SentimentRNNError, match="unknown --report-to 'wandb'"):
