@@ -172,8 +172,8 @@ def inspect_tables(description: dict) -> list:
 def print_metrics(metrics: dict, predictions=None) -> None:
     """evaluate's tables: per-class metrics, the confusion matrix, the most confidently wrong rows if asked for."""
     in_bf16 = ", in bf16" if metrics["numeric_precision"] == "bf16" else ""
-    console.print(metrics_table(metrics, Text(f"{metrics['run']} on {metrics['source']}, {metrics['split']} split"
-                                              f"{in_bf16}")))
+    rows = f"{metrics['split']} split" if metrics["split"] else "every row"  # None: a single file, scored whole
+    console.print(metrics_table(metrics, Text(f"{metrics['run']} on {metrics['source']}, {rows}{in_bf16}")))
     console.print(confusion_table(metrics))
     if "most_confidently_wrong" in metrics:
         console.print(wrong_rows_table(metrics["most_confidently_wrong"]))

@@ -365,21 +365,26 @@ def load_eval_data(cfg: DataConfig, split: str | None, names: list[str],
     """A whole split of another source, for `evaluate --data`, its labels mapped onto the model's `names`
     (through `label_map` first, where given).
 
-    split None: 'test' if the source has one, else its only split (a single file is one split).
+    split None: 'test' if the source has one, else its only split. A single file is scored whole, its split
+    returned as None (datasets names it 'train', which is not the user's word for it).
     """
     raw = load_raw(cfg)
+    single = len(raw) == 1 and Path(cfg.source).is_file()
+    if single and split is not None and split not in raw:
+        raise SentimentRNNError(f"'{cfg.source}' is a single file, scored whole; drop --split")
     if split is None:
         split = "test" if "test" in raw else next(iter(raw)) if len(raw) == 1 else None
         if split is None:
             raise SentimentRNNError(
                 f"'{cfg.source}' has no test split (splits: {', '.join(raw)}); choose one with --split")
     if split not in raw:
-        raise SentimentRNNError(f"'{cfg.source}' has no split '{split}' (splits: {', '.join(raw)}); use --split")
+        raise SentimentRNNError(f"'{cfg.source}' has no split '{split}'; pass one of its splits to --split: "
+                                f"{', '.join(raw)}")
     if is_unlabeled(raw[split], cfg):
         others = [s for s in raw if s != split]
         fix = f"score a labeled split with --split ({', '.join(others)})" if others else "give labeled data"
         raise unlabeled_error(split, cfg.source, fix + ", or classify its texts with sentiment-rnn predict")
     # A single file is read as one split that datasets names 'train'; errors name the file instead.
-    where = f"'{cfg.source}'" if len(raw) == 1 and Path(cfg.source).is_file() else None
+    where = f"'{cfg.source}'" if single else None
     check_columns(raw[split], cfg, split, option_hint=True, where=where)
-    return to_ids(raw[split], cfg, names, split, label_map, where), split
+    return to_ids(raw[split], cfg, names, split, label_map, where), None if single else split

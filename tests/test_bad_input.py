@@ -303,7 +303,7 @@ PREDICT_CASES = {
         "has label 'meh', which is not one of ['negative', 'positive']"),
     "evaluate a split the data lacks": Case(lambda t, r: [
         "evaluate", "-m", str(r), "--data", str(write(t / "d" / "train.csv", csv_rows()).parent), "--split", "test"],
-        "has no split 'test' (splits: train)"),
+        "has no split 'test'; pass one of its splits to --split: train"),
     "evaluate on missing data": Case(lambda t, r: ["evaluate", "-m", str(r), "--data", str(t / "absent.csv")],
                                      "not found"),
 }

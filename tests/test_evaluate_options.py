@@ -56,6 +56,12 @@ def test_a_single_data_file_is_named_in_errors_not_as_split_train(tiny_run, tmp_
     proc = run("evaluate", "-m", tiny_run, "--data", odd)
     one_line_error(proc, f"'{odd}' has label 'neg'")
     assert "split 'train'" not in proc.stderr
+    data = labeled_csv(tmp_path / "d.csv", ("negative", "positive"))
+    table = run("evaluate", "-m", tiny_run, "--data", data)
+    assert table.returncode == 0, table.stderr
+    assert "every row" in table.stdout and "train split" not in table.stdout  # scored whole, as the README says
+    one_line_error(run("evaluate", "-m", tiny_run, "--data", data, "--split", "test"),
+                   f"'{data}' is a single file, scored whole; drop --split")
 
 
 def check_predictions(rows: list[dict], metrics: dict) -> None:
