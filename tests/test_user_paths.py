@@ -60,6 +60,8 @@ def test_left_out_phrases_of_an_export_or_a_run_carved_by_row_are_one_line_error
                    "holds only its run's test and validation rows, not 'left-out'", "evaluate the run directory")
     one_line_error(cli("evaluate", "--model", tiny_run, "--split", "left-out"),
                    "carved row by row, so it left no phrases out", "--split validation or test")
+    one_line_error(CliRunner().invoke(app, ["evaluate", "--model", str(tiny_run), "--split", "bogus"]),
+                   "records only its test, validation rows, not 'bogus'")  # never offers left-out it lacks
 
 
 def test_language_model_text_documents_end_at_newlines_only(tmp_path):
