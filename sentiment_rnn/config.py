@@ -42,7 +42,7 @@ class DataConfig(_Strict):
     label_names: list[str] | None = None
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
-    limit: int | None = Field(None, ge=10)  # use only this many source rows (tiny runs, tests)
+    limit: int | None = Field(None, ge=10)  # a sample of this many training-split rows, drawn before carving
     split_seed: int | None = Field(None, ge=0)  # seed of the carving (and of limit's sample); None: the run's seed
     carve_by_sentence: bool = False  # carve whole sentences; phrases follow them (SST-2; sentence_carving.py)
 
