@@ -31,6 +31,14 @@ def test_every_command_has_help_text_and_a_readme_entry():
         assert f"sentiment-rnn {name}" in README, f"README does not document {name}"
 
 
+def test_the_command_table_lists_every_option_of_each_command():
+    for name, command in get_command(app).commands.items():
+        row = next(line for line in README.splitlines() if line.startswith(f"| `sentiment-rnn {name} "))
+        options = [max(param.opts, key=len) for param in command.params if param.opts[0].startswith("-")]
+        missing = [option for option in options if f"[{option}" not in row and f"| {option}" not in row]
+        assert not missing, f"README's command table lacks {name}'s {missing}"
+
+
 def test_every_config_key_is_documented():
     from sentiment_rnn.config import LMRunConfig
 
