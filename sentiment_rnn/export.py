@@ -262,12 +262,14 @@ def _meta(run: rundir.LoadedRun, staging: Path, parity: float, parity_rows: int)
     found = rundir.versions()
     for package in ("onnx", "onnxruntime"):
         found[package] = metadata.version(package)
+    record = rundir.read_json(run.path / rundir.SPLIT)
     return {
         "format": FORMAT,
         "format_version": 1,
         "opset": OPSET,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_run": str(run.path.resolve()),
+        "data_source": record.get("source_given", record.get("source")),  # of heldout.jsonl, as evaluate names it
         "source_weights_sha256": sha256(run.path / rundir.WEIGHTS),
         "label_names": list(run.meta["label_names"]),
         "max_length": int(run.meta["max_length"]),

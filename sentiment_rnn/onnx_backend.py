@@ -147,7 +147,8 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test", predict
     probs = predictor.probabilities([r["text"] for r in rows])  # [N, C]
     loss = float(-np.log(np.clip(probs[np.arange(len(rows)), y_true], 1e-12, None)).mean())  # cross-entropy
     metrics = classification_metrics(y_true.tolist(), probs.argmax(1).tolist(), predictor.labels)
-    metrics.update(run=str(predictor.path), split=split, source=predictor.meta.get("source_run", ""), loss=loss,
+    source = predictor.meta.get("data_source", predictor.meta.get("source_run", ""))  # older exports: the run
+    metrics.update(run=str(predictor.path), split=split, source=source, loss=loss,
                    numeric_precision="fp32", backend="onnx")
     if predictions is not None or show_wrong:
         rows = scored_rows([r["text"] for r in rows], y_true, probs, predictor.labels)

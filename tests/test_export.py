@@ -112,7 +112,9 @@ def test_predict_and_evaluate_on_an_export_equal_the_runs_and_never_import_torch
             assert max(abs(a["probability"] - b["probability"]) for a, b in zip(on_export, on_run, strict=True)) <= 1e-5
         else:
             run_metrics = json.loads(runner.invoke(app, ["evaluate", "--model", str(tiny_run), "--json"]).stdout)
-            assert json.loads(done.stdout)["confusion_matrix"] == run_metrics["confusion_matrix"]
+            on_export = json.loads(done.stdout)
+            assert on_export["confusion_matrix"] == run_metrics["confusion_matrix"]
+            assert on_export["source"] == run_metrics["source"]  # the data the rows came from, not the run
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
