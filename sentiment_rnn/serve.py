@@ -165,7 +165,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
         return 400, "the request body is not valid JSON; send {\"texts\": [\"...\"]}"
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
         return 400, "the request body is empty; send {\"texts\": [\"...\"]}"
-    where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "body"
+    parts = first.get("loc", ())[1:]  # ("texts", 0) -> texts[0], as the empty-text message writes it
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".") or "body"
     return 422, f"{where}: {first.get('msg', 'invalid value')}; send {{\"texts\": [\"...\"]}} with non-empty strings"
 
 

@@ -84,7 +84,7 @@ def test_health_metadata_and_docs(server, tiny_run):
     (b'{"texts": ["unclosed', 400, "not valid JSON"),
     (b'{"texts": ["caf\xe9 \xff\xfe"]}', 400, "not UTF-8 JSON"),
     (b'{"texts": "one string"}', 422, "texts"),
-    (b'{"texts": [1, 2]}', 422, "texts.0"),
+    (b'{"texts": [1, 2]}', 422, "texts[0]: Input should be a valid string"),
     (b'{"texts": []}', 422, "at least 1"),
     (b'{"text": ["typo"]}', 422, "texts"),
     (b'[1, 2]', 422, "body"),

@@ -145,7 +145,7 @@ LIMITS = Limits(max_texts=3, max_chars=10, max_body_bytes=100)
     (b'{"texts": ["unclosed', 400, "the request body is not valid JSON; send {\"texts\": [\"...\"]}"),
     (b'{"texts": ["caf\xe9 \xff\xfe"]}', 400, "the request body is not UTF-8 JSON; send {\"texts\": [\"...\"]}"),
     (b'{"texts": "one string"}', 422, "texts: Input should be a valid list; send {\"texts\": [\"...\"]} with"),
-    (b'{"texts": [1, 2]}', 422, "texts.0: Input should be a valid string; send"),
+    (b'{"texts": [1, 2]}', 422, "texts[0]: Input should be a valid string; send"),
     (b'{"texts": []}', 422, "texts: List should have at least 1 item"),
     (b'{"text": ["typo"]}', 422, "texts: Field required"),
     (b'[1, 2]', 422, "body: Input should be a valid dictionary"),
