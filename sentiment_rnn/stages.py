@@ -174,12 +174,17 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
     where = stage_one_dir(output, first, key, first_stages)
     record = {"config": config.model_dump(mode="json"),
               "stage_one": {"path": str(where), "key": key, "config": first.model_dump(mode="json")}}
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     rundir.write_json(output / RECORD, record)
     try:
         done = ensure_stage_one(first, where, key, reporter, report_to)
     except TrainingInterrupted as stop:  # resuming the run resumes its first stage
         raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
+    except SentimentRNNError:  # nothing to resume: no folder left holding only the record, as train.py does
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
     record["stage_one"].update(weights_sha256=done["weights_sha256"], action=done["action"])
     rundir.write_json(output / RECORD, record)
     second = stage_two_config(config, where)

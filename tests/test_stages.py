@@ -185,6 +185,17 @@ def test_stage_one_off_is_exactly_the_single_stage_run(tiny_run, tmp_path):
     assert_same_weights(out, tiny_run)
 
 
+def test_a_first_stage_that_fails_leaves_no_run_folder_behind(tmp_path):
+    from sentiment_rnn.errors import SentimentRNNError
+    from sentiment_rnn.stages import train
+
+    config = load_config(TINY, ["stage_one.enabled=true", "stage_one.limit=400",
+                                f"model.embedding.pretrained={tmp_path / 'missing.txt'}"])
+    with pytest.raises(SentimentRNNError, match="missing.txt' not found"):
+        train(config, tmp_path / "run", first_stages=tmp_path / "stage-one")
+    assert not (tmp_path / "run").exists()  # not a folder holding only stage_one.json, which no command reads
+
+
 def test_the_defaults_first_stage_is_the_readme_command_on_the_review_sentences():
     """README: the measured first stages were `train -c default` on the sentences, as stage_one_config derives."""
     default = ROOT / "configs" / "default.yaml"
