@@ -36,10 +36,13 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     if source is None:
         split = split or "test"
         record = rundir.read_json(run.path / rundir.SPLIT)
+        if split == cfg.train_split:
+            raise SentimentRNNError(f"'{split}' is the split this run trained on: its rows show what the model "
+                                    "memorized, not how it does on new text; score --split test or validation")
         if split not in RECORDED:
             kept = RECORDED if "carved_by_sentence" in record else RECORDED[:2]  # left-out: carved by sentence
-            raise SentimentRNNError(f"the run records only its {', '.join(kept)} rows, not '{split}'; "
-                                    "pass --data too")
+            raise SentimentRNNError(f"the run records only its {', '.join(kept[:-1])} and {kept[-1]} rows, not "
+                                    f"'{split}'; to score a split of a source, pass --data SOURCE --split NAME")
         if split == LEFT_OUT:
             ds = recorded_left_out(cfg, record, names)
         else:

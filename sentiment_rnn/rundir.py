@@ -171,8 +171,9 @@ def resolve_run(model: Path | None) -> Path:
     """Check a run directory is complete, naming the first missing file."""
     run = find_latest_run() if model is None else Path(model)
     if run.exists() and not run.is_dir():
-        raise SentimentRNNError(
-            f"'{run}' is a file, not a run directory; pass a folder written by 'sentiment-rnn train'")
+        fix = (f"pass the folder holding it, {run.parent}" if (run.parent / META).is_file()  # a run's or an export's
+               else "pass a folder written by 'sentiment-rnn train'")
+        raise SentimentRNNError(f"'{run}' is a file, not a run directory; {fix}")
     if not run.is_dir():
         raise SentimentRNNError(f"run directory '{run}' does not exist; pass a folder written by 'sentiment-rnn train'")
     if not (run / METRICS).is_file() and not (run / CONFIG).is_file():

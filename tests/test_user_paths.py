@@ -61,7 +61,11 @@ def test_left_out_phrases_of_an_export_or_a_run_carved_by_row_are_one_line_error
     one_line_error(cli("evaluate", "--model", tiny_run, "--split", "left-out"),
                    "carved row by row, so it left no phrases out", "--split validation or test")
     one_line_error(CliRunner().invoke(app, ["evaluate", "--model", str(tiny_run), "--split", "bogus"]),
-                   "records only its test, validation rows, not 'bogus'")  # never offers left-out it lacks
+                   "records only its test and validation rows, not 'bogus'")  # never offers left-out it lacks
+    one_line_error(CliRunner().invoke(app, ["evaluate", "--model", str(tiny_run), "--split", "train"]),
+                   "'train' is the split this run trained on", "score --split test or validation")
+    one_line_error(CliRunner().invoke(app, ["predict", "--model", str(tiny_run / "model.safetensors"), "good"]),
+                   f"is a file, not a run directory; pass the folder holding it, {tiny_run}")
 
 
 def test_language_model_text_documents_end_at_newlines_only(tmp_path):
