@@ -168,11 +168,11 @@ def write_onnx(module: ExportableClassifier, path: Path, vocab_size: int) -> Non
         raise SentimentRNNError(f"onnx.checker rejected the exported graph ({first})") from None
 
 
-def _write_heldout(run: rundir.LoadedRun, path: Path) -> list[str]:
-    """The run's own test and validation rows as JSON lines {split, text, label}; returns the test texts."""
+def _write_heldout(run: rundir.LoadedRun, record: dict, path: Path) -> list[str]:
+    """The run's own test and validation rows (`record`: its split.json) as JSON lines {split, text, label};
+    returns the test texts."""
     from sentiment_rnn import data as data_lib
 
-    record = rundir.read_json(run.path / rundir.SPLIT)
     test_texts: list[str] = []
     with path.open("w", encoding="utf-8") as fh:
         for part in ("test", "validation"):
@@ -224,13 +224,16 @@ def export_run(model_dir: Path | None, output: Path | None = None, overwrite: bo
         shutil.copyfile(run.path / rundir.TOKENIZER, staging / rundir.TOKENIZER)
         shutil.copyfile(run.path / rundir.CONFIG, staging / rundir.CONFIG)
         rundir.write_json(staging / LABELS, list(run.meta["label_names"]))
-        test_texts = _write_heldout(run, staging / HELDOUT)
+        record = rundir.read_json(run.path / rundir.SPLIT)
+        test_texts = _write_heldout(run, record, staging / HELDOUT)
         parity = check_parity(run, staging, test_texts)
         if parity > PARITY_TOLERANCE:
             raise SentimentRNNError(f"the ONNX graph's probabilities differ from torch's by {parity:.2e} "
                                     f"(> {PARITY_TOLERANCE:g}) on the run's test rows; report it with the run's config")
         quantization = _quantize(staging, run, test_texts) if quantize else None
-        meta = {**_meta(run, staging, parity, len(test_texts)), "quantization": quantization}
+        meta = {**_meta(run, staging, parity, len(test_texts)), "quantization": quantization,
+                # the data heldout.jsonl's rows came from, as evaluate on the run names it
+                "data_source": record.get("source_given", record.get("source"))}
         rundir.write_json(staging / rundir.META, meta)  # last: its presence marks a complete export
         if out.exists():
             shutil.rmtree(out)
@@ -262,14 +265,12 @@ def _meta(run: rundir.LoadedRun, staging: Path, parity: float, parity_rows: int)
     found = rundir.versions()
     for package in ("onnx", "onnxruntime"):
         found[package] = metadata.version(package)
-    record = rundir.read_json(run.path / rundir.SPLIT)
     return {
         "format": FORMAT,
         "format_version": 1,
         "opset": OPSET,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_run": str(run.path.resolve()),
-        "data_source": record.get("source_given", record.get("source")),  # of heldout.jsonl, as evaluate names it
         "source_weights_sha256": sha256(run.path / rundir.WEIGHTS),
         "label_names": list(run.meta["label_names"]),
         "max_length": int(run.meta["max_length"]),

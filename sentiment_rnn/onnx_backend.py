@@ -17,26 +17,15 @@ from sentiment_rnn import rundir
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.inputs import lines
 from sentiment_rnn.records import add_predictions, check_output_file, prediction_records, scored_rows, stream_records
-from sentiment_rnn.rundir import sha256
+from sentiment_rnn.rundir import is_export, sha256
 from sentiment_rnn.runtime import default_threads
 from sentiment_rnn.tokenizer import encode_ids, load_tokenizer, pad_lists
 
 MODEL, LABELS, HELDOUT = rundir.ONNX_MODEL, "labels.json", "heldout.jsonl"
 FILES = (MODEL, rundir.TOKENIZER, LABELS, rundir.CONFIG, HELDOUT)  # each one's sha256 is in meta.json
-FORMAT = "sentiment-rnn-onnx"
+FORMAT = rundir.EXPORT_FORMAT
 EXPORT_DIR = "onnx"  # where `export` writes inside a run by default
 CHARS_PER_TOKEN_CAP = 64  # as predict.py: texts are cut at max_length * this many characters first
-
-
-def is_export(path: Path) -> bool:
-    """An export directory, complete or not: it has model.onnx, or a meta.json that says it is one."""
-    path = Path(path)
-    if (path / MODEL).is_file():
-        return True
-    try:
-        return json.loads((path / rundir.META).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):  # no meta.json, or not an export's
-        return False
 
 
 def resolve_export(model: Path | None) -> Path:

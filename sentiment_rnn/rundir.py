@@ -29,7 +29,7 @@ SPLIT, METRICS, CURVES, GRADIENTS = "split.json", "metrics.json", "curves.png", 
 CORPUS = "corpus.json"  # pretrain-lm's record of the text it read, written first: it marks a language-model run
 CHECKPOINT = "checkpoint.pt"  # only while training: a run that has one but no metrics.json can be resumed
 STAGE_ONE = "stage_one.json"  # a two-stage run's record of its first stage (stages.py), written before training
-ONNX_MODEL = "model.onnx"  # an export's (onnx_backend.py): its folder is not a run, whatever else it holds
+ONNX_MODEL, EXPORT_FORMAT = "model.onnx", "sentiment-rnn-onnx"  # an export's graph and meta.json format
 REQUIRED = (CONFIG, TOKENIZER, WEIGHTS, META, METRICS)
 DEFAULT_ROOT = Path("runs")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}  # what predict and evaluate may run a model in
@@ -159,6 +159,18 @@ def _is_language_model(run: Path) -> bool:
     return isinstance(meta, dict) and meta.get("kind") == "language_model"
 
 
+def is_export(path: Path) -> bool:
+    """An export directory (onnx_backend.py), complete or not: it has model.onnx, or a meta.json that says it is
+    one. It is not a run, whatever else it holds."""
+    path = Path(path)
+    if (path / ONNX_MODEL).is_file():
+        return True
+    try:
+        return json.loads((path / META).read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):  # no meta.json, or not an export's
+        return False
+
+
 def _export_source(export: Path) -> str:
     """The run an export came from, as its meta.json records it (the folder above, if unreadable)."""
     try:
@@ -179,7 +191,7 @@ def resolve_run(model: Path | None) -> Path:
     if not (run / METRICS).is_file() and not (run / CONFIG).is_file():
         raise SentimentRNNError(f"'{run}' is not a run directory (no {CONFIG}, no {METRICS}); "
                                 "pass a folder written by 'sentiment-rnn train'")
-    if (run / ONNX_MODEL).is_file():
+    if is_export(run):
         raise SentimentRNNError(f"'{run}' is an ONNX export, which only predict, evaluate and serve read; pass the "
                                 f"run it came from ({_export_source(run)}) instead")
     if not (run / METRICS).is_file():  # written last: without it, training never finished
