@@ -38,13 +38,13 @@ class DataConfig(_Strict):
     # the train split's name (e.g. train): carved from it even where the source has its own
     validation_split: str | None = None
     test_split: str | None = None
-    label_names: list[str] | None = None  # names of integer labels 0, 1, ... (e.g. [negative, positive]), if none
+    # names of integer labels 0, 1, ... that have none (e.g. [negative, positive]); a ClassLabel's own win
+    label_names: list[str] | None = None
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
     limit: int | None = Field(None, ge=10)  # a sample of this many training-split rows, drawn before carving
     split_seed: int | None = Field(None, ge=0)  # seed of the carving (and of limit's sample); None: the run's seed
     carve_by_sentence: bool = False  # carve whole sentences; phrases follow them (SST-2; sentence_carving.py)
-    add_negated_predicates: bool = False  # train on "is not X" for each phrase "is X", other label (negations.py)
 
     def carving_seed(self, run_seed: int) -> int:
         """The seed that carves the splits (and draws limit's sample): split_seed, else the run's seed."""

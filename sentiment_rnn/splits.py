@@ -308,11 +308,6 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     train = sampled(data[cfg.train_split], cfg, seed)
     parts, left_out = _parts(train, {part: data[split] for part, split in named.items()}, cfg.split, seed,
                              cfg.carve_by_sentence)
-    added = None
-    if cfg.add_negated_predicates:
-        from sentiment_rnn.negations import with_negated_predicates  # this option only
-
-        parts["train"], added = with_negated_predicates(parts["train"], column_numpy(train, "text"), names, seed)
     record = {
         "source": resolve_source(cfg.source),  # absolute: the run can be evaluated from any folder
         "source_given": cfg.source,  # as the user wrote it, for display
@@ -325,8 +320,6 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     }
     if cfg.carve_by_sentence:
         record["carved_by_sentence"] = {"left_out": left_out}  # phrases held only by held-out sentences
-    if added is not None:
-        record["negated_predicates"] = added  # rows made by data.add_negated_predicates, training only
     return Splits(parts["train"], parts["validation"], parts["test"], names, record)
 
 
@@ -342,8 +335,6 @@ def describe_splits(record: dict) -> str:
     if "carved_by_sentence" in record:
         line += (f"; carved as whole sentences, {record['carved_by_sentence']['left_out']:,} phrases that lie only "
                  "in them left out of training")
-    if "negated_predicates" in record:
-        line += f"; {record['negated_predicates']:,} negated predicates added to training"
     for split, rows in record.get("unlabeled", {}).items():
         line += f"; split '{split}' ({rows:,} rows) has no labels and is never scored"
     return line
