@@ -81,8 +81,7 @@ class TokenizerConfig(_Strict):
 
 
 class EmbeddingConfig(_Strict):
-    # glove-6b-50d (GloVe 6B, 50 dims, from the [glove] extra; fills the first 50 of embedding_dim), or a
-    # GloVe-format text file (word + embedding_dim numbers per line)
+    # glove-6b-50d (GloVe 6B 50d, the [glove] extra; fills embedding_dim's first 50) or a GloVe-format text file
     pretrained: str | None = None
     freeze: bool = False  # keep pretrained vectors fixed during training
 
@@ -101,10 +100,8 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the word vectors
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the final state, before the linear head
-    # head input: the last real token's state, or [last, max, mean] over real tokens
-    pooling: Literal["last", "concat"] = "last"
-    # start embedding + encoder from this pretrain-lm or train run (its tokenizer is reused)
-    init_from: str | None = None
+    pooling: Literal["last", "concat"] = "last"  # the head reads the last real token's state, or [last, max, mean]
+    init_from: str | None = None  # start embedding + encoder from this pretrain-lm or train run (and its tokenizer)
 
     @model_validator(mode="before")
     @classmethod
@@ -274,10 +271,13 @@ def _describe(err: dict, schema: type[Config]) -> str:
     if err["type"] == "extra_forbidden":
         valid = _field_names(schema, loc[:-1])
         close = [key.removesuffix(str(loc[-1])) + name for name in difflib.get_close_matches(str(loc[-1]), valid, n=1)]
+        if len(loc) == 1:  # a section's key written at the top (hidden_size=64): name the section's
+            close = [f"{s}.{key}" for s in valid if key in _field_names(schema, (s,))] or close
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"  # as --set takes it
         return f"unknown key '{key}'; {hint}"
-    if err["type"] == "value_error":  # our own validators' messages already say what is allowed
-        return f"'{key}': {err['msg'].removeprefix('Value error, ')}"
+    if err["type"] == "value_error":  # our own validators' messages already say what is allowed (and the key)
+        msg = err["msg"].removeprefix("Value error, ")
+        return msg if msg.startswith((f"{key}.", f"{key} ")) else f"'{key}': {msg}"
     return f"'{key}': {err['msg']} (got {err.get('input')!r})"
 
 

@@ -33,7 +33,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     ({"model": {"hiden_size": 3}}, "did you mean 'model.hidden_size'"),
     ({"trian": {}}, "did you mean 'train'"),
     ({"model": {"hidden_size": "big"}}, "model.hidden_size must be a positive width"),
-    ({"model": {"hidden_size": -4}}, "'model': model.hidden_size must be a positive width"),
+    ({"model": {"hidden_size": -4}}, "config: model.hidden_size must be a positive width"),
+    ({"lr": 0.001}, "unknown key 'lr'; did you mean 'train.lr'?"),
     ({"model": {"cell": "transformer"}}, "'rnn', 'gru' or 'lstm'"),
     ({"data": {"split": [0.5, 0.5, 0.5]}}, "sum to 1"),
 ])

@@ -74,13 +74,14 @@ def test_a_width_list_sets_num_layers_and_equal_widths_read_as_one_width(tmp_pat
 
 
 @pytest.mark.parametrize("model, expected", [
-    ({"hidden_size": [20, 15]}, "'model': model.hidden_size [20, 15] gives each layer its own width, which needs "
+    ({"hidden_size": [20, 15]}, "model.hidden_size [20, 15] gives each layer its own width, which needs "
                                 "model.encoder: cells"),
-    ({"hidden_size": []}, "'model': model.hidden_size must be a positive width or a list of per-layer widths"),
-    ({"hidden_size": [20, 0]}, "'model': model.hidden_size must be a positive width or a list of per-layer widths"),
-    ({"hidden_size": "big"}, "'model': model.hidden_size must be a positive width or a list of per-layer widths"),
+    ({"hidden_size": []}, "model.hidden_size must be a positive width or a list of per-layer widths"),
+    ({"hidden_size": [20, 0]}, "model.hidden_size must be a positive width or a list of per-layer widths"),
+    ({"hidden_size": "big"}, "model.hidden_size must be a positive width or a list of per-layer widths"),
 ])
 def test_width_mistakes_are_one_line_naming_the_fix(model, expected):
     with pytest.raises(SentimentRNNError) as err:
         parse_config({"model": model})
     assert expected in str(err.value) and "\n" not in str(err.value)
+    assert "'model'" not in str(err.value)  # the message names the key itself
