@@ -221,9 +221,10 @@ def export(
         from sentiment_rnn.rundir import resolve_run
     from sentiment_rnn.console import console
 
-    out = output or resolve_run(model) / EXPORT_DIR
+    source = resolve_run(model)
+    out = output or source / EXPORT_DIR
     meta = export_run(model, out, overwrite, quantize)
-    console.print(export_summary(meta, out), markup=False, highlight=False)
+    console.print(export_summary(meta, source, out), markup=False, highlight=False)
 
 
 @handle_errors

@@ -283,9 +283,10 @@ def _meta(run: rundir.LoadedRun, staging: Path, parity: float, parity_rows: int)
     }
 
 
-def export_summary(meta: dict, out: Path) -> str:
-    """export's closing message: where the export is, how closely it matches torch, how to use it."""
-    text = (f"Exported {meta['source_run']} to {out} (ONNX opset {meta['opset']}); onnxruntime matches torch "
+def export_summary(meta: dict, source: Path, out: Path) -> str:
+    """export's closing message: which run (as the user named it, as `out`) went where, how closely it matches
+    torch, how to use it."""
+    text = (f"Exported {source} to {out} (ONNX opset {meta['opset']}); onnxruntime matches torch "
             f"within {meta['parity_max_abs_diff']:.1e} on {meta['parity_rows']} test rows.")
     if q := meta.get("quantization"):
         text += (f" Quantized to int8: {q['fp32_bytes'] / 1e6:.2f} MB -> {q['int8_bytes'] / 1e6:.2f} MB, labels "

@@ -71,11 +71,13 @@ def test_the_per_word_baseline_is_refused_in_one_line():
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory) -> Path:
     """Written by the export command itself (conftest's tiny_export calls the library)."""
-    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
-    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(out)])
+    out = Path(os.path.relpath(tmp_path_factory.mktemp("export") / "tiny-onnx"))
+    source = os.path.relpath(tiny_run)
+    result = runner.invoke(app, ["export", "--model", source, "--output", str(out)])
     assert result.exit_code == 0, result.output
+    assert f"Exported {source} to {out} (ONNX" in result.output  # both paths as given, not one made absolute
     assert "onnxruntime matches torch" in result.output
-    return out
+    return out.resolve()
 
 
 def test_export_writes_a_checked_hashed_directory(exported, tiny_run):
