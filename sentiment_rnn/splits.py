@@ -114,18 +114,28 @@ def _is_int(key: str) -> bool:
 
 
 def label_names(raw: dict[str, datasets.Dataset], cfg: DataConfig) -> list[str]:
-    """The labels of the given splits: a ClassLabel's names, else data.label_names for integer labels
-    0, 1, ..., else every value found, as strings, sorted (numerically when every label is an integer)."""
+    """The labels of the training split (the first of `raw`): a ClassLabel's names, else data.label_names for
+    integer labels 0, 1, ..., else every value found, as strings, sorted (numerically when every label is an
+    integer). A label that only another split has would be a class no row trains: refused."""
     feature = next(iter(raw.values())).features[cfg.label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    keys = {_label_key(v) for ds in raw.values() for v in ds.unique(cfg.label_column)}
+    found = {split: {_label_key(v) for v in ds.unique(cfg.label_column)} for split, ds in raw.items()}
+    train, *others = found
+    keys = found[train]
+    for split in others:
+        if stray := sorted(found[split] - keys):
+            raise SentimentRNNError(f"split '{split}' has label {stray[0]!r}, which no row of the training split "
+                                    f"'{train}' has (its labels: {', '.join(sorted(keys))}); fix that label or drop "
+                                    "its rows")
     if cfg.label_names is not None:
         known = {str(i) for i in range(len(cfg.label_names))}
-        stray = sorted(keys - known)
-        if stray:
+        if stray := sorted(keys - known):
             raise SentimentRNNError(f"data.label_names names labels 0..{len(known) - 1}, but the data has label "
                                     f"{stray[0]!r}; give one name per integer label, label 0's first")
+        if unused := sorted(known - keys, key=int):
+            raise SentimentRNNError(f"data.label_names names label {unused[0]} ({cfg.label_names[int(unused[0])]!r}), "
+                                    "which no training row has; give one name per label the data has")
         return list(cfg.label_names)
     if all(_is_int(k) for k in keys):
         return sorted(keys, key=int)

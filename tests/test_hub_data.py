@@ -108,6 +108,10 @@ def test_label_names_name_bare_integer_labels(tmp_path):
         data["label"][5] = 3
         write_split(folder, "train", data, ints)
         load_splits(DataConfig(source=str(folder), text_column="sentence", label_names=["a", "b", "c"]), 0)
+    write_split(folder, "train", sentences(40), ints)
+    with pytest.raises(SentimentRNNError, match=r"data.label_names names label 2 \('neutral'\), which no training "
+                                                r"row has; give one name per label the data has"):
+        load_splits(DataConfig(source=str(folder), text_column="sentence", label_names=[*NAMES, "neutral"]), 0)
 
 
 @pytest.mark.slow

@@ -127,6 +127,20 @@ def test_a_folders_validation_and_test_files_are_used_and_reported(tmp_path):
     assert record["sizes"] == {"train": 60, "validation": 12, "test": 14}
 
 
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_label_only_a_held_out_file_has_is_refused_before_training(split, tmp_path):
+    """Else it became a class no row trains ('Positive' beside 'positive'), scored and predicted silently."""
+    write(tmp_path / "data" / "train.csv", rows(["negative", "positive"], 60))
+    write(tmp_path / "data" / f"{split}.csv", rows(["negative", "Positive"], 12))
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "--set", f"data.source={tmp_path / 'data'}",
+                                      "-o", str(tmp_path / "run")])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and errors == [
+        f"Error: split '{split}' has label 'Positive', which no row of the training split 'train' has (its labels: "
+        "negative, positive); fix that label or drop its rows"], result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_only_a_test_file_beside_train_carves_validation_and_says_so(tmp_path):
     write(tmp_path / "data" / "train.csv", rows(["neg", "pos"], 60))
     write(tmp_path / "data" / "test.csv", rows(["neg", "pos"], 14))
