@@ -38,8 +38,7 @@ class DataConfig(_Strict):
     # the train split's name (e.g. train): carved from it even where the source has its own
     validation_split: str | None = None
     test_split: str | None = None
-    # names of integer labels 0, 1, ... that have none (e.g. [negative, positive]); a ClassLabel's own win
-    label_names: list[str] | None = None
+    label_names: list[str] | None = None  # names of integer labels 0, 1, ... (e.g. [negative, positive]), if none
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
     limit: int | None = Field(None, ge=10)  # a sample of this many training-split rows, drawn before carving
@@ -81,8 +80,7 @@ class TokenizerConfig(_Strict):
 
 
 class EmbeddingConfig(_Strict):
-    # glove-6b-50d (GloVe 6B 50d, the [glove] extra; fills embedding_dim's first 50) or a GloVe-format text file
-    pretrained: str | None = None
+    pretrained: str | None = None  # glove-6b-50d (the [glove] extra; embedding_dim's first 50) or a GloVe text file
     freeze: bool = False  # keep pretrained vectors fixed during training
 
 
@@ -93,8 +91,7 @@ class ModelConfig(_Strict):
     cell: CellName = "rnn"  # recurrent cell
     nonlinearity: Literal["tanh", "relu"] = "tanh"  # only for cell: rnn
     encoder: Literal["layer", "cells"] = "layer"  # nn.RNN-style layer, or nn.RNNCell unrolled by hand
-    # state width of every layer, or one width per layer, e.g. [20, 15] (unequal widths need encoder: cells)
-    hidden_size: int | list[int] = 128
+    hidden_size: int | list[int] = 128  # one state width for every layer, or one per layer ([20, 15]: encoder cells)
     num_layers: int = Field(1, ge=1, le=16)  # stacked layers; a hidden_size list sets it to its length
     bidirectional: bool = False  # also read each sentence right to left
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between stacked layers
@@ -281,13 +278,15 @@ def _describe(err: dict, schema: type[Config]) -> str:
     return f"'{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def _origin_of(loc: tuple, origin: str, overrides: dict[str, str]) -> str:
-    """Blame the --set override that wrote the failing key, not the file, when one did."""
+def _origin_of(loc: tuple, origin: str, overrides: dict[str, str], message: str = "") -> str:
+    """Blame the --set override that wrote the failing key, not the file, when one did. A check of a whole
+    section (loc: the section) names the keys it read: the override it names first is blamed, else the file."""
     key = ".".join(str(p) for p in loc)
     for written, item in overrides.items():
-        if key == written or key.startswith(written + ".") or written.startswith(key + "."):
+        if key == written or key.startswith(written + "."):
             return f"--set {item}"
-    return origin
+    named = sorted((message.find(w), w) for w in overrides if w.startswith(key + ".") and w in message)
+    return f"--set {overrides[named[0][1]]}" if named else origin
 
 
 def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[str, str] | None = None,
@@ -306,9 +305,10 @@ def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[st
         return schema.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
+        said = _describe(errors[0], schema)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        where = _origin_of(tuple(errors[0]["loc"]), origin, overrides or {})
-        raise SentimentRNNError(f"{where}: {_describe(errors[0], schema)}{more}") from None
+        where = _origin_of(tuple(errors[0]["loc"]), origin, overrides or {}, said)
+        raise SentimentRNNError(f"{where}: {said}{more}") from None
 
 
 def _apply_override(raw: dict, item: str) -> None:

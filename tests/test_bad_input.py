@@ -101,6 +101,12 @@ TRAIN_CASES = {
                        "'train.batch_size': Input should be a valid integer"),
     "negative size": Case(lambda t: ["train", "-c", str(TINY), "--set", "model.hidden_size=-4"],
                           "--set model.hidden_size=-4: model.hidden_size must be a positive width or a list of"),
+    "a section's check names its own --set": Case(
+        lambda t: ["train", "-c", str(TINY), "--set", "data.max_length=32", "--set", "data.split=[0.8,0.1,0.2]"],
+        "Error: --set data.split=[0.8,0.1,0.2]: data.split must be three positive shares"),
+    "a section's check of the file's key": Case(
+        lambda t: ["train", "-c", str(write(t / "s.yaml", "data:\n  split: [0.5, 0.5, 0.5]\n")), "--set",
+                   "data.max_length=32"], "s.yaml: data.split must be three positive shares"),
     "zero epochs": Case(lambda t: ["train", "-c", str(TINY), "--set", "train.epochs=0"], "'train.epochs'"),
     "unknown cell": Case(lambda t: ["train", "-c", str(TINY), "--set", "model.cell=transformer"],
                          "'model.cell': Input should be 'rnn', 'gru' or 'lstm'"),
