@@ -25,6 +25,8 @@ EMBEDDED = ("rotten_tomatoes", "imdb")  # the corpora shipped in the movie-revie
 EMBEDDED_LABELS = ["negative", "positive"]  # names of their 0/1 labels
 SENTENCES = "imdb_sentences"  # the IMDB reviews split into sentences labeled by review (sentences.py)
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+ROWS_AS = {".csv": "a header row and data rows", ".tsv": "a header row and data rows", ".parquet": "rows",
+           ".json": "a JSON array of row objects", ".jsonl": "one JSON object per row, a line each"}
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 
 
@@ -98,13 +100,12 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
     suffix = suffixes.pop()
     if suffix not in FORMATS:
         raise SentimentRNNError(f"'{path}': unsupported format '{suffix}'; use one of {', '.join(FORMATS)}")
-    for ps in files.values():
-        for p in ps:
-            if p.stat().st_size == 0:
-                raise SentimentRNNError(f"data file '{p}' is empty; give a file with a header row and data rows")
-            if suffix != ".parquet" and _check_utf8(p) < (2 if suffix in (".csv", ".tsv") else 1):
-                raise SentimentRNNError(
-                    f"data file '{p}' has no data rows; give a file with a header row and data rows")
+    for p in (p for ps in files.values() for p in ps):
+        if p.stat().st_size == 0:
+            raise SentimentRNNError(f"data file '{p}' is empty; give a file with {ROWS_AS[suffix]}")
+        no_rows = suffix == ".json" and p.stat().st_size < 64 and p.read_bytes().strip() == b"[]"
+        if no_rows or (suffix != ".parquet" and _check_utf8(p) < (2 if suffix in (".csv", ".tsv") else 1)):
+            raise SentimentRNNError(f"data file '{p}' has no data rows; give a file with {ROWS_AS[suffix]}")
     options = {"delimiter": "\t"} if suffix == ".tsv" else {}
     # datasets reads data_files as glob patterns: a folder named "[v2]" must match itself, not one character
     return FORMATS[suffix], {k: [glob.escape(str(p)) for p in v] for k, v in files.items()}, options
