@@ -311,7 +311,9 @@ def reopen_finished(output: Path, split_record: dict, epochs: int, reporter: Rep
 def non_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig, ckpt_path: Path,
                     command: str = "train") -> SentimentRNNError:
     """Name the step and what to try; say where the last good checkpoint is, if one was written."""
-    fix = f"lower train.lr (now {cfg.lr:g}) or set a smaller train.clip_grad_norm (now {cfg.clip_grad_norm})"
+    clip = (f"set a smaller train.clip_grad_norm (now {cfg.clip_grad_norm})" if cfg.clip_grad_norm is not None
+            else "clip gradients with train.clip_grad_norm=1.0 (now off)")
+    fix = f"lower train.lr (now {cfg.lr:g}) or {clip}"
     if ckpt_path.is_file():
         return SentimentRNNError(f"loss became {loss} at epoch {epoch} step {step}; {fix}. The last checkpoint with a "
                                  f"finite loss is kept: resume it with a lower rate (sentiment-rnn {command} --resume "

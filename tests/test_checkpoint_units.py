@@ -285,6 +285,9 @@ def test_a_non_finite_loss_suggests_a_tenth_of_the_rate_or_a_fresh_start(tmp_pat
         f"loss became inf at epoch 2 step 9; {fix}. The last checkpoint with a finite loss is kept: resume it with "
         f"a lower rate (sentiment-rnn pretrain-lm --resume {ckpt.parent} --set train.lr=0.002) or train again "
         "with --overwrite")
+    unclipped = TrainConfig(lr=0.02, clip_grad_norm=None)
+    assert str(checkpoint.non_finite_loss(float("nan"), 1, 3, unclipped, tmp_path / "none")).endswith(
+        "; lower train.lr (now 0.02) or clip gradients with train.clip_grad_norm=1.0 (now off) and train again")
 
 
 def test_seed_everything_repeats_every_generator():
