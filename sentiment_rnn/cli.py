@@ -220,7 +220,8 @@ def pretrain_embeddings(
     texts = ", ".join(f"{n:,} {source}" for source, n in info["texts"].items())
     console.print(f"Wrote {info['words']:,} words x {dim} to [bold]{escape(str(output))}[/bold] from "
                   f"{escape(texts)} training texts ({info['tokens']:,} tokens) in {info['seconds']:.0f}s. Use it with "
-                  f"--set model.embedding.pretrained={escape(str(output))}", highlight=False)
+                  f"--set model.embedding.pretrained={escape(str(output))}"
+                  + (f" --set model.embedding_dim={dim}" * (dim != cfg.model.embedding_dim)), highlight=False)
 
 
 @handle_errors

@@ -43,14 +43,16 @@ def test_unknown_source_is_refused():
 
 def test_cli_writes_glove_vectors_whose_words_are_tokenizer_words_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "vectors" / "v.txt"
-    result = cli("--config", "configs/tiny.yaml", "--epochs", "1", "--dim", "100", "--output", str(out))
+    result = cli("--config", "configs/tiny.yaml", "--epochs", "1", "--dim", "20", "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert "320 rotten_tomatoes, 320 imdb training texts" in result.stdout
+    # the width differs from the config's embedding_dim (100), so the hint sets it too: the file must match it
+    assert f"--set model.embedding.pretrained={out} --set model.embedding_dim=20" in " ".join(result.stdout.split())
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) > 1000
     for line in lines[:200]:
         word, *numbers = line.split(" ")
-        assert len(numbers) == 100 and tokenize([word], TINY)[0] == [word]
+        assert len(numbers) == 20 and tokenize([word], TINY)[0] == [word]
 
     again = cli("--config", "configs/tiny.yaml", "--epochs", "1", "--output", str(out))
     assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
