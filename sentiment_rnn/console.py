@@ -135,7 +135,7 @@ def comparison_table(result: dict) -> Table:
         cells = []
         for kind in ("rnn", "per_word_linear"):
             mean, std = row[kind]["mean"], row[kind]["std"]
-            spread = f" ± {_figure(std, row['format'])}" if std else ""
+            spread = f" ± {_figure(std, row['format'])}" if std is not None else ""  # 0.000 is a measured spread
             cells.append(_figure(mean, row["format"]) + spread)
         colour = {"rnn": "green", "per_word_linear": "red"}.get(row["winner"], "white")
         table.add_row(row["label"], *cells, f"[{colour}]{row['verdict']}[/{colour}]")

@@ -170,3 +170,23 @@ def test_compare_baseline_rejects_a_broken_probe_before_training(tmp_path):
                  "--probe", str(probe))
     assert result.returncode == 1 and "same label" in result.stderr
     assert not (tmp_path / "cmp").exists()
+
+
+def test_the_comparison_table_shows_a_spread_of_zero_and_none_for_one_seed():
+    from rich.console import Console
+
+    from sentiment_rnn.console import comparison_table
+
+    def result(seeds, std):
+        figure = {"mean": 0.5, "std": std}
+        return {"seeds": seeds, "config": "tiny", "model_labels": {"rnn": "RNN", "per_word_linear": "per-word"},
+                "rows": [{"label": "test accuracy", "format": "accuracy", "rnn": figure, "per_word_linear": figure,
+                          "winner": None, "verdict": "no clear winner"}]}
+
+    def shown(table):
+        console = Console(width=200, record=True)
+        console.print(table)
+        return console.export_text()
+
+    assert shown(comparison_table(result([0, 1], 0.0))).count("0.500 ± 0.000") == 2  # two seeds that agree
+    assert "±" not in shown(comparison_table(result([0], None)))  # one seed: no spread was measured
