@@ -223,7 +223,7 @@ def export(
 
     source = resolve_run(model)
     out = output or source / EXPORT_DIR
-    meta = export_run(model, out, overwrite, quantize)
+    meta = export_run(source, out, overwrite, quantize)
     console.print(export_summary(meta, source, out), markup=False, highlight=False)
 
 
