@@ -170,8 +170,12 @@ def evaluate(
     show_wrong: Annotated[int | None, typer.Option(
         min=0, help="Show the N most confidently wrong rows; default 5 with --predictions, else 0.",
     )] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --predictions file.")] = False,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run (or an ONNX export)."""
+    from sentiment_rnn.records import check_output_file
+
+    check_output_file(predictions, overwrite, reading=data)
     wrong = show_wrong if show_wrong is not None else 5 * (predictions is not None)
     if _uses_onnx(backend, model, precision):
         from sentiment_rnn.onnx_backend import evaluate_export

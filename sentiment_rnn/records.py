@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.rundir import atomic_writer
+from sentiment_rnn.rundir import SPLIT, atomic_writer, is_export
 
 EMPTY_TEXT = "empty text: nothing to classify"
 
@@ -74,14 +74,26 @@ def most_confidently_wrong(rows: list[dict], n: int) -> list[dict]:
     return sorted(wrong, key=lambda r: -r["probabilities"][r["predicted"]])[:n]
 
 
-def check_output_file(path: Path | None) -> None:
-    """Refuse an output path that cannot become a file, before any work is done."""
+def check_output_file(path: Path | None, overwrite: bool = True, reading: str | None = None) -> None:
+    """Refuse an output path that cannot become a file, before any work is done: a directory, a missing folder,
+    a file in a run or export folder (which it would damage), the data being read, or, without overwrite, any
+    existing file."""
     if path is None:
         return
-    if Path(path).is_dir():
+    path = Path(path)
+    if path.is_dir():
         raise SentimentRNNError(f"cannot write '{path}': it is a directory; give a file path")
-    if not Path(path).parent.is_dir():
+    if not path.parent.is_dir():
         raise SentimentRNNError(f"cannot write '{path}': its folder does not exist; create it or choose another path")
+    if (path.parent / SPLIT).is_file() or is_export(path.parent):
+        raise SentimentRNNError(f"cannot write '{path}': its folder is a run or an export, whose files the tool "
+                                "reads; give a path outside it")
+    source = Path(reading).expanduser() if reading is not None else None
+    if source is not None and source.exists() and (path.parent.resolve() == source.resolve()
+                                                   or path.exists() and path.samefile(source)):
+        raise SentimentRNNError(f"cannot write '{path}': it is (or is in) the data being scored; give another path")
+    if path.exists() and not overwrite:
+        raise SentimentRNNError(f"'{path}' already exists; pass --overwrite to replace it or give another path")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

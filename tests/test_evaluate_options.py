@@ -114,3 +114,28 @@ def test_a_predictions_file_that_cannot_be_written_leaves_nothing_behind(tiny_ex
     assert list(tmp_path.iterdir()) == [target] and not list(target.iterdir())
     one_line_error(run("evaluate", "-m", tiny_export, "--predictions", tmp_path / "absent" / "p.jsonl"),
                    "its folder does not exist")
+
+
+def test_predictions_never_replace_a_file_unasked_nor_the_data_or_a_runs_own_files(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    def evaluate(*args):
+        return CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), *map(str, args)])
+
+    data = labeled_csv(tmp_path / "data.csv", ("negative", "positive"))
+    kept = data.read_bytes()
+    taken = tmp_path / "taken.jsonl"
+    taken.write_text("mine\n")
+    result = evaluate("--predictions", taken)
+    assert result.exit_code == 1 and "already exists; pass --overwrite to replace it" in result.output
+    assert taken.read_text() == "mine\n"
+    assert evaluate("--predictions", taken, "--overwrite").exit_code == 0 and taken.read_text() != "mine\n"
+    result = evaluate("--data", data, "--predictions", data, "--overwrite")
+    assert result.exit_code == 1 and "it is (or is in) the data being scored" in result.output
+    split = tiny_run / "split.json"
+    before = split.read_bytes()
+    result = evaluate("--predictions", split, "--overwrite")
+    assert result.exit_code == 1 and "its folder is a run or an export" in result.output
+    assert split.read_bytes() == before and data.read_bytes() == kept
