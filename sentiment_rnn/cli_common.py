@@ -8,6 +8,8 @@ Library code raises SentimentRNNError; only the CLI prints it (one line, `Error:
 from __future__ import annotations
 
 import gc
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -91,6 +93,9 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             fail("torch is not installed, and this command needs it; install it with: pip install torch==2.13.0 "
                  "(README, 'Installing PyTorch'), or predict and evaluate on an ONNX export (--model RUN/onnx)")
+        except BrokenPipeError:  # the reader went away (| head): stop quietly with 1, as click does for its own
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail
+            raise typer.Exit(1) from None
         except OSError as exc:
             where = f" '{exc.filename}'" if exc.filename else ""
             fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free disk space")

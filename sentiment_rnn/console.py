@@ -212,16 +212,18 @@ def print_predictions(records: Iterator[dict], labels: list[str]) -> int:
         _rich_table(first)
         return len(first)
     width = max(len(name) for name in [*labels, "label", "error"])
+    k = max(len(rec.get("top_k", ())) for rec in first)  # entries 'name 0.123' joined by ', ': the k widest names
+    top = sum(sorted(map(len, labels))[-k:]) + 8 * k if k else 0  # bound the column; 2 spaces after it included
     out = sys.stdout
-    out.write(f"{'label':<{width}}  probability  {'top k  ' * ('top_k' in first[0])}text\n")
+    out.write(f"{'label':<{width}}  probability  {'top k' if k else '':<{top}}text\n")
     count = 0
     for rec in itertools.chain(first, records):
         text = (rec["text"] or "")[:200]
         if "error" in rec:
-            out.write(f"{'error':<{width}}  {'':>11}  {text} [{rec['error']}]\n")
+            out.write(f"{'error':<{width}}  {'':>11}  {'':<{top}}{text} [{rec['error']}]\n")
         else:
-            top = f"{top_k_text(rec)}  " if "top_k" in rec else ""
-            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {top}{text}\n")
+            shown = top_k_text(rec) if k else ""
+            out.write(f"{rec['label']:<{width}}  {rec['probability']:>11.3f}  {shown:<{top}}{text}\n")
         count += 1
     return count
 

@@ -304,6 +304,22 @@ def test_predict_table_of_many_texts_prints_plain_aligned_rows(tmp_path, tiny_ru
     assert lines[1].endswith("a dull film number 0") and lines[-1].startswith("error")
     column = lines[0].index("text")
     assert all(line[column:].startswith("a ") for line in lines[1:-1])  # the texts start in one column
+    ranked = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-f", str(path), "--top-k", "2"]).stdout
+    lines = ranked.splitlines()
+    assert lines[0].split() == ["label", "probability", "top", "k", "text"] and len(lines) == 1 + len(texts)
+    column = lines[0].index("text")  # after the top k column, as wide as its widest cell
+    assert all(line[column:].startswith("a ") for line in lines[1:-1]) and lines[-1][column:].startswith("    [empty")
+
+
+def test_a_reader_that_stops_early_ends_predict_quietly(tmp_path, tiny_run):
+    """| head closes the pipe: no error about paths or disks (an OSError), no traceback, exit 1 as click's."""
+    path = tmp_path / "many.txt"
+    path.write_text("".join(f"a film number {i}\n" for i in range(300)), encoding="utf-8")
+    proc = subprocess.Popen([CLI, "predict", "-m", str(tiny_run), "-f", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    assert proc.wait(timeout=120) == 1
+    assert proc.stderr.read().decode() == ""
 
 
 def table_rows(output: str) -> dict[str, list[str]]:
