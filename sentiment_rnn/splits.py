@@ -82,9 +82,7 @@ def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint
         column = getattr(cfg, key)
         if column not in ds.column_names:
             fix = f"pass --{key.replace('_', '-')}" if option_hint else f"set data.{key}"
-            raise SentimentRNNError(
-                f"{where} has no column '{column}' (columns: {', '.join(ds.column_names)}); {fix}"
-            )
+            raise SentimentRNNError(f"{where} has no column '{column}' (columns: {', '.join(ds.column_names)}); {fix}")
     if len(ds) == 0:
         raise SentimentRNNError(f"{where} of '{cfg.source}' is empty; give a source with rows"
                                 if where.startswith("split") else f"{where} is empty; give a source with rows")
@@ -95,7 +93,8 @@ def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint
         no_label = _label_missing(labels, feature)
         # Kleene "or": a null text gives null from the comparison, and a plain "or" would turn true into null.
         no_text = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(pc.cast(texts, "string")), ""))
-        for mask, what in ((no_label, "no label (empty, NaN or -1)"), (no_text, "an empty text")):
+        marked = "-1 or empty" if isinstance(feature, datasets.ClassLabel) else "empty or NaN"  # _label_missing's
+        for mask, what in ((no_label, f"no label ({marked})"), (no_text, "an empty text")):
             if pc.any(mask).as_py():
                 row = start + int(pc.index(mask, True).as_py())
                 raise SentimentRNNError(f"{where} row {row + 1} has {what}; fix or remove that row")
@@ -131,8 +130,9 @@ def label_names(raw: dict[str, datasets.Dataset], cfg: DataConfig) -> list[str]:
     if cfg.label_names is not None:
         known = {str(i) for i in range(len(cfg.label_names))}
         if stray := sorted(keys - known):
+            fix = "give one name per integer label, label 0's first" if _is_int(stray[0]) else "drop data.label_names"
             raise SentimentRNNError(f"data.label_names names labels 0..{len(known) - 1}, but the data has label "
-                                    f"{stray[0]!r}; give one name per integer label, label 0's first")
+                                    f"{stray[0]!r}; {fix}")
         if unused := sorted(known - keys, key=int):
             raise SentimentRNNError(f"data.label_names names label {unused[0]} ({cfg.label_names[int(unused[0])]!r}), "
                                     "which no training row has; give one name per label the data has")

@@ -91,7 +91,7 @@ def test_a_split_with_some_labels_missing_is_refused_with_the_row(tmp_path):
     data = sentences(10)
     data["label"][6] = -1
     write_split(folder, "validation", data)
-    with pytest.raises(SentimentRNNError, match=r"split 'validation' row 7 has no label \(empty, NaN or -1\)"):
+    with pytest.raises(SentimentRNNError, match=r"split 'validation' row 7 has no label \(-1 or empty\)"):
         load_splits(DataConfig(source=str(folder), text_column="sentence"), 0)
 
 
