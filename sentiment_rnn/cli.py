@@ -209,7 +209,7 @@ def pretrain_embeddings(
     names = list(EMBEDDED) if sources is None else [s.strip() for s in sources.split(",") if s.strip()]
     check_sources(names)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
-    console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epochs) from the training rows of "
+    console.print(f"[bold]Word vectors[/bold] ({dim}d, {epochs} epoch{'s' * (epochs != 1)}) from the training rows of "
                   f"{escape(', '.join(names))} (seed {cfg.seed}, split {list(cfg.data.split)}) -> "
                   f"{escape(str(output))}", highlight=False)
     with Progress(TextColumn("[bold]word2vec epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -218,10 +218,11 @@ def pretrain_embeddings(
         info = run_pretraining(output, cfg, names, dim, epochs, overwrite,
                                on_epoch=lambda done, total: progress.update(task, completed=done))
     texts = ", ".join(f"{n:,} {source}" for source, n in info["texts"].items())
+    hint = f"--config {config} " * (config is not None) + f"--set model.embedding.pretrained={output}"
+    hint += f" --set model.embedding_dim={dim}" * (dim != cfg.model.embedding_dim)  # a file must match the width
     console.print(f"Wrote {info['words']:,} words x {dim} to [bold]{escape(str(output))}[/bold] from "
                   f"{escape(texts)} training texts ({info['tokens']:,} tokens) in {info['seconds']:.0f}s. Use it with "
-                  f"--set model.embedding.pretrained={escape(str(output))}"
-                  + (f" --set model.embedding_dim={dim}" * (dim != cfg.model.embedding_dim)), highlight=False)
+                  f"{escape(hint)}", highlight=False)
 
 
 @handle_errors

@@ -175,8 +175,10 @@ def print_metrics(metrics: dict, predictions=None) -> None:
     rows = f"{metrics['split']} split" if metrics["split"] else "every row"  # None: a single file, scored whole
     console.print(metrics_table(metrics, Text(f"{metrics['run']} on {metrics['source']}, {rows}{in_bf16}")))
     console.print(confusion_table(metrics))
-    if "most_confidently_wrong" in metrics:
+    if metrics.get("most_confidently_wrong"):
         console.print(wrong_rows_table(metrics["most_confidently_wrong"]))
+    elif "most_confidently_wrong" in metrics:
+        console.print("No row is wrong: no most confidently wrong rows to show.")
     if predictions is not None:
         console.print(f"Predictions for every row written to {predictions}", markup=False, highlight=False)
 

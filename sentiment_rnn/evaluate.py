@@ -29,6 +29,9 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     JSON-lines file of every scored row; show_wrong: the N most confidently wrong rows go into the metrics."""
     if label_map and source is None:
         raise SentimentRNNError("--label-map maps the labels of --data; the run's own rows have the model's labels")
+    if (text_column or label_column) and source is None:
+        raise SentimentRNNError("--text-column and --label-column name columns of --data; the run's own rows are read "
+                                "with the run's columns, so pass --data SOURCE or drop them")
     check_output_file(predictions)
     run = rundir.load_run(model_dir, precision=precision)
     cfg = run.config.data

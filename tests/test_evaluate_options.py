@@ -139,3 +139,20 @@ def test_predictions_never_replace_a_file_unasked_nor_the_data_or_a_runs_own_fil
     result = evaluate("--predictions", split, "--overwrite")
     assert result.exit_code == 1 and "its folder is a run or an export" in result.output
     assert split.read_bytes() == before and data.read_bytes() == kept
+
+
+def test_column_options_without_data_are_refused_and_no_wrong_row_is_said_plainly(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+    from sentiment_rnn.predict import Predictor
+
+    for option in ("--text-column", "--label-column"):
+        result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), option, "review"])
+        assert result.exit_code == 1 and "name columns of --data" in result.output, result.output
+    texts = [f"review {i} was {WORDS[i % 8]}" for i in range(12)]
+    guessed = [rec["label"] for rec in Predictor.from_dir(tiny_run).predict(texts)]  # gold = predicted: none wrong
+    data = tmp_path / "right.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, guessed, strict=True)))
+    result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(data), "--show-wrong", "3"])
+    assert result.exit_code == 0 and "No row is wrong" in result.output and "0 most confidently" not in result.output

@@ -47,7 +47,9 @@ def test_cli_writes_glove_vectors_whose_words_are_tokenizer_words_and_refuses_to
     assert result.returncode == 0, result.stderr
     assert "320 rotten_tomatoes, 320 imdb training texts" in result.stdout
     # the width differs from the config's embedding_dim (100), so the hint sets it too: the file must match it
-    assert f"--set model.embedding.pretrained={out} --set model.embedding_dim=20" in " ".join(result.stdout.split())
+    assert (f"Use it with --config configs/tiny.yaml --set model.embedding.pretrained={out} --set "
+            "model.embedding_dim=20") in " ".join(result.stdout.split())
+    assert "(20d, 1 epoch)" in result.stdout
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) > 1000
     for line in lines[:200]:
