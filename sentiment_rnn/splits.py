@@ -88,12 +88,12 @@ def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint
                                 if where.startswith("split") else f"{where} is empty; give a source with rows")
     start = 0  # one Arrow batch at a time: trimming a whole text column would copy all of it into memory
     feature = ds.features[cfg.label_column]
+    marked = "-1 or empty" if isinstance(feature, datasets.ClassLabel) else "empty or NaN"  # as _label_missing reads
     for batch in ds.select_columns([cfg.text_column, cfg.label_column]).with_format("arrow").iter(65_536):
         texts, labels = batch.column(cfg.text_column), batch.column(cfg.label_column)
         no_label = _label_missing(labels, feature)
         # Kleene "or": a null text gives null from the comparison, and a plain "or" would turn true into null.
         no_text = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(pc.cast(texts, "string")), ""))
-        marked = "-1 or empty" if isinstance(feature, datasets.ClassLabel) else "empty or NaN"  # _label_missing's
         for mask, what in ((no_label, f"no label ({marked})"), (no_text, "an empty text")):
             if pc.any(mask).as_py():
                 row = start + int(pc.index(mask, True).as_py())
