@@ -173,9 +173,6 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --predictions file.")] = False,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a trained run (or an ONNX export)."""
-    from sentiment_rnn.records import check_output_file
-
-    check_output_file(predictions, overwrite, reading=data)
     wrong = show_wrong if show_wrong is not None else 5 * (predictions is not None)
     if _uses_onnx(backend, model, precision):
         from sentiment_rnn.onnx_backend import evaluate_export
@@ -183,14 +180,14 @@ def evaluate(
         if data is not None or text_column or label_column or label_map:
             raise SentimentRNNError("an export holds only its run's test and validation rows; for --data, "
                                     "evaluate the run directory (with torch) instead")
-        metrics = evaluate_export(model, split, predictions, wrong)
+        metrics = evaluate_export(model, split, predictions, wrong, overwrite)
     else:
         with heavy_imports():
             from sentiment_rnn.evaluate import evaluate_run
 
         _warn_if_emulated(precision)
         metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value,
-                               label_map, predictions, wrong)
+                               label_map, predictions, wrong, overwrite)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return

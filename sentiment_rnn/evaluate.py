@@ -21,18 +21,20 @@ RECORDED = ("test", "validation", LEFT_OUT)
 
 def evaluate_run(model_dir: Path | None, source: str | None = None, split: str | None = None,
                  text_column: str | None = None, label_column: str | None = None, precision: str = "fp32",
-                 label_map: str | None = None, predictions: Path | None = None, show_wrong: int = 0) -> dict:
+                 label_map: str | None = None, predictions: Path | None = None, show_wrong: int = 0,
+                 overwrite: bool = False) -> dict:
     """Metrics of a run on `split`: its recorded held-out rows by default (split None: test; left-out: the
     phrases a run carved by sentence left out of training), or a whole split of `source` (split None: its
     test split, or a single file's rows). precision "bf16" scores the model as `predict --precision bf16`
     runs it. label_map: "pos=positive,..." for a source whose labels are spelled otherwise. predictions: a
-    JSON-lines file of every scored row; show_wrong: the N most confidently wrong rows go into the metrics."""
+    JSON-lines file of every scored row (an existing one replaced only with overwrite); show_wrong: the N most
+    confidently wrong rows go into the metrics."""
     if label_map and source is None:
         raise SentimentRNNError("--label-map maps the labels of --data; the run's own rows have the model's labels")
     if (text_column or label_column) and source is None:
         raise SentimentRNNError("--text-column and --label-column name columns of --data; the run's own rows are read "
                                 "with the run's columns, so pass --data SOURCE or drop them")
-    check_output_file(predictions)
+    check_output_file(predictions, overwrite, reading=source)
     run = rundir.load_run(model_dir, precision=precision)
     cfg = run.config.data
     names = list(run.meta["label_names"])

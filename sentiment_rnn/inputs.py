@@ -105,7 +105,7 @@ def texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
         read = list(decode_lines(source))
     finally:
         _close(source)
-    where = f"line {{}} of '{file}'" if file is not None and str(file) != "-" else "line {} of stdin"
+    where = "line {} of stdin" if source is sys.stdin.buffer else f"line {{}} of '{file}'"
     for number, line in enumerate(read, 1):
         if line == UNDECODABLE:
             raise SentimentRNNError(f"{where.format(number)} is not valid UTF-8; save the file as UTF-8")

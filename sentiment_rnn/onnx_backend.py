@@ -117,16 +117,16 @@ class OnnxPredictor:
 
 
 def evaluate_export(export_dir: Path | None, split: str | None = "test", predictions: Path | None = None,
-                    show_wrong: int = 0) -> dict:
+                    show_wrong: int = 0, overwrite: bool = False) -> dict:
     """Metrics of an export on the run's own held-out rows (heldout.jsonl), as `evaluate` reports a run's;
-    predictions and show_wrong as evaluate.evaluate_run's."""
+    predictions, show_wrong and overwrite as evaluate.evaluate_run's."""
     from sentiment_rnn.scoring import classification_metrics
 
     split = split or "test"  # evaluate's --split defaults to the test rows
     if split not in ("test", "validation"):
         raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'; "
                                 "evaluate the run directory it was exported from (with torch) for others")
-    check_output_file(predictions)
+    check_output_file(predictions, overwrite)
     predictor = OnnxPredictor.load(resolve_export(export_dir))
     rows = [json.loads(line) for line in lines(predictor.path / HELDOUT) if line]
     rows = [r for r in rows if r["split"] == split]

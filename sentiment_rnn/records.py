@@ -74,7 +74,7 @@ def most_confidently_wrong(rows: list[dict], n: int) -> list[dict]:
     return sorted(wrong, key=lambda r: -r["probabilities"][r["predicted"]])[:n]
 
 
-def check_output_file(path: Path | None, overwrite: bool = True, reading: str | None = None) -> None:
+def check_output_file(path: Path | None, overwrite: bool = False, reading: str | None = None) -> None:
     """Refuse an output path that cannot become a file, before any work is done: a directory, a missing folder,
     a file in a run or export folder (which it would damage), the data being read, or, without overwrite, any
     existing file."""
@@ -105,8 +105,7 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 def add_predictions(metrics: dict, rows: list[dict], path: Path | None, show_wrong: int) -> None:
     """evaluate's --predictions FILE (every row) and --show-wrong N (the N most confidently wrong, in metrics)."""
-    if path is not None:
-        check_output_file(path)
+    if path is not None:  # its callers checked the path before scoring (check_output_file)
         write_jsonl(path, rows)
         metrics["predictions"] = str(path)
     if show_wrong:
