@@ -131,7 +131,7 @@ class TrainConfig(_Strict):
     clip_grad_norm: float | None = Field(1.0, gt=0)  # clip against exploding gradients through time
     patience: int = Field(3, ge=1)  # epochs without validation gain before stopping
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: half the cores, at most 4
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: OMP_NUM_THREADS, else the cores (at most 4)
     amp_bf16: bool = False  # bf16 autocast on CUDA
     fast_cpu: bool = False  # hand-written CPU kernels (sentiment_rnn/speed): faster, same results, less readable
     max_steps: int | None = Field(None, ge=1)  # stop each epoch after this many steps (smoke runs)

@@ -89,7 +89,7 @@ class OnnxPredictor:
 
     @classmethod
     def load(cls, export_dir: Path, threads: int | None = None) -> OnnxPredictor:
-        """Load a verified export; intra-op threads as torch's predict: half the cores, at most 4, unless given."""
+        """Load a verified export; intra-op threads as torch's predict: every core, at most 4, unless given."""
         path = Path(export_dir)
         meta = verify_export(path)
         return cls(path, make_session(path / MODEL, threads), load_tokenizer(path / rundir.TOKENIZER), meta)

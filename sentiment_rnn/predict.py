@@ -42,7 +42,7 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: Path | None, device: str = "cpu", threads: int | None = None,
                  precision: str = "fp32", fast: bool = False) -> Predictor:
-        """Load a run; intra-op threads as in training: half the cores, at most 4, unless given.
+        """Load a run; intra-op threads as in training: every core, at most 4, unless given.
         precision: fp32 (as trained) or bf16 (faster where the hardware has it; see rundir.load_run).
         fast: the speed opt-in's inference kernel for vanilla RNNs on CPU (sentiment_rnn/speed)."""
         runtime.configure_threads(threads)

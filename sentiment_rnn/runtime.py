@@ -19,15 +19,19 @@ from collections.abc import Iterator
 
 
 def default_threads() -> int:
-    """Intra-op threads per process: half the cores this process may use, at most 4, shared by its node's ranks.
+    """Intra-op threads per process: OMP_NUM_THREADS when it is set, else the cores this process may use,
+    at most 4, shared by its node's ranks.
 
-    Small RNN matmuls gain little from more threads, and an OpenMP thread that spins while another
-    process holds its core stalls every op, which on a busy machine costs far more than the extra
-    thread gains (scripts/bench.py measures 1 against 2).
+    A lone run trains faster on every core it has (scripts/bench.py measures 1 against 2). Processes
+    that share the cores take their part instead: a sweep's --jobs gives each run cores / jobs, and where
+    other work holds the cores OMP_NUM_THREADS or train.threads says how many, since an OpenMP thread that
+    spins while another process holds its core stalls every op.
     """
+    if (given := os.environ.get("OMP_NUM_THREADS", "").strip()).isdigit() and int(given) > 0:
+        return int(given)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(4, cores // (2 * ranks_here)))
+    return max(1, min(4, cores // ranks_here))
 
 
 def configure_threads(threads: int | None) -> int:

@@ -93,7 +93,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         tracking.check(report_to)
     source = read_init_source(config)  # model.init_from, checked before any data is loaded
     device = distributed.setup(runtime.resolve_device(config.train.device))  # joins torchrun's process group, if any
-    threads = runtime.configure_threads(config.train.threads)  # train.threads, or half the cores (at most 4)
+    threads = runtime.configure_threads(config.train.threads)  # train.threads, or runtime.default_threads()
     checkpoint.seed_everything(config.seed)
 
     reporter.stage("Loading data")

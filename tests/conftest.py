@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("COLUMNS", "200")  # rich reads it when its consoles are created: stable, unwrapped output
+# pytest runs one worker per core (-n auto): each worker, and the CLI it starts, takes one core, not all
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"

@@ -8,12 +8,22 @@ import torch
 from sentiment_rnn import runtime
 
 
-def test_default_threads_share_half_the_cores_among_the_ranks_of_a_node(monkeypatch):
+def test_default_threads_use_every_core_shared_among_the_ranks_of_a_node(monkeypatch):
     cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert runtime.default_threads() == max(1, min(4, cores // 2))
+    assert runtime.default_threads() == max(1, min(4, cores))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
     assert runtime.default_threads() == 1
+
+
+def test_omp_num_threads_when_set_is_the_default(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.default_threads() == 3
+    for ignored in ("0", "", "4,2"):  # not one positive count: the cores decide, as without it
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert runtime.default_threads() == 1
 
 
 def test_configure_threads_sets_torch_to_the_given_number_or_the_default():
