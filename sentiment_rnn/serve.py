@@ -134,10 +134,11 @@ class MicroBatcher:
 
 def load_predictor(model: Path | None):
     """(predictor, metadata) for a run directory (torch) or an ONNX export (onnxruntime, no torch)."""
-    from sentiment_rnn import onnx_backend
+    from sentiment_rnn import onnx_backend, runtime
 
+    threads = runtime.server_threads()
     if model is not None and onnx_backend.is_export(Path(model)):
-        predictor = onnx_backend.OnnxPredictor.load(onnx_backend.resolve_export(model))
+        predictor = onnx_backend.OnnxPredictor.load(onnx_backend.resolve_export(model), threads)
         meta = predictor.meta
         return predictor, {"backend": "onnx", "labels": predictor.labels, "model": meta.get("model"),
                            "source_run": meta.get("source_run"), "export": str(predictor.path),
@@ -147,7 +148,7 @@ def load_predictor(model: Path | None):
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     from sentiment_rnn.predict import Predictor
 
-    predictor = Predictor.from_dir(model)
+    predictor = Predictor.from_dir(model, threads=threads)
     run = predictor.run
     return predictor, {"backend": "torch", "labels": predictor.labels,
                        "model": run.config.model.model_dump(mode="json"),

@@ -26,6 +26,16 @@ def test_omp_num_threads_when_set_is_the_default(monkeypatch):
         assert runtime.default_threads() == 1
 
 
+def test_a_server_leaves_half_the_cores_to_its_event_loop_unless_omp_num_threads_says(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for cores, threads in ((1, 1), (2, 1), (4, 2), (16, 2)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert (runtime.default_threads(), runtime.server_threads()) == (min(4, cores), threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.server_threads() == 3
+
+
 def test_configure_threads_sets_torch_to_the_given_number_or_the_default():
     before = torch.get_num_threads()
     try:

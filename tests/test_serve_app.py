@@ -6,6 +6,7 @@ tests/test_serve.py runs the installed CLI as a server; this file checks the sam
 
 import asyncio
 import json
+import os
 import socket
 
 import httpx
@@ -198,6 +199,20 @@ def test_health_metadata_and_docs(run):
     info = openapi.json()["info"]  # the title and summary /docs shows
     assert (info["title"], info["summary"]) == ("sentiment-rnn", "Sentiment labels and probabilities from a trained "
                                                                  "RNN classifier.")
+
+
+def test_the_server_loads_its_model_with_server_threads(run, tiny_export, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # predict would take 4, serve 2
+    before = torch.get_num_threads()
+    try:
+        load_predictor(run)
+        assert torch.get_num_threads() == 2
+        exported, _ = load_predictor(tiny_export)
+        assert exported.session.get_session_options().intra_op_num_threads == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bind_listens_on_a_free_port_and_a_taken_port_is_a_one_line_error():
