@@ -27,14 +27,18 @@ def default_threads() -> int:
     other work holds the cores OMP_NUM_THREADS or train.threads says how many, since an OpenMP thread that
     spins while another process holds its core stalls every op.
     """
-    if given := omp_threads():
+    if given := _omp_threads():
         return given
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(4, cores // ranks_here))
+    return max(1, min(4, usable_cores() // ranks_here))
 
 
-def omp_threads() -> int | None:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _omp_threads() -> int | None:
     """OMP_NUM_THREADS when it holds one positive count, else None."""
     given = os.environ.get("OMP_NUM_THREADS", "").strip()
     return int(given) if given.isdigit() and int(given) > 0 else None
@@ -43,7 +47,7 @@ def omp_threads() -> int | None:
 def server_threads() -> int:
     """Intra-op threads for `serve`: OMP_NUM_THREADS when set, else half of default_threads(), since the
     server's event loop and its HTTP and JSON work need the other cores (scripts/loadtest.py measures it)."""
-    return omp_threads() or max(1, default_threads() // 2)
+    return _omp_threads() or max(1, default_threads() // 2)
 
 
 def configure_threads(threads: int | None) -> int:

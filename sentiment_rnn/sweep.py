@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 import re
 import statistics
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentiment_rnn import rundir
+from sentiment_rnn import rundir, runtime
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config, load_config, parse_config
 from sentiment_rnn.errors import SentimentRNNError, TrainingInterrupted
@@ -226,8 +225,7 @@ def _announce(reporter: Reporter, job: Job, how: str, i: int, total: int) -> Non
 
 def thread_share(jobs: int) -> int:
     """Torch threads for each of `jobs` runs at a time: the usable cores split evenly."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // jobs)
+    return max(1, runtime.usable_cores() // jobs)
 
 
 def next_startable(pending: list[Job], first_stage: dict, building: set) -> Job | None:
