@@ -46,11 +46,12 @@ def open_texts(texts: list[str], file: Path | None, verb: str) -> list[str] | Bi
     if texts and file is not None:
         raise SentimentRNNError("give either TEXT arguments or --file, not both")
     if file is not None:
-        return sys.stdin.buffer if str(file) == "-" else open_file(file)  # --file -: stdin, as '-' alone
+        stream = sys.stdin.buffer if str(file) == "-" else open_file(file)  # --file -: stdin, as '-' alone
+        return _not_empty(stream, "stdin" if stream is sys.stdin.buffer else f"input file '{file}'", verb)
     if not texts:
         raise SentimentRNNError(f"nothing to {verb}; give TEXT arguments, --file PATH or '-' for stdin")
     if texts == ["-"]:
-        return sys.stdin.buffer
+        return _not_empty(sys.stdin.buffer, "stdin", verb)
     if "-" in texts:
         raise SentimentRNNError("'-' reads the texts from stdin and stands alone; give TEXT arguments or '-', "
                                 "not both")
@@ -59,6 +60,20 @@ def open_texts(texts: list[str], file: Path | None, verb: str) -> list[str] | Bi
         raise SentimentRNNError(f"TEXT argument {empty[0]} of {len(texts)} is empty; an empty text cannot be "
                                 f"{PAST[verb]}, so pass a non-empty sentence there")
     return texts
+
+
+def _not_empty(stream: BinaryIO, name: str, verb: str) -> BinaryIO:
+    """stream, refused before a model is loaded when it holds no byte at all (an empty pipe or file)."""
+    if hasattr(stream, "peek"):  # a pipe or file: look at the first byte without consuming it
+        empty = not stream.peek(1)
+    else:  # an in-memory stream, as a test runner's stdin
+        position = stream.tell()
+        empty = not stream.read(1)
+        stream.seek(position)
+    if empty:
+        _close(stream)
+        raise SentimentRNNError(f"{name} is empty; nothing to {verb}: give one text per line")
+    return stream
 
 
 def decode_lines(source: Iterable[bytes]) -> Iterator[str]:
@@ -111,8 +126,6 @@ def texts_to_explain(texts: list[str], file: Path | None) -> list[str]:
             raise SentimentRNNError(f"{where.format(number)} is not valid UTF-8; save the file as UTF-8")
         if not line.strip():
             raise SentimentRNNError(f"{where.format(number)} is empty; explain needs one non-empty text per line")
-    if not read:
-        raise SentimentRNNError("the input has no lines; nothing to explain")
     return read
 
 

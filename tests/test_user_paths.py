@@ -129,6 +129,23 @@ def test_a_dash_among_texts_and_an_empty_text_argument_are_refused_by_position(t
                        "TEXT argument 2 of 2 is empty")
 
 
+
+def test_an_empty_stdin_or_file_is_refused_before_a_model_is_read(tiny_run, tiny_export, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    for model in (tiny_run, tiny_export):  # the torch and the onnxruntime backends read texts the same way
+        piped = cli("predict", "--model", model, "--format", "jsonl", "-", stdin="")
+        assert piped.stdout == ""
+        one_line_error(piped, "stdin is empty; nothing to classify")
+    one_line_error(cli("explain", "--model", tiny_run, "--file", empty), f"input file '{empty}' is empty",
+                   "nothing to explain")
+    # Typer's runner gives stdin as an in-memory stream, without peek()
+    one_line_error(CliRunner().invoke(app, ["predict", "--model", str(tiny_run), "-"], input=""),
+                   "stdin is empty")
+    kept = CliRunner().invoke(app, ["predict", "--model", str(tiny_run), "--format", "jsonl", "-"], input="good\n")
+    assert kept.exit_code == 0 and json.loads(kept.stdout)["text"] == "good"  # looking did not consume a byte
+
+
 # ------------------------------------------------------------------------------------------- item 5
 NO_TORCH = """
 import sys
