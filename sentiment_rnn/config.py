@@ -89,7 +89,7 @@ class ModelConfig(_Strict):
     embedding_dim: int = Field(100, ge=1)  # feature_len: width of each word vector
     embedding: EmbeddingConfig = EmbeddingConfig()
     cell: CellName = "rnn"  # recurrent cell
-    nonlinearity: Literal["tanh", "relu"] = "tanh"  # only for cell: rnn
+    nonlinearity: Literal["tanh", "relu"] = "tanh"  # only for cell: rnn (a GRU's or LSTM's gates fix their own)
     encoder: Literal["layer", "cells"] = "layer"  # nn.RNN-style layer, or nn.RNNCell unrolled by hand
     hidden_size: int | list[int] = 128  # one state width for every layer, or one per layer ([20, 15]: encoder cells)
     num_layers: int = Field(1, ge=1, le=16)  # stacked layers; a hidden_size list sets it to its length
@@ -117,6 +117,12 @@ class ModelConfig(_Strict):
                              "cells (nn.RNN's layers share one width)")
         return {**data, "hidden_size": sizes[0] if len(set(sizes)) == 1 else sizes, "num_layers": len(sizes)}
 
+    @model_validator(mode="after")
+    def _nonlinearity_of_rnn_only(self) -> ModelConfig:
+        if self.nonlinearity != "tanh" and self.cell != "rnn":
+            raise ValueError(f"model.nonlinearity: relu is for cell: rnn, not {self.cell}; set cell: rnn or drop it")
+        return self
+
     def layer_sizes(self) -> list[int]:
         """Hidden width of every layer, bottom first."""
         sizes = self.hidden_size
@@ -138,13 +144,11 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
     grad_probe_epochs: list[int] = [1]  # epochs after which dLoss/dh_t is recorded on a validation batch
     bucket_pool: int = Field(50, ge=1)  # batches per pool sorted by length (less padding)
-    # head gets lr, each layer group below lr / decay once more (ULMFiT: 2.6)
-    layer_lr_decay: float = Field(1.0, ge=1.0)
+    layer_lr_decay: float = Field(1.0, ge=1.0)  # head: lr; each layer group below: lr / decay once more (ULMFiT: 2.6)
     schedule: Literal["constant", "onecycle", "warmup_linear"] = "constant"  # learning rate per batch
     warmup_steps: int = Field(100, ge=0)  # schedule warmup_linear: steps of linear warm-up before the linear decay
     unfreeze: int | None = Field(None, ge=1)  # gradual unfreezing: epochs per layer group, head first; None: all train
-    # loss weight per class (label order); balanced: n / (classes * count) on the training split
-    class_weights: Literal["balanced"] | list[float] | None = None
+    class_weights: Literal["balanced"] | list[float] | None = None  # loss weights, label order; balanced: n / (k*count)
 
     @field_validator("class_weights", mode="before")
     @classmethod
@@ -164,17 +168,14 @@ class LMConfig(_Strict):
     # embedded: training rows of lm.corpora; else a .txt file (one document per line) or a data source
     # whose data.text_column is read
     source: str = "embedded"
-    # embedded corpora read (their training rows under seed and data.split)
-    corpora: list[str] = ["rotten_tomatoes", "imdb"]
+    corpora: list[str] = ["rotten_tomatoes", "imdb"]  # embedded corpora read (training rows under seed, data.split)
     held_out: float = Field(0.01, gt=0.0, lt=0.5)  # share of the corpus's documents kept aside for held-out perplexity
-    # one continuous stream with state carried, or segments of single documents
-    batching: Literal["stream", "documents"] = "stream"
+    batching: Literal["stream", "documents"] = "stream"  # one stream with state carried, or single documents
     bptt: int = Field(35, ge=2)  # tokens per truncated-BPTT segment
     eval_batch_size: int = Field(10, ge=1)  # parallel streams when scoring the held-out text
     cutoffs: list[int] = [2000, 10000]  # nn.AdaptiveLogSoftmaxWithLoss cluster boundaries, by word frequency rank
     div_value: float = Field(4.0, ge=1.0)  # each tail cluster's projection is this many times narrower
-    # end each epoch's training after this many seconds (equal-time comparisons)
-    time_limit_s: float | None = Field(None, gt=0)
+    time_limit_s: float | None = Field(None, gt=0)  # end each epoch's training after this many seconds
 
 
 class StageOneConfig(_Strict):
@@ -213,9 +214,8 @@ class LMRunConfig(Config):
     lm: LMConfig = LMConfig()
 
 
-# Keys of features measured and removed (README, "Transfer": the rows marked removed), with the value that
-# meant "off". A saved run's config.yaml holds them at that value and loads as before; any other value is
-# refused in one line, so a config written for the feature never trains without it unnoticed.
+# Keys of features measured and removed (README, "Transfer"), with the value that meant "off": a saved run's config
+# loads as before; any other value is refused in one line, so a config for the feature never trains without it.
 RETIRED = {
     ("train", "lm_loss_weight"): (0.0, "the auxiliary next-word loss tripled training time for no gain"),
     ("lm", "objective"): ("next_word", "the sequence autoencoder scored below training from scratch"),

@@ -22,6 +22,11 @@ def test_dotted_overrides_are_parsed_as_yaml_values(tmp_path):
     assert cfg.name == "c"  # the file's stem names the run unless the file says otherwise
 
 
+def test_relu_is_accepted_for_the_vanilla_rnn_and_tanh_for_every_cell():
+    assert parse_config({"model": {"cell": "rnn", "nonlinearity": "relu"}}).model.nonlinearity == "relu"
+    assert parse_config({"model": {"cell": "lstm", "nonlinearity": "tanh"}}).model.cell == "lstm"  # saved runs say tanh
+
+
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = load_config(None, ["model.cell=gru", "model.num_layers=2"])
     path = tmp_path / "resolved.yaml"
@@ -37,6 +42,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     ({"lr": 0.001}, "unknown key 'lr'; did you mean 'train.lr'?"),
     ({"model": {"cell": "transformer"}}, "'rnn', 'gru' or 'lstm'"),
     ({"data": {"split": [0.5, 0.5, 0.5]}}, "sum to 1"),
+    ({"model": {"cell": "lstm", "nonlinearity": "relu"}}, "model.nonlinearity: relu is for cell: rnn, not lstm"),
+    ({"model": {"cell": "gru", "encoder": "cells", "nonlinearity": "relu"}}, "relu is for cell: rnn, not gru"),
 ])
 def test_invalid_values_name_the_key_and_what_is_allowed(raw, expected):
     with pytest.raises(SentimentRNNError) as err:
