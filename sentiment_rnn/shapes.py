@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sentiment_rnn.config import Config, load_config
+from sentiment_rnn.config import Config, LMRunConfig, load_config
+from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.models import build_model
 from sentiment_rnn.models.cells import CellEncoder
 
@@ -183,6 +184,9 @@ def describe_model(model: nn.Module, config: Config, vocab_size: int, num_classe
 def describe_config(path: Path, overrides: list[str] | None = None, batch: int = BATCH, seq_len: int = SEQ_LEN) -> dict:
     """Describe the model a config builds, instantly: no data is loaded, the vocabulary is tokenizer.max_vocab."""
     config = load_config(path, overrides)
+    if isinstance(config, LMRunConfig):  # pretrain-lm's: its head is an adaptive softmax over words, not a classifier
+        raise SentimentRNNError(f"'{path}' configures pretrain-lm: a language model, which inspect does not describe; "
+                                "inspect a classifier that starts from it, e.g. inspect --config finetune")
     vocab_size = config.tokenizer.max_vocab
     torch.manual_seed(config.seed)
     model = build_model(config.model, vocab_size, NUM_CLASSES, config.data.max_length)

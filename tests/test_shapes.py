@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.shapes import describe_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,13 @@ def test_inspecting_a_config_loads_no_data():
     code = ("import sys; from sentiment_rnn.shapes import describe_config; describe_config('configs/tutorial.yaml');"
             "sys.exit('datasets' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+def test_a_language_model_config_is_refused_not_described_as_a_classifier():
+    with pytest.raises(SentimentRNNError, match="'lm' configures pretrain-lm: a language model") as err:
+        describe_config("lm")
+    assert "inspect --config finetune" in str(err.value)
+    assert describe_config("finetune")["parameters"][-2]["label"] == "W_hy [2, 256]"  # the classifier it fine-tunes
 
 
 def test_inspecting_a_run_uses_its_real_vocabulary(tiny_run):
