@@ -188,6 +188,10 @@ def evaluate(
         _warn_if_emulated(precision)
         metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value,
                                label_map, predictions, wrong, overwrite)
+    if metrics.get("warning"):
+        from sentiment_rnn.console import err_console
+
+        err_console.print(f"[yellow]warning:[/yellow] {escape(metrics['warning'])}")
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return

@@ -14,6 +14,7 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.inputs import parse_label_map
 from sentiment_rnn.records import add_predictions, check_output_file, scored_rows
 from sentiment_rnn.scoring import classification_metrics, predict_batches
+from sentiment_rnn.sources import resolve_source
 
 LEFT_OUT = "left-out"  # a run carved by sentence: the phrases that lie only in its held-out sentences
 RECORDED = ("test", "validation", LEFT_OUT)
@@ -38,9 +39,9 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     run = rundir.load_run(model_dir, precision=precision)
     cfg = run.config.data
     names = list(run.meta["label_names"])
+    record = rundir.read_json(run.path / rundir.SPLIT)
     if source is None:
         split = split or "test"
-        record = rundir.read_json(run.path / rundir.SPLIT)
         if split == cfg.train_split:
             raise SentimentRNNError(f"'{split}' is the split this run trained on: its rows show what the model "
                                     "memorized, not how it does on new text; score --split test or validation")
@@ -68,6 +69,8 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     metrics = classification_metrics(result["y_true"], result["y_pred"], names)
     metrics.update(run=str(run.path), split=split, source=shown, loss=result["loss"],
                    numeric_precision=precision)  # not "precision": that names a per-class metric here
+    if source is not None and (warning := _trained_on(source, split, cfg, record)):
+        metrics["warning"] = warning
     if predictions is not None or show_wrong:
         order = [i for batch in loader.sampler for i in batch]  # the loader reads rows in length buckets
         probs = torch.empty_like(result["probs"])  # [N, C]
@@ -75,6 +78,19 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
         rows = scored_rows(ds["text"], ds["label"], probs, names)
         add_predictions(metrics, rows, predictions, show_wrong)
     return metrics
+
+
+def _trained_on(source: str, split: str | None, cfg: DataConfig, record: dict) -> str | None:
+    """A warning when --data's split (None: a file's every row) is the one the run trained on: the run's own
+    source, its training split. 'hf:' in front of a local folder reads the same folder."""
+    def place(name: str) -> str:
+        return resolve_source(name).removeprefix("hf:")
+
+    if split not in (None, cfg.train_split) or place(source) != place(record.get("source", cfg.source)):
+        return None
+    rows = f"the '{split}' split" if split else "every row"
+    return (f"{rows} of {source} holds the rows this run trained on: the figures show what it memorized, not how "
+            "it does on new text")
 
 
 def recorded_left_out(cfg: DataConfig, record: dict, names: list[str] | None = None) -> datasets.Dataset:

@@ -156,3 +156,25 @@ def test_column_options_without_data_are_refused_and_no_wrong_row_is_said_plainl
     data.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, guessed, strict=True)))
     result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(data), "--show-wrong", "3"])
     assert result.exit_code == 0 and "No row is wrong" in result.output and "0 most confidently" not in result.output
+
+
+def test_scoring_the_split_a_run_trained_on_warns_that_it_shows_memory(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+    from sentiment_rnn.config import DataConfig
+    from sentiment_rnn.evaluate import _trained_on
+
+    evaluate = ["evaluate", "-m", str(tiny_run), "--data", "rotten_tomatoes", "--split"]
+    trained = CliRunner().invoke(app, [*evaluate, "train"])
+    assert trained.exit_code == 0, trained.output
+    assert "warning: the 'train' split of rotten_tomatoes holds the rows this run trained on" in trained.output
+    other = labeled_csv(tmp_path / "other.csv", ("negative", "positive"))
+    held_out = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(other), "--json"])
+    assert held_out.exit_code == 0 and "warning" not in held_out.output, held_out.output  # not in JSON nor on stderr
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    record = {"source": str(folder)}  # a run trained on a local folder in the Hub's layout
+    assert "every row of hf:" in _trained_on(f"hf:{folder}", None, DataConfig(source=str(folder)), record)
+    assert _trained_on(str(folder), "validation", DataConfig(source=str(folder)), record) is None
+    assert _trained_on(str(tmp_path), "train", DataConfig(source=str(folder)), record) is None
