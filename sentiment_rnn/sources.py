@@ -91,6 +91,13 @@ def _files_by_split(path: Path) -> dict[str, list[Path]]:
     return files
 
 
+def split_label(source: str, split: str) -> str:
+    """How errors name a split: with its file where a plain folder holds one (dev.csv is read as 'validation')."""
+    path = Path(source).expanduser()
+    files = _files_by_split(path).get(split, []) if path.is_dir() and not is_hub_layout(path) else []
+    return f"split '{split}' ('{files[0]}')" if len(files) == 1 else f"split '{split}'"
+
+
 def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
     """Builder name, data files per split and reader options for a file or a folder of files."""
     files = _files_by_split(path)

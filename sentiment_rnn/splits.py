@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.sources import load_raw, resolve_source
+from sentiment_rnn.sources import load_raw, resolve_source, split_label
 
 ROW = "__row__"  # original row number, so a run can record exactly which rows it held out
 HELD_OUT = ("validation", "test")
@@ -77,7 +77,7 @@ def check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str, option_hint
     option_hint: name the CLI option (--text-column) instead of the config key in the hint.
     where: how errors name the rows (default "split 'NAME'"); a single file is named as the file.
     """
-    where = where or f"split '{split}'"
+    where = where or split_label(cfg.source, split)
     for key in ("text_column", "label_column"):
         column = getattr(cfg, key)
         if column not in ds.column_names:

@@ -127,6 +127,17 @@ def test_a_folders_validation_and_test_files_are_used_and_reported(tmp_path):
     assert record["sizes"] == {"train": 60, "validation": 12, "test": 14}
 
 
+def test_a_bad_row_of_dev_csv_is_named_by_its_file_as_well_as_by_the_split_it_is_read_as(tmp_path):
+    write(tmp_path / "data" / "train.csv", rows(["neg", "pos"], 60))
+    write(tmp_path / "data" / "dev.csv", [*rows(["neg", "pos"], 10), ("  ", "pos")])
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "--set", f"data.source={tmp_path / 'data'}",
+                                      "-o", str(tmp_path / "run")])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and errors == [
+        f"Error: split 'validation' ('{tmp_path / 'data' / 'dev.csv'}') row 11 has an empty text; fix or remove that "
+        "row"], result.output
+
+
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_a_label_only_a_held_out_file_has_is_refused_before_training(split, tmp_path):
     """Else it became a class no row trains ('Positive' beside 'positive'), scored and predicted silently."""
