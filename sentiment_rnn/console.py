@@ -175,6 +175,8 @@ def print_metrics(metrics: dict, predictions=None) -> None:
     rows = f"{metrics['split']} split" if metrics["split"] else "every row"  # None: a single file, scored whole
     console.print(metrics_table(metrics, Text(f"{metrics['run']} on {metrics['source']}, {rows}{in_bf16}")))
     console.print(confusion_table(metrics))
+    console.print(f"[UNK], words the vocabulary lacks: {metrics['unknown_tokens']:.1%} of the scored tokens, in "
+                  f"{metrics['texts_with_unknown']:.1%} of the texts", markup=False, highlight=False)
     if metrics.get("most_confidently_wrong"):
         console.print(wrong_rows_table(metrics["most_confidently_wrong"]))
     elif "most_confidently_wrong" in metrics:

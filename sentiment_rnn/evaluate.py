@@ -15,6 +15,7 @@ from sentiment_rnn.inputs import parse_label_map
 from sentiment_rnn.records import add_predictions, check_output_file, scored_rows
 from sentiment_rnn.scoring import classification_metrics, predict_batches
 from sentiment_rnn.sources import resolve_source
+from sentiment_rnn.tokenizer import UNK, unknown_shares
 
 LEFT_OUT = "left-out"  # a run carved by sentence: the phrases that lie only in its held-out sentences
 RECORDED = ("test", "validation", LEFT_OUT)
@@ -69,6 +70,7 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
     metrics = classification_metrics(result["y_true"], result["y_pred"], names)
     metrics.update(run=str(run.path), split=split, source=shown, loss=result["loss"],
                    numeric_precision=precision)  # not "precision": that names a per-class metric here
+    metrics.update(unknown_shares(encoded["input_ids"], run.tokenizer.token_to_id(UNK)))
     if source is not None and (warning := _trained_on(source, split, cfg, record)):
         metrics["warning"] = warning
     if predictions is not None or show_wrong:

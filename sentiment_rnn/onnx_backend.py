@@ -19,7 +19,7 @@ from sentiment_rnn.inputs import lines
 from sentiment_rnn.records import add_predictions, check_output_file, prediction_records, scored_rows, stream_records
 from sentiment_rnn.rundir import is_export, sha256
 from sentiment_rnn.runtime import default_threads
-from sentiment_rnn.tokenizer import encode_ids, load_tokenizer, pad_lists
+from sentiment_rnn.tokenizer import UNK, encode_ids, load_tokenizer, pad_lists, unknown_shares
 
 MODEL, LABELS, HELDOUT = rundir.ONNX_MODEL, "labels.json", "heldout.jsonl"
 FILES = (MODEL, rundir.TOKENIZER, LABELS, rundir.CONFIG, HELDOUT)  # each one's sha256 is in meta.json
@@ -139,6 +139,8 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test", predict
     source = predictor.meta.get("data_source", predictor.meta.get("source_run", ""))  # older exports: the run
     metrics.update(run=str(predictor.path), split=split, source=source, loss=loss,
                    numeric_precision="fp32", backend="onnx")
+    ids = encode_ids(predictor.tokenizer, [r["text"] for r in rows], predictor.max_length)
+    metrics.update(unknown_shares(ids, predictor.tokenizer.token_to_id(UNK)))
     if predictions is not None or show_wrong:
         rows = scored_rows([r["text"] for r in rows], y_true, probs, predictor.labels)
         add_predictions(metrics, rows, predictions, show_wrong)

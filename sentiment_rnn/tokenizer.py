@@ -91,6 +91,17 @@ def encode_ids(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[
         return [x[:max_length] or [unk] for x in ids]
 
 
+def unknown_shares(seqs: list[list[int]], unk: int) -> dict[str, float]:
+    """How much of the scored text the vocabulary misses: the share of tokens that are [UNK] (id `unk`) and
+    the share of texts holding at least one. A text with no token counts as its one [UNK]."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    values = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+    if not len(values):
+        return {"unknown_tokens": 0.0, "texts_with_unknown": 0.0}
+    per_text = np.add.reduceat(values == unk, np.cumsum(lengths) - lengths)  # every text has a token
+    return {"unknown_tokens": float((values == unk).mean()), "texts_with_unknown": float((per_text > 0).mean())}
+
+
 def pad_time_major(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Every token of a batch, sentence after sentence ([N]), and each sentence's length ([B]) -> [T, B] ids.
 

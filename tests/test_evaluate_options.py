@@ -178,3 +178,24 @@ def test_scoring_the_split_a_run_trained_on_warns_that_it_shows_memory(tiny_run,
     assert "every row of hf:" in _trained_on(f"hf:{folder}", None, DataConfig(source=str(folder)), record)
     assert _trained_on(str(folder), "validation", DataConfig(source=str(folder)), record) is None
     assert _trained_on(str(tmp_path), "train", DataConfig(source=str(folder)), record) is None
+
+
+def test_evaluate_reports_the_share_of_unknown_tokens_the_same_for_a_run_and_its_export(tiny_run, tiny_export,
+                                                                                          tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+    from sentiment_rnn.evaluate import evaluate_run
+    from sentiment_rnn.onnx_backend import evaluate_export
+    from sentiment_rnn.tokenizer import unknown_shares
+
+    assert unknown_shares([[5, 1, 7], [1], [4, 4]], 1) == {"unknown_tokens": 2 / 6, "texts_with_unknown": 2 / 3}
+    ran, exported = evaluate_run(tiny_run), evaluate_export(tiny_export)
+    assert 0 < ran["unknown_tokens"] < ran["texts_with_unknown"] < 1  # 400 training rows: some test words unseen
+    for key in ("unknown_tokens", "texts_with_unknown"):
+        assert exported[key] == pytest.approx(ran[key])
+    unseen = tmp_path / "unseen.csv"
+    unseen.write_text("text,label\nzorblax quuxing,negative\nplumbus,positive\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(unseen)])
+    assert result.exit_code == 0, result.output
+    assert "[UNK], words the vocabulary lacks: 100.0% of the scored tokens, in 100.0% of the texts" in result.output
