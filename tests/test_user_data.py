@@ -130,12 +130,16 @@ def test_a_folders_validation_and_test_files_are_used_and_reported(tmp_path):
 def test_a_bad_row_of_dev_csv_is_named_by_its_file_as_well_as_by_the_split_it_is_read_as(tmp_path):
     write(tmp_path / "data" / "train.csv", rows(["neg", "pos"], 60))
     write(tmp_path / "data" / "dev.csv", [*rows(["neg", "pos"], 10), ("  ", "pos")])
-    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "--set", f"data.source={tmp_path / 'data'}",
-                                      "-o", str(tmp_path / "run")])
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert result.exit_code == 1 and errors == [
+    assert errors_training_on(tmp_path / "data", tmp_path / "run") == [
         f"Error: split 'validation' ('{tmp_path / 'data' / 'dev.csv'}') row 11 has an empty text; fix or remove that "
-        "row"], result.output
+        "row"]
+
+
+def errors_training_on(data: Path, run: Path) -> list[str]:
+    """The Error: lines of a tiny train on `data` that must fail."""
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "--set", f"data.source={data}", "-o", str(run)])
+    assert result.exit_code == 1, result.output
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
 
 
 @pytest.mark.parametrize("split", ["validation", "test"])
@@ -143,12 +147,9 @@ def test_a_label_only_a_held_out_file_has_is_refused_before_training(split, tmp_
     """Else it became a class no row trains ('Positive' beside 'positive'), scored and predicted silently."""
     write(tmp_path / "data" / "train.csv", rows(["negative", "positive"], 60))
     write(tmp_path / "data" / f"{split}.csv", rows(["negative", "Positive"], 12))
-    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "--set", f"data.source={tmp_path / 'data'}",
-                                      "-o", str(tmp_path / "run")])
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert result.exit_code == 1 and errors == [
+    assert errors_training_on(tmp_path / "data", tmp_path / "run") == [
         f"Error: split '{split}' has label 'Positive', which no row of the training split 'train' has (its labels: "
-        "negative, positive); fix that label or drop its rows"], result.output
+        "negative, positive); fix that label or drop its rows"]
     assert not (tmp_path / "run").exists()
 
 
