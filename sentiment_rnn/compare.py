@@ -75,6 +75,12 @@ def _check(config: Config, seeds: int) -> None:
         raise SentimentRNNError("compare-baseline needs an RNN config (model.kind: rnn); it trains the baseline itself")
 
 
+def comparison_markers(config: Config) -> tuple[str, str]:
+    """What a comparison folder holds, so --overwrite replaces only one: its json, or (stopped before writing
+    it) its first run's config."""
+    return COMPARISON, f"{RUN_PREFIX['rnn']}-seed{config.seed}/{rundir.CONFIG}"
+
+
 def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_path: str | Path | None = None,
                      reporter: Reporter | None = None, overwrite: bool = False,
                      positive: str | None = None) -> dict:
@@ -91,7 +97,7 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
     positive = positive_label(labels, positive)
     notes = [] if positive else [f"the context probe needs two classes; this data has {len(labels)} "
                                  f"({', '.join(labels)}), so its rows are skipped"]
-    rundir.prepare_output(output_dir, overwrite)
+    rundir.prepare_output(output_dir, overwrite, comparison_markers(config), "comparison")
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {kind: [] for kind in RUN_PREFIX}
     for i in range(seeds):

@@ -264,8 +264,12 @@ def weights_sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse to write into a file or over an existing run, before any time is spent on data."""
+RUN_MARKERS = (CONFIG, CHECKPOINT, STAGE_ONE)  # a run directory holds one from its start, finished or not
+
+
+def check_output(output: Path, overwrite: bool, markers: tuple[str, ...] = RUN_MARKERS, what: str = "run") -> None:
+    """Refuse to write into a file or over an existing run, before any time is spent on data; --overwrite
+    replaces only a folder holding one of `markers` (a `what`), never other files nor the current directory."""
     if output.exists() and not output.is_dir():
         raise SentimentRNNError(f"'{output}' is a file, not a directory; choose another --output")
     try:
@@ -274,6 +278,12 @@ def check_output(output: Path, overwrite: bool) -> None:
     except OSError as exc:
         raise SentimentRNNError(
             f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
+    if occupied and not any((output / marker).exists() for marker in markers):
+        raise SentimentRNNError(f"'{output}' exists and is not a {what} directory; --overwrite replaces only a "
+                                f"{what}, so pass an --output folder that is new, empty or a {what}")
+    if overwrite and output.is_dir() and Path.cwd().resolve().is_relative_to(output.resolve()):
+        raise SentimentRNNError(f"'{output}' holds the current directory, which --overwrite would delete; "
+                                "run from another folder or choose another --output")
     if occupied and not overwrite:
         if (output / CHECKPOINT).is_file() and not is_complete(output):
             raise SentimentRNNError(f"run directory '{output}' holds an unfinished run; continue it with "
@@ -282,8 +292,8 @@ def check_output(output: Path, overwrite: bool) -> None:
                                 "or --output DIR to write elsewhere")
 
 
-def prepare_output(output: Path, overwrite: bool) -> None:
-    check_output(output, overwrite)
+def prepare_output(output: Path, overwrite: bool, markers: tuple[str, ...] = RUN_MARKERS, what: str = "run") -> None:
+    check_output(output, overwrite, markers, what)
     if output.is_dir() and overwrite:
         shutil.rmtree(output)
     try:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment_rnn.compare import LENGTHS, RUN_PREFIX, shuffle_words, summarize
+from sentiment_rnn import rundir
+from sentiment_rnn.compare import LENGTHS, RUN_PREFIX, comparison_markers, shuffle_words, summarize
 from sentiment_rnn.config import ModelConfig, load_config
+from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.models.baseline import per_word_linear_params
@@ -161,6 +163,15 @@ def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
 
     again = cli("compare-baseline", "--config", "configs/tiny.yaml", "--output", str(out))
     assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
+    config = load_config(ROOT / "configs" / "tiny.yaml")
+    rundir.check_output(out, True, comparison_markers(config), "comparison")  # --overwrite would replace it
+    (out / "comparison.json").unlink()
+    rundir.check_output(out, True, comparison_markers(config), "comparison")  # stopped before its json, too
+    mine = tmp_path / "mine"
+    (mine / "rnn-seed1").mkdir(parents=True)
+    (mine / "rnn-seed1" / "config.yaml").write_text("a run of another seed, among the user's files")
+    with pytest.raises(SentimentRNNError, match="is not a comparison directory"):
+        rundir.check_output(mine, True, comparison_markers(config), "comparison")
 
 
 def test_compare_baseline_rejects_a_broken_probe_before_training(tmp_path):

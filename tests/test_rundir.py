@@ -213,3 +213,26 @@ def test_versions_record_the_package_commit_from_any_folder_and_none_when_git_fa
     monkeypatch.delenv("GIT_DIR")
     monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
     assert rundir.versions()["git_commit"] is None
+
+
+def test_overwrite_replaces_only_a_run_never_other_files_nor_the_current_directory(tiny_run, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "important.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(SentimentRNNError, match="'.*mine' exists and is not a run directory; --overwrite "
+                                                    "replaces only a run"):
+            rundir.prepare_output(mine, overwrite)
+    assert (mine / "important.txt").read_text() == "keep"
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "sub").mkdir()
+    monkeypatch.chdir(run / "sub")
+    for inside in (Path("."), Path(".."), run):
+        with pytest.raises(SentimentRNNError, match="holds the current directory, which --overwrite would delete"):
+            rundir.prepare_output(inside, True)
+    monkeypatch.chdir(tmp_path)
+    rundir.prepare_output(run, True)  # a run, from outside it: replaced
+    assert run.is_dir() and not any(run.iterdir())
+    with pytest.raises(SentimentRNNError, match="is not a comparison directory"):
+        rundir.prepare_output(mine, True, ("comparison.json",), "comparison")
