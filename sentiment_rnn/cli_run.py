@@ -114,6 +114,8 @@ def predict(
 
     source = open_texts(texts or [], file, "classify")
     if _uses_onnx(backend, model, precision):
+        if fast:
+            raise SentimentRNNError("--fast is a kernel for torch runs; an ONNX export runs onnxruntime's: drop --fast")
         from sentiment_rnn.onnx_backend import OnnxPredictor, resolve_export
 
         predictor = OnnxPredictor.load(resolve_export(model))

@@ -121,6 +121,12 @@ def test_predict_and_explain_read_a_pipe_dev_stdin_and_process_substitution(tiny
                    "is a directory")
 
 
+def test_fast_on_an_export_is_refused_like_bf16_not_ignored(tiny_export):
+    for option in (["--fast"], ["--precision", "bf16"]):
+        one_line_error(CliRunner().invoke(app, ["predict", "--model", str(tiny_export), *option, "good"]),
+                       "drop --" + option[0].removeprefix("--"))
+
+
 def test_a_dash_among_texts_and_an_empty_text_argument_are_refused_by_position(tiny_run):
     for command in ("predict", "explain"):
         one_line_error(CliRunner().invoke(app, [command, "--model", str(tiny_run), "-", "good"], input="bad\n"),
