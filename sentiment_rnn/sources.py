@@ -92,8 +92,11 @@ def _files_by_split(path: Path) -> dict[str, list[Path]]:
 
 
 def split_label(source: str, split: str) -> str:
-    """How errors name a split: with its file where a plain folder holds one (dev.csv is read as 'validation')."""
+    """How errors name a split: a single file by its name (datasets calls it 'train'); with its file where a
+    plain folder holds one (dev.csv is read as 'validation')."""
     path = Path(source).expanduser()
+    if path.is_file():
+        return f"'{source}'"
     files = _files_by_split(path).get(split, []) if path.is_dir() and not is_hub_layout(path) else []
     return f"split '{split}' ('{files[0]}')" if len(files) == 1 else f"split '{split}'"
 

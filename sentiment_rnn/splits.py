@@ -124,9 +124,9 @@ def label_names(raw: dict[str, datasets.Dataset], cfg: DataConfig) -> list[str]:
     keys = found[train]
     for split in others:
         if stray := sorted(found[split] - keys):
-            raise SentimentRNNError(f"split '{split}' has label {stray[0]!r}, which no row of the training split "
-                                    f"'{train}' has (its labels: {', '.join(sorted(keys))}); fix that label or drop "
-                                    "its rows")
+            raise SentimentRNNError(f"{split_label(cfg.source, split)} has label {stray[0]!r}, which no row of the "
+                                    f"training split '{train}' has (its labels: {', '.join(sorted(keys))}); fix that "
+                                    "label or drop its rows")
     if cfg.label_names is not None:
         known = {str(i) for i in range(len(cfg.label_names))}
         if stray := sorted(keys - known):

@@ -127,12 +127,15 @@ def test_a_folders_validation_and_test_files_are_used_and_reported(tmp_path):
     assert record["sizes"] == {"train": 60, "validation": 12, "test": 14}
 
 
-def test_a_bad_row_of_dev_csv_is_named_by_its_file_as_well_as_by_the_split_it_is_read_as(tmp_path):
+def test_a_bad_row_is_named_by_its_file_a_single_one_or_dev_csv_beside_the_split_it_is_read_as(tmp_path):
     write(tmp_path / "data" / "train.csv", rows(["neg", "pos"], 60))
     write(tmp_path / "data" / "dev.csv", [*rows(["neg", "pos"], 10), ("  ", "pos")])
     assert errors_training_on(tmp_path / "data", tmp_path / "run") == [
         f"Error: split 'validation' ('{tmp_path / 'data' / 'dev.csv'}') row 11 has an empty text; fix or remove that "
         "row"]
+    single = write(tmp_path / "one.csv", [*rows(["neg", "pos"], 3), ("a film", "")])  # datasets calls it 'train'
+    assert errors_training_on(single, tmp_path / "run") == [
+        f"Error: '{single}' row 4 has no label (empty or NaN); fix or remove that row"]
 
 
 def errors_training_on(data: Path, run: Path) -> list[str]:
@@ -148,7 +151,8 @@ def test_a_label_only_a_held_out_file_has_is_refused_before_training(split, tmp_
     write(tmp_path / "data" / "train.csv", rows(["negative", "positive"], 60))
     write(tmp_path / "data" / f"{split}.csv", rows(["negative", "Positive"], 12))
     assert errors_training_on(tmp_path / "data", tmp_path / "run") == [
-        f"Error: split '{split}' has label 'Positive', which no row of the training split 'train' has (its labels: "
+        f"Error: split '{split}' ('{tmp_path / 'data' / f'{split}.csv'}') has label 'Positive', which no row of the "
+        "training split 'train' has (its labels: "
         "negative, positive); fix that label or drop its rows"]
     assert not (tmp_path / "run").exists()
 
