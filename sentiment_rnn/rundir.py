@@ -231,8 +231,8 @@ def load_run(model_dir: Path | None, device: str = "cpu", precision: str = "fp32
     config = read_config(run)
     meta = read_json(run / META)
     if isinstance(meta, dict) and meta.get("kind") == "language_model":
-        raise SentimentRNNError(f"'{run}' is a pretrain-lm run: a language model, with no classifier to predict with; "
-                                f"fine-tune one from it: {finetune_command(run)}")
+        raise SentimentRNNError(f"'{run}' is a pretrain-lm run: a language model, not a classifier (no labels to "
+                                f"predict, score, explain or inspect); fine-tune one from it: {finetune_command(run)}")
     try:
         vocab_size, labels, max_length = int(meta["vocab_size"]), list(meta["label_names"]), int(meta["max_length"])
     except (KeyError, TypeError, ValueError):

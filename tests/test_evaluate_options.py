@@ -199,3 +199,22 @@ def test_evaluate_reports_the_share_of_unknown_tokens_the_same_for_a_run_and_its
     result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(unseen)])
     assert result.exit_code == 0, result.output
     assert "[UNK], words the vocabulary lacks: 100.0% of the scored tokens, in 100.0% of the texts" in result.output
+
+
+def test_a_run_whose_recorded_data_file_is_gone_says_so_and_how_to_score_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    data = labeled_csv(tmp_path / "reviews.csv", ("negative", "positive"), n=60)
+    run_dir = tmp_path / "run"
+    trained = CliRunner().invoke(app, ["train", "-c", "tiny", "--set", f"data.source={data}", "--set",
+                                       "train.epochs=1", "-o", str(run_dir)])
+    assert trained.exit_code == 0, trained.output
+    assert CliRunner().invoke(app, ["evaluate", "-m", str(run_dir)]).exit_code == 0
+    data.rename(tmp_path / "moved.csv")
+    for split in ("test", "validation"):
+        result = CliRunner().invoke(app, ["evaluate", "-m", str(run_dir), "--split", split])
+        assert result.exit_code == 1 and result.output.startswith(
+            f"Error: the data this run was trained on, '{data}', is gone; put it back there"), result.output
+        assert "Traceback" not in result.output and result.output.count("\n") == 1

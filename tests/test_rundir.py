@@ -114,7 +114,8 @@ def test_load_run_rebuilds_the_trained_model_in_eval_mode_and_refuses_mixed_file
     with pytest.raises(SentimentRNNError, match="mixes files of different runs"):
         rundir.load_run(run)
     (run / rundir.META).write_text(json.dumps({**meta, "kind": "language_model"}))
-    with pytest.raises(SentimentRNNError, match="is a pretrain-lm run"):
+    with pytest.raises(SentimentRNNError, match=r"is a pretrain-lm run: a language model, not a classifier "
+                                                r"\(no labels to predict, score, explain or inspect\)"):
         rundir.load_run(run)
     (run / rundir.META).write_text(json.dumps(meta))
     (run / rundir.WEIGHTS).write_bytes(b"not safetensors")
