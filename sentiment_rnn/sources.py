@@ -6,6 +6,7 @@ has them; checking, labelling and splitting happen in `splits.py`.
 
 from __future__ import annotations
 
+import csv
 import glob
 import logging
 from importlib import resources
@@ -64,6 +65,20 @@ def _check_utf8(path: Path) -> int:
     return filled
 
 
+def _check_fields(path: Path, delimiter: str) -> None:
+    """Every row has as many fields as the header. pandas reads a row with one more (a trailing comma, an
+    unquoted comma in the text) as an unnamed index column and shifts the rest: the label words became texts."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        width = len(next(reader, []))
+        for row in reader:
+            if row and len(row) != width:
+                name = "tab" if delimiter == "\t" else "comma"
+                raise SentimentRNNError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, its header {width}; quote a text that "
+                    f"holds a {name} (\"...\") and remove trailing {name}s")
+
+
 def is_hub_layout(path: Path) -> bool:
     """A folder laid out as a Hub dataset repository (data/train-00000-of-00001.parquet, ..., or a README.md
     whose YAML header names the files) rather than one data file per split at its top level."""
@@ -116,6 +131,8 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]], dict]:
         no_rows = suffix == ".json" and p.stat().st_size < 64 and p.read_bytes().strip() == b"[]"
         if no_rows or (suffix != ".parquet" and _check_utf8(p) < (2 if suffix in (".csv", ".tsv") else 1)):
             raise SentimentRNNError(f"data file '{p}' has no data rows; give a file with {ROWS_AS[suffix]}")
+        if suffix in (".csv", ".tsv"):
+            _check_fields(p, "\t" if suffix == ".tsv" else ",")
     options = {"delimiter": "\t"} if suffix == ".tsv" else {}
     # datasets reads data_files as glob patterns: a folder named "[v2]" must match itself, not one character
     return FORMATS[suffix], {k: [glob.escape(str(p)) for p in v] for k, v in files.items()}, options

@@ -138,6 +138,24 @@ def test_a_bad_row_is_named_by_its_file_a_single_one_or_dev_csv_beside_the_split
         f"Error: '{single}' row 4 has no label (empty or NaN); fix or remove that row"]
 
 
+def test_a_row_with_more_fields_than_its_header_is_refused_naming_its_line_not_shifted_into_the_labels(tmp_path):
+    """pandas read 'a lovely film,positive,0' as index 'a lovely film', text 'positive', label 0, silently."""
+    from sentiment_rnn.config import DataConfig
+    from sentiment_rnn.sources import load_raw
+
+    shifted = tmp_path / "shifted.csv"
+    shifted.write_text("text,label\n\"a lovely, moving film\",positive\n\na boring film,negative,1\n")
+    assert errors_training_on(shifted, tmp_path / "run") == [
+        f"Error: {shifted}: line 4 has 3 fields, its header 2; quote a text that holds a comma (\"...\") and remove "
+        "trailing commas"]
+    tabbed = tmp_path / "tabbed.tsv"
+    tabbed.write_text("text\tlabel\ngood\tpositive\tx\n")
+    with pytest.raises(SentimentRNNError, match="line 2 has 3 fields, its header 2; quote a text that holds a tab"):
+        load_raw(DataConfig(source=str(tabbed)))
+    shifted.write_text("text,label\n\"a lovely, moving film\",positive\n\na boring film,negative\n")
+    assert load_raw(DataConfig(source=str(shifted)))["train"]["text"] == ["a lovely, moving film", "a boring film"]
+
+
 def errors_training_on(data: Path, run: Path) -> list[str]:
     """The Error: lines of a tiny train on `data` that must fail."""
     result = CliRunner().invoke(app, ["train", "-c", str(TINY), "--set", f"data.source={data}", "-o", str(run)])
@@ -367,7 +385,7 @@ def test_evaluate_prints_the_per_class_table_and_the_confusion_matrix_of_the_rec
 def test_evaluate_reads_other_column_names_with_text_column_and_label_column(tmp_path, tiny_run):
     data = rows(["negative", "positive"], 30)
     path = tmp_path / "reviews.csv"
-    path.write_text("id,review,verdict\n" + "".join(f"{i},{text},{label}\n" for i, (text, label) in enumerate(data)))
+    path.write_text("id,review,verdict\n" + "".join(f'{i},"{text}",{label}\n' for i, (text, label) in enumerate(data)))
     plain = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(path), "--json"])
     assert plain.exit_code == 1 and plain.output.startswith("Error:") and "text" in plain.output, plain.output
     result = CliRunner().invoke(app, ["evaluate", "-m", str(tiny_run), "--data", str(path), "--json",
