@@ -330,7 +330,7 @@ CSV_ROWS = [(f"a {'great' if i % 2 else 'dull'} film, review {i}", i % 2) for i 
 
 
 def write_csv(path: Path, rows) -> Path:
-    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    path.write_text("text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows))  # the texts hold commas
     return path
 
 
