@@ -97,7 +97,8 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
     positive = positive_label(labels, positive)
     notes = [] if positive else [f"the context probe needs two classes; this data has {len(labels)} "
                                  f"({', '.join(labels)}), so its rows are skipped"]
-    rundir.prepare_output(output_dir, overwrite, comparison_markers(config), "comparison")
+    replaced = rundir.prepare_output(output_dir, overwrite, comparison_markers(config), "comparison")
+    rundir.settle_replaced(replaced, output_dir)  # a comparison is many runs: the old one goes now
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {kind: [] for kind in RUN_PREFIX}
     for i in range(seeds):

@@ -143,8 +143,9 @@ def is_complete(run: Path) -> bool:
 
 def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
     """The most recently completed run under root, for predict/evaluate without --model."""
-    candidates = [p for p in root.glob("*") if p.is_dir() and is_complete(p) and not _is_language_model(p)] \
-        if root.is_dir() else []
+    # a hidden folder is a run that --overwrite set aside while its replacement trains (prepare_output)
+    candidates = [p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".") and is_complete(p)
+                  and not _is_language_model(p)] if root.is_dir() else []
     if not candidates:
         raise SentimentRNNError(f"no trained run found under '{root}/'; train one first or pass --model RUN_DIR")
     return max(candidates, key=lambda p: (p / METRICS).stat().st_mtime)
@@ -292,15 +293,31 @@ def check_output(output: Path, overwrite: bool, markers: tuple[str, ...] = RUN_M
                                 "or --output DIR to write elsewhere")
 
 
-def prepare_output(output: Path, overwrite: bool, markers: tuple[str, ...] = RUN_MARKERS, what: str = "run") -> None:
+def prepare_output(output: Path, overwrite: bool, markers: tuple[str, ...] = RUN_MARKERS,
+                   what: str = "run") -> Path | None:
+    """Check and create `output`. A run that --overwrite replaces is renamed aside, not deleted, until the new
+    one is settled (settle_replaced): where it lies now, or None."""
     check_output(output, overwrite, markers, what)
-    if output.is_dir() and overwrite:
-        shutil.rmtree(output)
+    aside = None
+    if output.is_dir() and overwrite and any(output.iterdir()):
+        aside = output.with_name(f".{output.name}.replaced")
+        shutil.rmtree(aside, ignore_errors=True)  # left by a process killed while replacing
+        output.rename(aside)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SentimentRNNError(
             f"cannot create run directory '{output}' ({exc.strerror}); choose another --output") from None
+    return aside
+
+
+def settle_replaced(aside: Path | None, output: Path) -> None:
+    """After the run that replaces `aside` ended: put the old run back if the new one left nothing (it failed
+    before a checkpoint), else delete it."""
+    if aside is not None and not output.exists():
+        aside.rename(output)
+    elif aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def finetune_command(run: Path) -> str:

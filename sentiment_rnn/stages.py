@@ -165,31 +165,30 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
         return {**metrics, "stage_one": stage_one_summary(entry)}
     if not config.stage_one.enabled:
         return train_lib.train(config, output, reporter, overwrite=overwrite, resume=resume, report_to=report_to)
-    if not resume:
-        rundir.check_output(output, overwrite)
-        if overwrite and output.is_dir():
-            shutil.rmtree(output)
+    created = not output.exists()
+    replaced = None if resume else rundir.prepare_output(output, overwrite)  # an old run set aside, if any
     first = stage_one_config(config)
     key = stage_key(first)
     where = stage_one_dir(output, first, key, first_stages)
     record = {"config": config.model_dump(mode="json"),
               "stage_one": {"path": str(where), "key": key, "config": first.model_dump(mode="json")}}
-    created = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
     rundir.write_json(output / RECORD, record)
     try:
-        done = ensure_stage_one(first, where, key, reporter, report_to)
-    except TrainingInterrupted as stop:  # resuming the run resumes its first stage
-        raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
-    except SentimentRNNError:  # nothing to resume: no folder left holding only the record, as train.py does
-        if created:
-            shutil.rmtree(output, ignore_errors=True)
-        raise
-    record["stage_one"].update(weights_sha256=done["weights_sha256"], action=done["action"])
-    rundir.write_json(output / RECORD, record)
-    second = stage_two_config(config, where)
-    reporter.stage(f"Stage 2 of 2: training on {config.data.source}, starting from the first stage")
-    metrics = train_lib.train(second, output, reporter, overwrite=False, resume=False, report_to=report_to)
+        try:
+            done = ensure_stage_one(first, where, key, reporter, report_to)
+        except TrainingInterrupted as stop:  # resuming the run resumes its first stage
+            raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
+        except SentimentRNNError:  # nothing to resume: no folder left holding only the record, as train.py does
+            if created or replaced is not None:
+                shutil.rmtree(output, ignore_errors=True)
+            raise
+        record["stage_one"].update(weights_sha256=done["weights_sha256"], action=done["action"])
+        rundir.write_json(output / RECORD, record)
+        second = stage_two_config(config, where)
+        reporter.stage(f"Stage 2 of 2: training on {config.data.source}, starting from the first stage")
+        metrics = train_lib.train(second, output, reporter, overwrite=False, resume=False, report_to=report_to)
+    finally:
+        rundir.settle_replaced(replaced, output)  # the run it replaced comes back if it left nothing
     return {**metrics, "stage_one": stage_one_summary(record["stage_one"])}
 
 

@@ -101,8 +101,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
         splits = data_lib.load_splits(config.data, config.seed)
     reporter.stage(data_lib.describe_splits(splits.record))
     scoring.class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
-    if not resume and main:
-        rundir.prepare_output(output, overwrite)
+    replaced = rundir.prepare_output(output, overwrite) if not resume and main else None
     if resume and main and rundir.is_complete(output):
         checkpoint.reopen_finished(output, splits.record, config.train.epochs, reporter)
     try:
@@ -112,6 +111,7 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
             shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
         raise
     finally:
+        rundir.settle_replaced(replaced, output)  # the run it replaced comes back if it left nothing
         distributed.teardown()
 
 

@@ -237,3 +237,27 @@ def test_overwrite_replaces_only_a_run_never_other_files_nor_the_current_directo
     assert run.is_dir() and not any(run.iterdir())
     with pytest.raises(SentimentRNNError, match="is not a comparison directory"):
         rundir.prepare_output(mine, True, ("comparison.json",), "comparison")
+
+
+def test_a_replaced_run_waits_aside_comes_back_if_the_new_one_left_nothing_and_is_never_the_latest(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    runs = tmp_path / "runs"
+    old = copy_run(tiny_run, runs, "tiny", 0)
+    before = rundir.sha256(old / rundir.WEIGHTS)
+    aside = rundir.prepare_output(old, True)
+    assert aside == runs / ".tiny.replaced" and rundir.is_complete(aside) and not any(old.iterdir())
+    with pytest.raises(SentimentRNNError, match="no trained run found"):
+        rundir.find_latest_run(runs)  # the run set aside is not one to predict with
+    shutil.rmtree(old)  # the new run failed before its first checkpoint
+    rundir.settle_replaced(aside, old)
+    assert rundir.sha256(old / rundir.WEIGHTS) == before and not aside.exists()
+    nan = CliRunner().invoke(app, ["train", "-c", "tiny", "-o", str(old), "--overwrite", "--set", "train.lr=1e30",
+                                   "--set", "train.clip_grad_norm=null"])
+    assert nan.exit_code == 1 and "loss became nan" in nan.output, nan.output
+    assert rundir.sha256(old / rundir.WEIGHTS) == before and sorted(p.name for p in runs.iterdir()) == ["tiny"]
+    replaced = CliRunner().invoke(app, ["train", "-c", "tiny", "-o", str(old), "--overwrite", "--set", "seed=3"])
+    assert replaced.exit_code == 0, replaced.output
+    assert rundir.sha256(old / rundir.WEIGHTS) != before and sorted(p.name for p in runs.iterdir()) == ["tiny"]

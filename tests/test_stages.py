@@ -102,6 +102,23 @@ def test_an_identical_first_stage_is_reused_and_a_damaged_one_trained_again(two_
     assert rundir.sha256(first / rundir.WEIGHTS) == json.loads((first / rundir.META).read_text())["weights_sha256"]
 
 
+def test_a_replacement_that_fails_in_either_stage_gives_the_old_run_back(two_stage_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    old = tmp_path / "run"
+    shutil.copytree(two_stage_run[0], old)
+    before = rundir.sha256(old / rundir.WEIGHTS)
+    blow_up = ["--set", "train.lr=1e30", "--set", "train.clip_grad_norm=null"]
+    for stage_one_lr in ("null", "0.002"):  # the first stage fails; the first trains and the second fails
+        result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(old), *TWO_STAGES, *blow_up,
+                                          "--set", f"stage_one.lr={stage_one_lr}", "--overwrite"])
+        assert result.exit_code == 1 and "loss became nan" in result.output, result.output
+        assert rundir.sha256(old / rundir.WEIGHTS) == before and rundir.is_complete(old)
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing set aside is left behind
+
+
 def test_first_stage_key_changes_with_its_config_seed_and_data():
     config = load_config(TINY, ["stage_one.enabled=true"])
     key = stage_key(stage_one_config(config))

@@ -157,8 +157,7 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
     checkpoint.seed_everything(config.seed)
     source = read_lm_source(config)
     tokenizer, batches, held, record = prepare_data(config, output, resume, reporter, source)
-    if not resume:
-        rundir.prepare_output(output, overwrite)
+    replaced = None if resume else rundir.prepare_output(output, overwrite)
     try:
         if not resume:
             rundir.atomic_write(output / rundir.CONFIG, dump_config(config))
@@ -169,6 +168,8 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
         if not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
             shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
         raise
+    finally:
+        rundir.settle_replaced(replaced, output)  # the run it replaced comes back if it left nothing
 
 
 def setup_model(config: Config, vocab_size: int, source: InitSource | None) -> nn.Module:
