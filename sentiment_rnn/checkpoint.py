@@ -183,6 +183,8 @@ def check_resumable(run: Path, epochs: int | None = None) -> None:
         raise SentimentRNNError(f"cannot resume: '{run}' is not a run directory; pass the folder of an unfinished run")
     if rundir.is_complete(run):
         check_continuable(run, epochs)
+    elif any(run.iterdir()) and not any((run / marker).exists() for marker in rundir.RUN_MARKERS):
+        raise SentimentRNNError(f"cannot resume: '{run}' is not a run directory; pass the folder of an unfinished run")
     elif not (run / rundir.CHECKPOINT).is_file():
         raise SentimentRNNError(f"cannot resume: '{run}' has no {rundir.CHECKPOINT} (training stopped before its "
                                 "first checkpoint); train again with --overwrite")

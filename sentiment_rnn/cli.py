@@ -52,9 +52,11 @@ def config_and_output(config: Path | None, default: str, set_: list[str] | None,
     --config (or the shipped `default`) and --output, or runs/<config name>/. A classifier's config may not
     hold pretrain-lm's lm.* keys; language_model: pretrain-lm's, which does."""
     from sentiment_rnn.config import Config, LMRunConfig, load_config
+    from sentiment_rnn.rundir import check_output
 
     if resume is None:
         cfg = load_config(config or default, set_, LMRunConfig if language_model else Config)
+        check_output(output or runs / cfg.name, overwrite)  # a taken folder is said first, before any header
         return cfg, output or runs / cfg.name
     from sentiment_rnn.checkpoint import resume_config
 

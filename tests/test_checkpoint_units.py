@@ -197,6 +197,9 @@ def test_resume_refuses_a_folder_that_is_not_a_run_or_has_no_checkpoint(tmp_path
     assert refusal(checkpoint.resume_config, empty) == (
         f"cannot resume: '{empty}' has no checkpoint.pt (training stopped before its first checkpoint); "
         "train again with --overwrite")
+    (empty / "notes.txt").write_text("the user's own")  # --overwrite would refuse it: not a run, said so
+    assert refusal(checkpoint.resume_config, empty) == (
+        f"cannot resume: '{empty}' is not a run directory; pass the folder of an unfinished run")
 
 
 def test_continuing_a_finished_run_suggests_a_valid_epoch_count_and_needs_its_final_state(tmp_path):

@@ -259,3 +259,12 @@ def test_a_data_file_under_a_folder_named_with_brackets_is_read_as_itself(tmp_pa
     (folder / "reviews.csv").write_text("text,label\ngood film,positive\nbad film,negative\nfine,positive\n")
     raw = load_raw(DataConfig(source=str(folder / "reviews.csv")))
     assert raw["train"]["text"] == ["good film", "bad film", "fine"]
+
+
+def test_a_taken_output_folder_is_the_first_and_only_thing_train_says(tiny_run, tmp_path):
+    taken = tmp_path / "taken"
+    shutil.copytree(tiny_run, taken)
+    for command in ("train", "pretrain-lm"):
+        result = CliRunner().invoke(app, [command, "-o", str(taken)])
+        assert result.output.startswith("Error: run directory"), result.output  # no "Training ..." header first
+        one_line_error(result, f"'{taken}' already exists; pass --overwrite")
