@@ -179,12 +179,11 @@ def check_resumable(run: Path, epochs: int | None = None) -> None:
     """An unfinished run resumes from its checkpoint; a finished one continues only when `epochs` (the
     train.epochs asked for) is more than its own (see check_continuable)."""
     run = Path(run)
-    if not run.is_dir():
+    # a folder of other files is no run either (--overwrite, the hint below, refuses it); an empty one can be
+    if not run.is_dir() or (any(run.iterdir()) and not rundir.holds_any(run)):
         raise SentimentRNNError(f"cannot resume: '{run}' is not a run directory; pass the folder of an unfinished run")
     if rundir.is_complete(run):
         check_continuable(run, epochs)
-    elif any(run.iterdir()) and not any((run / marker).exists() for marker in rundir.RUN_MARKERS):
-        raise SentimentRNNError(f"cannot resume: '{run}' is not a run directory; pass the folder of an unfinished run")
     elif not (run / rundir.CHECKPOINT).is_file():
         raise SentimentRNNError(f"cannot resume: '{run}' has no {rundir.CHECKPOINT} (training stopped before its "
                                 "first checkpoint); train again with --overwrite")

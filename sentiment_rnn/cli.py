@@ -56,8 +56,9 @@ def config_and_output(config: Path | None, default: str, set_: list[str] | None,
 
     if resume is None:
         cfg = load_config(config or default, set_, LMRunConfig if language_model else Config)
-        check_output(output or runs / cfg.name, overwrite)  # a taken folder is said first, before any header
-        return cfg, output or runs / cfg.name
+        out = output or runs / cfg.name
+        check_output(out, overwrite)  # a taken folder is said first, before any header
+        return cfg, out
     from sentiment_rnn.checkpoint import resume_config
 
     if overwrite or (output is not None and output != resume):

@@ -50,7 +50,10 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
             kept = RECORDED if "carved_by_sentence" in record else RECORDED[:2]  # left-out: carved by sentence
             raise SentimentRNNError(f"the run records only its {', '.join(kept[:-1])} and {kept[-1]} rows, not "
                                     f"'{split}'; to score a split of a source, pass --data SOURCE --split NAME")
-        ds = _recorded_rows(cfg, record, split, names)
+        if split == LEFT_OUT:
+            ds = recorded_left_out(cfg, record, names)
+        else:
+            ds, _ = splits.recorded_split(cfg, record, split, names)
         shown = record.get("source_given", record.get("source", cfg.source))
     else:
         updates = {"source": source, "limit": None}
@@ -77,17 +80,6 @@ def evaluate_run(model_dir: Path | None, source: str | None = None, split: str |
         rows = scored_rows(ds["text"], ds["label"], probs, names)
         add_predictions(metrics, rows, predictions, show_wrong)
     return metrics
-
-
-def _recorded_rows(cfg: DataConfig, record: dict, split: str, names: list[str]) -> datasets.Dataset:
-    """The run's own rows of `split` (test, validation, left-out), read again from the source it recorded."""
-    recorded = Path(record.get("source", cfg.source).removeprefix("hf:"))
-    if recorded.is_absolute() and not recorded.exists():
-        raise SentimentRNNError(f"the data this run was trained on, '{recorded}', is gone; put it back there to score "
-                                "the run's own rows, or score other data with --data SOURCE")
-    if split == LEFT_OUT:
-        return recorded_left_out(cfg, record, names)
-    return splits.recorded_split(cfg, record, split, names)[0]
 
 
 def _trained_on(source: str, split: str | None, cfg: DataConfig, record: dict) -> str | None:

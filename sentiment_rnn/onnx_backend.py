@@ -95,11 +95,18 @@ class OnnxPredictor:
         return cls(path, make_session(path / MODEL, threads), load_tokenizer(path / rundir.TOKENIZER), meta)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        """[N, C] class probabilities for non-empty texts, in input order; batches cut from the texts
-        sorted by token count, so they carry little padding."""
+        """[N, C] class probabilities for non-empty texts, in input order."""
+        return self.probabilities_of_ids(self.token_ids(texts))
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, as the model reads them."""
         cap = self.max_length * CHARS_PER_TOKEN_CAP  # a 10 MB line must not cost a 10 MB tokenization
-        ids = encode_ids(self.tokenizer, [t[:cap] for t in texts], self.max_length)
-        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        return encode_ids(self.tokenizer, [t[:cap] for t in texts], self.max_length)
+
+    def probabilities_of_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """[N, C] class probabilities of token_ids' output, in input order; batches cut from the texts sorted
+        by token count, so they carry little padding."""
+        out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
@@ -133,13 +140,13 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test", predict
     if not rows:
         raise SentimentRNNError(f"export '{predictor.path}' holds no {split} rows; evaluate the run directory instead")
     y_true = np.array([r["label"] for r in rows])
-    probs = predictor.probabilities([r["text"] for r in rows])  # [N, C]
+    ids = predictor.token_ids([r["text"] for r in rows])
+    probs = predictor.probabilities_of_ids(ids)  # [N, C]
     loss = float(-np.log(np.clip(probs[np.arange(len(rows)), y_true], 1e-12, None)).mean())  # cross-entropy
     metrics = classification_metrics(y_true.tolist(), probs.argmax(1).tolist(), predictor.labels)
     source = predictor.meta.get("data_source", predictor.meta.get("source_run", ""))  # older exports: the run
     metrics.update(run=str(predictor.path), split=split, source=source, loss=loss,
                    numeric_precision="fp32", backend="onnx")
-    ids = encode_ids(predictor.tokenizer, [r["text"] for r in rows], predictor.max_length)
     metrics.update(unknown_shares(ids, predictor.tokenizer.token_to_id(UNK)))
     if predictions is not None or show_wrong:
         rows = scored_rows([r["text"] for r in rows], y_true, probs, predictor.labels)

@@ -268,6 +268,11 @@ def weights_sha256(payload: bytes) -> str:
 RUN_MARKERS = (CONFIG, CHECKPOINT, STAGE_ONE)  # a run directory holds one from its start, finished or not
 
 
+def holds_any(folder: Path, markers: tuple[str, ...] = RUN_MARKERS) -> bool:
+    """Whether `folder` holds one of `markers`: by default, whether it is a run directory, finished or not."""
+    return any((folder / marker).exists() for marker in markers)
+
+
 def check_output(output: Path, overwrite: bool, markers: tuple[str, ...] = RUN_MARKERS, what: str = "run") -> None:
     """Refuse to write into a file or over an existing run, before any time is spent on data; --overwrite
     replaces only a folder holding one of `markers` (a `what`), never other files nor the current directory."""
@@ -279,7 +284,7 @@ def check_output(output: Path, overwrite: bool, markers: tuple[str, ...] = RUN_M
     except OSError as exc:
         raise SentimentRNNError(
             f"cannot read run directory '{output}' ({exc.strerror}); choose another --output") from None
-    if occupied and not any((output / marker).exists() for marker in markers):
+    if occupied and not holds_any(output, markers):
         raise SentimentRNNError(f"'{output}' exists and is not a {what} directory; --overwrite replaces only a "
                                 f"{what}, so pass an --output folder that is new, empty or a {what}")
     if overwrite and output.is_dir() and Path.cwd().resolve().is_relative_to(output.resolve()):

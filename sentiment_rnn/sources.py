@@ -50,6 +50,17 @@ def resolve_source(source: str) -> str:
     return str(Path(source).expanduser().resolve())
 
 
+def recorded_source(record: dict, fallback: str) -> str:
+    """The source a run's split.json recorded (absolute where local), refused in one line when that local file
+    or folder is gone: its rows cannot be read again there."""
+    source = record.get("source", fallback)
+    recorded = Path(source.removeprefix("hf:"))
+    if recorded.is_absolute() and not recorded.exists():
+        raise SentimentRNNError(f"the data this run was trained on, '{recorded}', is gone; put it back there to score "
+                                "the run's own rows, or score other data with --data SOURCE")
+    return source
+
+
 def _check_utf8(path: Path) -> int:
     """Name the first line that is not UTF-8: pandas' own error says neither file nor row. Returns the
     number of non-blank lines."""

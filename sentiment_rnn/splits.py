@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from sentiment_rnn.config import DataConfig
 from sentiment_rnn.errors import SentimentRNNError
-from sentiment_rnn.sources import load_raw, resolve_source, split_label
+from sentiment_rnn.sources import load_raw, recorded_source, resolve_source, split_label
 
 ROW = "__row__"  # original row number, so a run can record exactly which rows it held out
 HELD_OUT = ("validation", "test")
@@ -353,7 +353,7 @@ def describe_splits(record: dict) -> str:
 def recorded_split(cfg: DataConfig, record: dict, part: str = "test",
                    names: list[str] | None = None) -> tuple[datasets.Dataset, list[str]]:
     """Rebuild exactly the rows a run held out, from its split.json record (its resolved source)."""
-    cfg = cfg.model_copy(update={"source": record.get("source", cfg.source)})
+    cfg = cfg.model_copy(update={"source": recorded_source(record, cfg.source)})
     raw = load_raw(cfg)
     split = record["splits"][part]
     if split not in raw:

@@ -174,14 +174,7 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
               "stage_one": {"path": str(where), "key": key, "config": first.model_dump(mode="json")}}
     rundir.write_json(output / RECORD, record)
     try:
-        try:
-            done = ensure_stage_one(first, where, key, reporter, report_to)
-        except TrainingInterrupted as stop:  # resuming the run resumes its first stage
-            raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
-        except SentimentRNNError:  # nothing to resume: no folder left holding only the record, as train.py does
-            if created or replaced is not None:
-                shutil.rmtree(output, ignore_errors=True)
-            raise
+        done = _first_stage(first, where, key, output, created or replaced is not None, reporter, report_to)
         record["stage_one"].update(weights_sha256=done["weights_sha256"], action=done["action"])
         rundir.write_json(output / RECORD, record)
         second = stage_two_config(config, where)
@@ -190,6 +183,19 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
     finally:
         rundir.settle_replaced(replaced, output)  # the run it replaced comes back if it left nothing
     return {**metrics, "stage_one": stage_one_summary(record["stage_one"])}
+
+
+def _first_stage(first: Config, where: Path, key: str, output: Path, fresh: bool, reporter, report_to) -> dict:
+    """ensure_stage_one for the run in `output`: an interruption resumes that run; an error removes the run's
+    folder when this call made it (`fresh`), as train.py does, since only the record would be left in it."""
+    try:
+        return ensure_stage_one(first, where, key, reporter, report_to)
+    except TrainingInterrupted as stop:  # resuming the run resumes its first stage
+        raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
+    except SentimentRNNError:
+        if fresh:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
 
 
 def stage_one_summary(entry: dict) -> dict:

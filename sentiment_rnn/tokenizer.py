@@ -98,8 +98,9 @@ def unknown_shares(seqs: list[list[int]], unk: int) -> dict[str, float]:
     values = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
     if not len(values):
         return {"unknown_tokens": 0.0, "texts_with_unknown": 0.0}
-    per_text = np.add.reduceat(values == unk, np.cumsum(lengths) - lengths)  # every text has a token
-    return {"unknown_tokens": float((values == unk).mean()), "texts_with_unknown": float((per_text > 0).mean())}
+    unknown = values == unk
+    per_text = np.add.reduceat(unknown, np.cumsum(lengths) - lengths)  # every text has a token
+    return {"unknown_tokens": float(unknown.mean()), "texts_with_unknown": float((per_text > 0).mean())}
 
 
 def pad_time_major(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
