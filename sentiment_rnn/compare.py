@@ -111,7 +111,8 @@ def compare_baseline(config: Config, output_dir: Path, seeds: int = 1, probe_pat
             run = output_dir / f"{prefix}-seed{seed}"
             reporter.stage(f"Seed {seed} ({i + 1}/{seeds}): training {LABELS[kind]} -> {run}")
             runs[kind] = (run, train(cfg, run, reporter))
-        reporter.stage(f"Seed {seed}: scoring the probe and shuffled test sentences")
+        scored = "the probe and shuffled test sentences" if positive else "shuffled test sentences (no probe)"
+        reporter.stage(f"Seed {seed}: scoring {scored}")
         shuffled = _test_texts(runs["rnn"][0], seed)
         for kind, (run, metrics) in runs.items():
             per_seed[kind].append(measure_run(run, metrics, pairs if positive else None, shuffled, positive))
@@ -216,19 +217,19 @@ def summarize(per_seed: dict[str, list[dict]], seeds: list[int], rows: list[tupl
     return {"seeds": seeds, "models": models, "rows": verdicts}
 
 
-def _amount(diff: float, a: float, b: float, fmt: str) -> str:
+def _amount(diff: float, a: float, b: float, fmt: str, digits: int = 1) -> str:
     """How much two figures differ: points for fractions, a ratio (or a percentage, when close) otherwise."""
     if fmt == "fraction":
-        return f"{abs(diff) * 100:.1f} pts"
+        return f"{abs(diff) * 100:.{digits}f} pts"
     low, high = sorted((abs(a), abs(b)))
     if low == 0:
         return "∞x"
     return f"{high / low:.1f}x" if high / low >= 1.1 else f"{(high / low - 1) * 100:.1f}%"
 
 
-def _spread(value: float, fmt: str) -> str:
+def _spread(value: float, fmt: str, digits: int = 1) -> str:
     if fmt == "fraction":
-        return f"±{value * 100:.1f} pts"
+        return f"±{value * 100:.{digits}f} pts"
     return f"±{value:,.0f}" if fmt in ("count", "rate") else f"±{value:.2f}"
 
 
@@ -242,7 +243,9 @@ def verdict(key: str, label: str, better: str | None, fmt: str, models: dict) ->
     leader = "rnn" if diff > 0 else "per_word_linear"
     if better == "lower":
         leader = "per_word_linear" if diff > 0 else "rnn"
-    amount = _amount(diff, a, b, fmt)
+    # a margin and a spread that round alike get a digit more, so "beyond" never reads as equal figures
+    digits = 2 if spread is not None and f"{abs(diff) * 100:.1f}" == f"{spread * 100:.1f}" else 1
+    amount = _amount(diff, a, b, fmt, digits)
     if diff == 0:
         winner, text = "tie", "equal"
     elif better is None:
@@ -255,9 +258,9 @@ def verdict(key: str, label: str, better: str | None, fmt: str, models: dict) ->
         if spread is None:
             text += " (1 seed: spread not measured)"
         elif beyond:
-            text += f", beyond the seeds' spread ({_spread(spread, fmt)})"
+            text += f", beyond the seeds' spread ({_spread(spread, fmt, digits)})"
         else:
-            text += f", within the seeds' spread ({_spread(spread, fmt)}): no clear winner"
+            text += f", within the seeds' spread ({_spread(spread, fmt, digits)}): no clear winner"
     return {"key": key, "label": label, "better": better, "format": fmt, "rnn": {"mean": a, "std": sa},
             "per_word_linear": {"mean": b, "std": sb}, "difference": diff, "spread": spread,
             "beyond_spread": beyond, "winner": winner, "verdict": text}

@@ -56,8 +56,8 @@ def recorded_source(record: dict, fallback: str) -> str:
     source = record.get("source", fallback)
     recorded = Path(source.removeprefix("hf:"))
     if recorded.is_absolute() and not recorded.exists():
-        raise SentimentRNNError(f"the data this run was trained on, '{recorded}', is gone; put it back there to score "
-                                "the run's own rows, or score other data with --data SOURCE")
+        raise SentimentRNNError(f"the data this run was trained on, '{recorded}', is gone; put it back there to read "
+                                "the run's own rows ('evaluate --data SOURCE' scores other data)")
     return source
 
 

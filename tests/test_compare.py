@@ -111,6 +111,12 @@ def test_verdict_names_the_winner_only_when_the_margin_beats_the_seeds_spread():
     assert "no clear winner" in close["verdict"]
 
 
+def test_verdict_gives_a_margin_that_rounds_like_its_spread_a_digit_more():
+    row = _row([0.80, 0.81, 0.82], [0.7799, 0.7899, 0.7999])  # 2.01 pts against a spread of 2.00
+    assert row["beyond_spread"] is True
+    assert "higher by 2.01 pts, beyond the seeds' spread (±2.00 pts)" in row["verdict"], row["verdict"]
+
+
 def test_verdict_with_one_seed_says_the_spread_is_unmeasured():
     row = _row([0.6], [0.7])
     assert row["winner"] == "per_word_linear" and row["spread"] is None and row["beyond_spread"] is None

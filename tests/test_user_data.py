@@ -285,6 +285,7 @@ def test_compare_baseline_on_three_classes_skips_the_probe_with_a_note(tmp_path)
     result = sentiment("compare-baseline", "-c", TINY, "--set", f"data.source={data}", *FAST, "-o", tmp_path / "cmp")
     assert result.returncode == 0, result.stderr
     assert "Note: the context probe needs two classes" in result.stdout
+    assert "scoring shuffled test sentences (no probe)" in result.stdout and "the probe and" not in result.stdout
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert comparison["positive_label"] is None
     assert not any(row["key"].startswith("probe") for row in comparison["rows"])
