@@ -31,7 +31,7 @@ from sentiment_rnn.errors import SentimentRNNError
 class Limits:
     max_texts: int = 256  # texts per request; more is a 413
     max_chars: int = 20_000  # characters per text; more is a 413
-    max_body_bytes: int = 8 << 20  # request body size by Content-Length; more is a 413
+    max_body_bytes: int = 8 << 20  # request body size by Content-Length (required); more is a 413
     max_batch: int = 64  # texts the micro-batcher hands the model at once
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
 
@@ -42,7 +42,9 @@ class ErrorResponse(BaseModel):
 
 ERROR_RESPONSES = {  # for the OpenAPI docs
     400: {"model": ErrorResponse, "description": "Empty body, broken JSON or bytes that are not UTF-8."},
+    411: {"model": ErrorResponse, "description": "A body without Content-Length (chunked)."},
     413: {"model": ErrorResponse, "description": "Too many texts, a text too long, or a body too large."},
+    415: {"model": ErrorResponse, "description": "A body sent with a content-type other than JSON."},
     422: {"model": ErrorResponse, "description": "A wrong type, an unknown field or an empty text."},
 }
 
@@ -175,7 +177,12 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
     """Every bad request gets a status and a one-line message; none reaches the model or stops the server."""
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (kind.endswith("/json") or kind.endswith("+json")):  # FastAPI left the body unparsed, as bytes
+            sent = f"as {kind}" if kind else "without a content-type"
+            return _error(415, f"the body was sent {sent}; send it as JSON with the header "
+                               "'content-type: application/json'")
         return _error(*_validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
@@ -186,6 +193,9 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
 
     @app.middleware("http")
     async def body_size(request: Request, call_next):
+        if "transfer-encoding" in request.headers:  # a chunked body has no size to check before it is read
+            return _error(411, f"send the request body with a Content-Length header, not chunked (at most "
+                               f"{limits.max_body_bytes:,} bytes)")
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limits.max_body_bytes:
             return _error(413, f"the request body is over {limits.max_body_bytes:,} bytes; send fewer or shorter texts")

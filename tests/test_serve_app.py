@@ -168,6 +168,30 @@ def test_bad_requests_get_a_status_and_a_message_and_the_server_lives_on(run, bo
     assert after.status_code == 200 and after.json()["predictions"] == answers(predictor, ["fine"])
 
 
+@pytest.mark.parametrize("headers, status, words", [
+    ({"content-type": "application/x-www-form-urlencoded"}, 415, "the body was sent as application/x-www-form-url"),
+    ({"content-type": "text/plain; charset=utf-8"}, 415, "the body was sent as text/plain; send it as JSON with"),
+    ({}, 415, "the body was sent without a content-type; send it as JSON with the header 'content-type: appl"),
+    ({"content-type": "application/json"}, 411,  # a streamed body: httpx sends it chunked, without a length
+     "send the request body with a Content-Length header, not chunked (at most 100 bytes)"),
+])
+def test_a_body_sent_as_a_form_or_chunked_is_refused_with_the_header_to_send(run, headers, status, words):
+    predictor = Predictor.from_dir(run)
+
+    async def chunks():
+        yield b'{"texts": ["fine"]}'
+        yield b" " * 1000  # over the limit, which no Content-Length announced
+
+    async def send(client):
+        body = chunks() if status == 411 else b'{"texts": ["fine"]}'
+        reply = await client.post("/predict", content=body, headers=headers)
+        return reply, await client.post("/predict", json={"texts": ["fine"]})
+
+    reply, after = serve_in_process(predictor, LIMITS, send)
+    assert reply.status_code == status and reply.json()["detail"].startswith(words), reply.text
+    assert after.status_code == 200 and after.json()["predictions"] == answers(predictor, ["fine"])
+
+
 def test_requests_exactly_at_each_limit_are_answered(run):
     predictor = Predictor.from_dir(run)
     at_limits = {"texts": ["a" * 10, "b", "c"]}  # 3 texts, one of 10 characters
