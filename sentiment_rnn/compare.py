@@ -71,6 +71,9 @@ def positive_label(labels: list[str], given: str | None = None) -> str | None:
 def _check(config: Config, seeds: int) -> None:
     if seeds < 1:
         raise SentimentRNNError(f"--seeds must be at least 1, got {seeds}")
+    if config.seed + seeds > 1 << 32:  # seeds seed, seed + 1, ...: numpy's seeds are 32-bit
+        raise SentimentRNNError(f"seeds {config.seed} to {config.seed + seeds - 1} pass 2**32 - 1, the largest seed; "
+                                "start lower with --set seed=N")
     if config.model.kind != "rnn":
         raise SentimentRNNError("compare-baseline needs an RNN config (model.kind: rnn); it trains the baseline itself")
 

@@ -42,7 +42,7 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test shares when carving
     max_length: int = Field(64, ge=1, le=100_000)  # tokens kept per text (truncation)
     limit: int | None = Field(None, ge=10)  # a sample of this many training-split rows, drawn before carving
-    split_seed: int | None = Field(None, ge=0)  # seed of the carving (and of limit's sample); None: the run's seed
+    split_seed: int | None = Field(None, ge=0, lt=1 << 32)  # carves (and draws limit's sample); None: the run's seed
     carve_by_sentence: bool = False  # carve whole sentences; phrases follow them (SST-2; sentence_carving.py)
 
     def carving_seed(self, run_seed: int) -> int:
@@ -193,7 +193,7 @@ class Config(_Strict):
     """A classifier's config (train, compare-baseline, sweep): what shapes a classifier run, and nothing else."""
 
     name: str = "default"  # run name; the run lands in runs/<name>/ unless --output says otherwise
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=1 << 32)  # numpy's generators take 32-bit seeds
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()

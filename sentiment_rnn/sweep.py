@@ -54,14 +54,14 @@ class Job:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]: distinct non-negative integers."""
+    """'0,1,2' -> [0, 1, 2]: distinct integers that numpy takes as seeds (32-bit)."""
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise SentimentRNNError(f"--seeds '{text}' is not a comma-separated list of integers; "
                                 "write e.g. --seeds 0,1,2") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise SentimentRNNError(f"--seeds '{text}' must be distinct non-negative integers, e.g. --seeds 0,1,2")
+    if any(not 0 <= s < 1 << 32 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SentimentRNNError(f"--seeds '{text}' must be distinct integers from 0 to 2**32 - 1, e.g. --seeds 0,1,2")
     return seeds
 
 

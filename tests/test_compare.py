@@ -207,3 +207,12 @@ def test_the_comparison_table_shows_a_spread_of_zero_and_none_for_one_seed():
 
     assert shown(comparison_table(result([0, 1], 0.0))).count("0.500 ± 0.000") == 2  # two seeds that agree
     assert "±" not in shown(comparison_table(result([0], None)))  # one seed: no spread was measured
+
+
+def test_seeds_past_the_largest_numpy_seed_are_refused_before_anything_is_written(tmp_path):
+    from sentiment_rnn.compare import compare_baseline
+
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"seed={(1 << 32) - 1}"])
+    with pytest.raises(SentimentRNNError, match="seeds 4294967295 to 4294967296 pass 2\\*\\*32 - 1"):
+        compare_baseline(config, tmp_path / "cmp", seeds=2)
+    assert not (tmp_path / "cmp").exists()

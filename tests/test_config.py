@@ -44,6 +44,9 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     ({"data": {"split": [0.5, 0.5, 0.5]}}, "sum to 1"),
     ({"model": {"cell": "lstm", "nonlinearity": "relu"}}, "model.nonlinearity: relu is for cell: rnn, not lstm"),
     ({"model": {"cell": "gru", "encoder": "cells", "nonlinearity": "relu"}}, "relu is for cell: rnn, not gru"),
+    ({"seed": -5}, "'seed': Input should be greater than or equal to 0"),  # numpy refused it mid-run, a traceback
+    ({"seed": 1 << 32}, "'seed': Input should be less than 4294967296"),
+    ({"data": {"split_seed": 1 << 32}}, "'data.split_seed': Input should be less than 4294967296"),
 ])
 def test_invalid_values_name_the_key_and_what_is_allowed(raw, expected):
     with pytest.raises(SentimentRNNError) as err:

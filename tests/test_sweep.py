@@ -202,6 +202,7 @@ def test_set_values_split_on_commas_outside_brackets_and_quotes(item, expected):
     (lambda: parse_grid(["model.cell=gru,gru"]), "repeats a value"),
     (lambda: parse_seeds("0,one"), "comma-separated list of integers"),
     (lambda: parse_seeds("1,1"), "distinct"),
+    (lambda: parse_seeds("0,4294967296"), "from 0 to 2\\*\\*32 - 1"),
 ])
 def test_bad_grid_and_seeds_are_refused_with_the_fix(call, message):
     with pytest.raises(SentimentRNNError, match=message):
