@@ -74,12 +74,13 @@ def terminal(record: dict, width: int) -> list:
             ("occlusion", "occlusion")]
     if "contributions" in record:
         rows.append(("exact share", "contribution"))
-    chunks, chunk, used = [], [], 12
+    first = max(len(label) for label, _ in rows) + 2  # the row labels' column, "P(<target>)" the widest
+    chunks, chunk, used = [], [], first
     for token in record["tokens"]:  # as many words per table as fit the console's width
         cell = max(len(_shown(token)), 6) + 2
         if chunk and used + cell > width:
             chunks.append(chunk)
-            chunk, used = [], 12
+            chunk, used = [], first
         chunk.append(token)
         used += cell
     chunks.append(chunk)

@@ -237,3 +237,21 @@ def test_compare_baseline_reads_the_readme_pair_with_both_models(tiny_run, basel
     assert "contributions" in readings["per_word_linear"][0] and "contributions" not in readings["rnn"][0]
     json.dumps(readings)  # goes into comparison.json as it is
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("target", ["positive", "a_long_neutral_label"])
+def test_the_terminal_tables_fit_80_columns_with_every_number_whole(explainer, target):
+    from rich.console import Console
+
+    from sentiment_rnn.explain_render import terminal
+
+    record = explainer.explain("the movie was okay and the plot is fine but the acting was average xyz qwz")
+    record["probabilities"][target] = record["probabilities"].pop(record["target"])
+    record["target"] = target  # the label column is as wide as "P(<target>)"
+    console = Console(width=80, record=True, color_system=None)
+    for renderable in terminal(record, console.width):
+        console.print(renderable)
+    shown = console.export_text()
+    assert "…" not in shown, shown
+    assert all(f"{t['integrated_gradients']:+.3f}" in shown and f"{t['occlusion']:+.3f}" in shown
+               for t in record["tokens"])
