@@ -251,6 +251,7 @@ def explain(
     target: Annotated[str | None, typer.Option(
         "--target", help="Label the readings lean toward; default: the label named positive or pos (any case), "
                          "else each text's predicted label.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
 ) -> None:
     """Watch the model read each text word by word: running P(positive), integrated gradients, occlusion."""
     from sentiment_rnn.inputs import texts_to_explain
@@ -259,7 +260,7 @@ def explain(
     if output is not None:
         from sentiment_rnn.explain_render import check_output
 
-        check_output(output, len(texts))
+        check_output(output, len(texts), overwrite)
     with heavy_imports():
         from sentiment_rnn.explain import Explainer
 

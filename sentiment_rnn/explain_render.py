@@ -15,14 +15,17 @@ MAX_FIGURE_TEXTS = 20  # one PNG stacks three rows per text; beyond this it is u
 RED, WHITE, GREEN = (200, 30, 30), (255, 255, 255), (20, 150, 50)
 
 
-def check_output(path: Path, texts: int) -> None:
-    """Refuse an --output path before any work: unknown extension, missing folder, too many texts for a PNG."""
+def check_output(path: Path, texts: int, overwrite: bool = False) -> None:
+    """Refuse an --output path before any work: unknown extension, too many texts for a PNG, and what
+    evaluate's --predictions refuses (a missing folder, a run's or export's folder, an existing file
+    without overwrite)."""
+    from sentiment_rnn.records import check_output_file
+
     suffix = path.suffix.lower()
     if suffix not in OUTPUTS:
         raise SentimentRNNError(f"--output '{path}' has an unknown extension '{path.suffix}'; "
                                 f"use a file ending in {' or '.join(OUTPUTS)}")
-    if not path.parent.is_dir():
-        raise SentimentRNNError(f"--output folder '{path.parent}' does not exist; create it or choose another path")
+    check_output_file(path, overwrite)
     if suffix == ".png" and texts > MAX_FIGURE_TEXTS:
         raise SentimentRNNError(f"a PNG holds at most {MAX_FIGURE_TEXTS} texts, got {texts}; "
                                 "use --output FILE.html or --format json for more")

@@ -166,13 +166,32 @@ def one_line_error(result, expected: str) -> None:
     (["good", "--output", "{tmp}/absent/out.png"], "does not exist"),
     (["--file", "{tmp}/blank-line.txt"], "line 2 of"),
     (["--file", "{tmp}/absent.txt"], "not found"),
+    (["good", "--output", "{tmp}/keep.html"], "'{tmp}/keep.html' already exists; pass --overwrite to replace it"),
+    (["good", "--output", "{run}/curves.png", "--overwrite"], "its folder is a run or an export"),
 ])
 def test_bad_input_fails_with_one_line_and_writes_nothing(tiny_run, tmp_path, argv, expected):
     (tmp_path / "blank-line.txt").write_text("a fine film\n\nanother\n")
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    before = set(tmp_path.iterdir())
+    (tmp_path / "keep.html").write_text("a page of the user's")
+    fill = {"{tmp}": str(tmp_path), "{run}": str(tiny_run)}
+    argv, expected = ([_fill(a, fill) for a in argv]), _fill(expected, fill)
+    before = {p: p.read_bytes() for p in [*tmp_path.iterdir(), tiny_run / "curves.png"]}
     one_line_error(CliRunner().invoke(app, ["explain", "-m", str(tiny_run), *argv]), expected)
-    assert set(tmp_path.iterdir()) == before
+    assert set(tmp_path.iterdir()) == set(before) - {tiny_run / "curves.png"}
+    assert all(p.read_bytes() == content for p, content in before.items())
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
+
+
+def test_overwrite_replaces_an_existing_output_file(tiny_run, tmp_path):
+    (tmp_path / "page.html").write_text("an older page")
+    result = CliRunner().invoke(app, ["explain", "-m", str(tiny_run), "good", "-o", str(tmp_path / "page.html"),
+                                      "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "page.html").read_text().startswith("<!DOCTYPE html>")
 
 
 def test_a_model_without_a_head_explain_understands_is_refused(tiny_run):
