@@ -29,15 +29,39 @@ CHARS_PER_TOKEN_CAP = 64  # as predict.py: texts are cut at max_length * this ma
 
 
 def resolve_export(model: Path | None) -> Path:
-    """An export directory: `model` itself, the export inside run `model`, or inside the latest run."""
+    """An export directory: `model` itself, the export inside run `model`, or inside the latest run. An export
+    whose run has trained further since (train --resume) is refused when the run was named, and warned of
+    when the export was: its answers are no longer the run's."""
     path = rundir.find_latest_run() if model is None else Path(model)
     if not path.is_dir():
         raise SentimentRNNError(f"'{path}' does not exist; pass an export directory written by 'sentiment-rnn export'")
-    if not is_export(path) and (path / EXPORT_DIR).is_dir():
+    inside_run = not is_export(path) and (path / EXPORT_DIR).is_dir()
+    if inside_run:
         path = path / EXPORT_DIR
     if not is_export(path):
         raise SentimentRNNError(f"'{path}' holds no ONNX export; write one with: sentiment-rnn export --model {path}")
+    if (run := _trained_since(path)) is not None:
+        stale = (f"'{path}' holds earlier weights of {run}, which has trained since; export it again: "
+                 f"sentiment-rnn export --model {run} --overwrite")
+        if inside_run:
+            raise SentimentRNNError(stale + ", or use --backend torch")
+        from rich.markup import escape
+
+        from sentiment_rnn.console import err_console
+
+        err_console.print(f"[yellow]warning:[/yellow] {escape(stale)}", highlight=False, soft_wrap=True)
     return path
+
+
+def _trained_since(export: Path) -> Path | None:
+    """The run an export came from, when it is still there and its weights are no longer the exported ones."""
+    try:
+        meta = json.loads((export / rundir.META).read_text(encoding="utf-8"))
+        run, exported = Path(meta["source_run"]), meta["source_weights_sha256"]
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return None  # a damaged meta.json is verify_export's to report
+    weights = run / rundir.WEIGHTS
+    return run if weights.is_file() and sha256(weights) != exported else None
 
 
 def verify_export(path: Path) -> dict:

@@ -259,3 +259,23 @@ def test_export_overwrite_replaces_an_export_whole_and_a_parity_failure_writes_n
     result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(refused)])
     assert result.exit_code == 1 and "the ONNX graph's probabilities differ from torch's" in result.output
     assert not refused.exists() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no staging left
+
+
+def test_an_export_older_than_its_runs_weights_is_refused_for_the_run_and_warned_of_alone(tiny_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sentiment_rnn.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    export_run(run, run / "onnx")
+    assert CliRunner().invoke(app, ["predict", "--backend", "onnx", "--model", str(run), "good"]).exit_code == 0
+    weights = load_file(str(run / "model.safetensors"))  # as `train --resume` leaves it: other weights
+    save_file({k: v + 0.5 for k, v in weights.items()}, str(run / "model.safetensors"))
+    refused = CliRunner().invoke(app, ["predict", "--backend", "onnx", "--model", str(run), "good"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1, refused.output
+    assert f"holds earlier weights of {run.resolve()}, which has trained since" in refused.output
+    assert f"sentiment-rnn export --model {run.resolve()} --overwrite, or use --backend torch" in refused.output
+    warned = CliRunner().invoke(app, ["predict", "--model", str(run / "onnx"), "good", "--format", "jsonl"])
+    assert warned.exit_code == 0 and "warning:" in warned.stderr and "export it again" in warned.stderr
+    assert json.loads(warned.stdout)["label"] in ("negative", "positive")
