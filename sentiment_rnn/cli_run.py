@@ -63,6 +63,13 @@ def _uses_onnx(backend: Backend, model: Path | None, precision: Precision) -> bo
     return onnx
 
 
+def _warn(note: str | None) -> None:
+    if note:
+        from sentiment_rnn.console import err_console
+
+        err_console.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+
+
 def _warn_if_emulated(precision: Precision) -> None:
     from sentiment_rnn.runtime import native_bf16
 
@@ -116,9 +123,10 @@ def predict(
     if _uses_onnx(backend, model, precision):
         if fast:
             raise SentimentRNNError("--fast is a kernel for torch runs; an ONNX export runs onnxruntime's: drop --fast")
-        from sentiment_rnn.onnx_backend import OnnxPredictor, resolve_export
+        from sentiment_rnn.onnx_backend import OnnxPredictor, resolve_export, stale_note
 
         predictor = OnnxPredictor.load(resolve_export(model))
+        _warn(stale_note(predictor.path))
     else:
         with heavy_imports():
             from sentiment_rnn.predict import Predictor
@@ -179,8 +187,10 @@ def evaluate(
     if _uses_onnx(backend, model, precision):
         from sentiment_rnn.onnx_backend import evaluate_export
 
-        if data is not None or text_column or label_column or label_map:
-            raise SentimentRNNError("an export holds only its run's test and validation rows; for --data, "
+        given = [name for name, value in (("--data", data), ("--text-column", text_column),
+                                          ("--label-column", label_column), ("--label-map", label_map)) if value]
+        if given:
+            raise SentimentRNNError(f"an export holds only its run's test and validation rows; for {given[0]}, "
                                     "evaluate the run directory (with torch) instead")
         metrics = evaluate_export(model, split, predictions, wrong, overwrite)
     else:
@@ -190,10 +200,7 @@ def evaluate(
         _warn_if_emulated(precision)
         metrics = evaluate_run(_chosen_run(model), data, split, text_column, label_column, precision.value,
                                label_map, predictions, wrong, overwrite)
-    if metrics.get("warning"):
-        from sentiment_rnn.console import err_console
-
-        err_console.print(f"[yellow]warning:[/yellow] {escape(metrics['warning'])}")
+    _warn(metrics.get("warning"))
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return
@@ -316,6 +323,7 @@ def serve(
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    _warn(metadata.get("warning"))
     served = metadata.get("export") or metadata["source_run"]  # an export's folder, or the run's
     console.print(f"Serving {served} ({metadata['backend']}) on http://{shown}:{bound_port} "
                   f"(docs at /docs); Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True, markup=False)

@@ -29,9 +29,8 @@ CHARS_PER_TOKEN_CAP = 64  # as predict.py: texts are cut at max_length * this ma
 
 
 def resolve_export(model: Path | None) -> Path:
-    """An export directory: `model` itself, the export inside run `model`, or inside the latest run. An export
-    whose run has trained further since (train --resume) is refused when the run was named, and warned of
-    when the export was: its answers are no longer the run's."""
+    """An export directory: `model` itself, the export inside run `model`, or inside the latest run. The export
+    inside a named run is refused once the run has trained since (stale_note); one named itself is not."""
     path = rundir.find_latest_run() if model is None else Path(model)
     if not path.is_dir():
         raise SentimentRNNError(f"'{path}' does not exist; pass an export directory written by 'sentiment-rnn export'")
@@ -40,17 +39,16 @@ def resolve_export(model: Path | None) -> Path:
         path = path / EXPORT_DIR
     if not is_export(path):
         raise SentimentRNNError(f"'{path}' holds no ONNX export; write one with: sentiment-rnn export --model {path}")
-    if (run := _trained_since(path)) is not None:
-        stale = (f"'{path}' holds earlier weights of {run}, which has trained since; export it again: "
-                 f"sentiment-rnn export --model {run} --overwrite")
-        if inside_run:
-            raise SentimentRNNError(stale + ", or use --backend torch")
-        from rich.markup import escape
-
-        from sentiment_rnn.console import err_console
-
-        err_console.print(f"[yellow]warning:[/yellow] {escape(stale)}", highlight=False, soft_wrap=True)
+    if inside_run and (stale := stale_note(path)):
+        raise SentimentRNNError(stale + ", or use --backend torch")
     return path
+
+
+def stale_note(export: Path) -> str | None:
+    """What to say when the export's run has trained since (train --resume): its answers are no longer the run's."""
+    run = _trained_since(export)
+    return None if run is None else (f"'{export}' holds earlier weights of {run}, which has trained since; export "
+                                     f"it again: sentiment-rnn export --model {run} --overwrite")
 
 
 def _trained_since(export: Path) -> Path | None:
@@ -172,6 +170,8 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test", predict
     metrics.update(run=str(predictor.path), split=split, source=source, loss=loss,
                    numeric_precision="fp32", backend="onnx")
     metrics.update(unknown_shares(ids, predictor.tokenizer.token_to_id(UNK)))
+    if stale := stale_note(predictor.path):
+        metrics["warning"] = stale
     if predictions is not None or show_wrong:
         rows = scored_rows([r["text"] for r in rows], y_true, probs, predictor.labels)
         add_predictions(metrics, rows, predictions, show_wrong)

@@ -144,7 +144,8 @@ def load_predictor(model: Path | None):
         meta = predictor.meta
         return predictor, {"backend": "onnx", "labels": predictor.labels, "model": meta.get("model"),
                            "source_run": meta.get("source_run"), "export": str(predictor.path),
-                           "source_weights_sha256": meta.get("source_weights_sha256"), "versions": meta.get("versions")}
+                           "source_weights_sha256": meta.get("source_weights_sha256"), "versions": meta.get("versions"),
+                           "warning": onnx_backend.stale_note(predictor.path)}
     # oneDNN keeps a compiled kernel, with its buffers, for each (steps, batch) shape it has seen, up to 1,024
     # of them: a server sees every shape, and its RSS grew with each new one. A user's own setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")

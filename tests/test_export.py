@@ -279,3 +279,14 @@ def test_an_export_older_than_its_runs_weights_is_refused_for_the_run_and_warned
     warned = CliRunner().invoke(app, ["predict", "--model", str(run / "onnx"), "good", "--format", "jsonl"])
     assert warned.exit_code == 0 and "warning:" in warned.stderr and "export it again" in warned.stderr
     assert json.loads(warned.stdout)["label"] in ("negative", "positive")
+    scored = CliRunner().invoke(app, ["evaluate", "--model", str(run / "onnx"), "--json"])
+    assert scored.exit_code == 0 and "export it again" in json.loads(scored.stdout)["warning"], scored.output
+    from sentiment_rnn.serve import load_predictor
+
+    assert "export it again" in load_predictor(run / "onnx")[1]["warning"]  # serve prints it and /metadata has it
+
+
+@pytest.mark.parametrize("option", [["--label-map", "pos=positive"], ["--text-column", "review"]])
+def test_data_options_on_an_export_are_refused_naming_the_option_given(tiny_export, option):
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_export), *option])
+    assert result.exit_code == 1 and f"; for {option[0]}, evaluate the run directory" in result.output, result.output
