@@ -179,6 +179,9 @@ def check_resumable(run: Path, epochs: int | None = None) -> None:
     """An unfinished run resumes from its checkpoint; a finished one continues only when `epochs` (the
     train.epochs asked for) is more than its own (see check_continuable)."""
     run = Path(run)
+    if rundir.is_export(run):  # it holds the run's config.yaml, but no checkpoint
+        raise SentimentRNNError(f"cannot resume: '{run}' is an ONNX export; resume the run it came from "
+                                f"({rundir.export_source(run)})")
     # a folder of other files is no run either (--overwrite, the hint below, refuses it); an empty one can be
     if not run.is_dir() or (any(run.iterdir()) and not rundir.holds_any(run)):
         raise SentimentRNNError(f"cannot resume: '{run}' is not a run directory; pass the folder of an unfinished run")
@@ -248,8 +251,6 @@ def resume_config(run: Path, config_path: Path | None = None, overrides: list[st
         asked = load_config(config_path, overrides, type(config))
     elif overrides:
         asked = rundir.read_config(run, overrides)
-    if finished:
-        check_resumable(run, asked.train.epochs)
     changed = [k for k in _changed_keys(config.model_dump(mode="json"), asked.model_dump(mode="json"))
                if k not in ADJUSTABLE]
     if asked.train.lr != config.train.lr and config.train.schedule != "constant":
@@ -260,6 +261,8 @@ def resume_config(run: Path, config_path: Path | None = None, overrides: list[st
         raise SentimentRNNError(f"--resume continues '{run}' with its own config.yaml, but --config/--set change "
                                 f"{', '.join(changed[:3])}; a resume may change only {', '.join(ADJUSTABLE)}: "
                                 "drop the others, or start a new run with --output DIR")
+    if finished:  # after the config checks: "pass more epochs" would only lead to their error
+        check_resumable(run, asked.train.epochs)
     if asked.train.epochs < config.train.epochs:
         raise SentimentRNNError(f"--resume may raise train.epochs, not lower it ({config.train.epochs} -> "
                                 f"{asked.train.epochs}); drop --set train.epochs or start a new run with --output DIR")

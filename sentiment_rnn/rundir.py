@@ -172,7 +172,7 @@ def is_export(path: Path) -> bool:
         return False
 
 
-def _export_source(export: Path) -> str:
+def export_source(export: Path) -> str:
     """The run an export came from, as its meta.json records it (the folder above, if unreadable)."""
     try:
         return str(json.loads((export / META).read_text(encoding="utf-8"))["source_run"])
@@ -194,7 +194,7 @@ def resolve_run(model: Path | None) -> Path:
                                 "pass a folder written by 'sentiment-rnn train'")
     if is_export(run):
         raise SentimentRNNError(f"'{run}' is an ONNX export, which only predict, evaluate and serve read; pass the "
-                                f"run it came from ({_export_source(run)}) instead")
+                                f"run it came from ({export_source(run)}) instead")
     if not (run / METRICS).is_file():  # written last: without it, training never finished
         hint = f"resume it with: sentiment-rnn train --resume {run}" if (run / CHECKPOINT).is_file() else "train again"
         raise SentimentRNNError(f"run directory '{run}' has no {METRICS}: training did not finish; {hint}")

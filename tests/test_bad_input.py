@@ -211,7 +211,20 @@ RESUME_CASES = {
         "unknown checkpoint format"),
     "resume with a changed config": Case(lambda t, r: [
         "train", "--resume", str(with_checkpoint(r, t, b"")), "--set", "model.cell=gru"], "change model.cell"),
+    "resume a finished run with another config": Case(lambda t, r: [  # not first told to pass more epochs
+        "train", "--resume", str(shutil.copytree(r, t / "done")), "--config", "gru", "--set", "train.epochs=1"],
+        "change data.limit"),
+    "resume an export": Case(lambda t, r: ["train", "--resume", str(exported_copy(r, t))],
+                             "is an ONNX export; resume the run it came from"),
 }
+
+
+def exported_copy(run: Path, tmp: Path) -> Path:
+    from sentiment_rnn.export import export_run
+
+    copy = shutil.copytree(run, tmp / "run")
+    export_run(copy, copy / "onnx")
+    return copy / "onnx"
 
 
 def tensor_bytes(obj) -> bytes:
