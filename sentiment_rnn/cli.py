@@ -56,6 +56,9 @@ def config_and_output(config: Path | None, default: str, set_: list[str] | None,
 
     if resume is None:
         cfg = load_config(config or default, set_, LMRunConfig if language_model else Config)
+        if output is None and ("/" in cfg.name or "\\" in cfg.name):  # runs/<name>/ would land elsewhere
+            raise SentimentRNNError(f"name '{cfg.name}' is a path; a run lands in {runs}/<name>/, so give a "
+                                    "plain name, or place the run with --output DIR")
         out = output or runs / cfg.name
         check_output(out, overwrite)  # a taken folder is said first, before any header
         return cfg, out

@@ -179,6 +179,15 @@ def test_train_bad_input_fails_with_one_line_and_leaves_no_run(name, tmp_path):
     assert not (tmp_path / "MARKER").exists()
 
 
+@pytest.mark.parametrize("name", ["{tmp}/elsewhere", "team/run", "a\\b"])
+def test_a_run_name_that_is_a_path_is_refused_without_output(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ lands here
+    name = name.replace("{tmp}", str(tmp_path))
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "--set", f"name={name}"])
+    assert_one_line_error(result, f"name '{name}' is a path; a run lands in runs/<name>/, so give a plain name")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- train --resume --------------------------------------------------------------------------------
 def unfinished_copy(run: Path, tmp: Path) -> Path:
     """A copy of a trained run that looks interrupted: no metrics.json (and no weights yet)."""
