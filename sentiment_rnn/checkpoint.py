@@ -261,6 +261,10 @@ def resume_config(run: Path, config_path: Path | None = None, overrides: list[st
         raise SentimentRNNError(f"--resume continues '{run}' with its own config.yaml, but --config/--set change "
                                 f"{', '.join(changed[:3])}; a resume may change only {', '.join(ADJUSTABLE)}: "
                                 "drop the others, or start a new run with --output DIR")
+    if asked.train.epochs != config.train.epochs and config.train.schedule != "constant":
+        raise SentimentRNNError(f"--resume cannot change train.epochs of '{run}': its train.schedule "
+                                f"{config.train.schedule} spreads its rate over {config.train.epochs} epochs; start a "
+                                "new run with --output DIR and the epochs you want")
     if finished:  # after the config checks: "pass more epochs" would only lead to their error
         check_resumable(run, asked.train.epochs)
     if asked.train.epochs < config.train.epochs:

@@ -223,9 +223,21 @@ RESUME_CASES = {
     "resume a finished run with another config": Case(lambda t, r: [  # not first told to pass more epochs
         "train", "--resume", str(shutil.copytree(r, t / "done")), "--config", "gru", "--set", "train.epochs=1"],
         "change data.limit"),
+    "continue a run whose schedule spans its epochs": Case(lambda t, r: [
+        "train", "--resume", str(scheduled_copy(r, t)), "--set", "train.epochs=4"],
+        "cannot change train.epochs of"),
     "resume an export": Case(lambda t, r: ["train", "--resume", str(exported_copy(r, t))],
                              "is an ONNX export; resume the run it came from"),
 }
+
+
+def scheduled_copy(run: Path, tmp: Path) -> Path:
+    """A finished run of train.schedule onecycle, whose rate was spread over its own epochs."""
+    copy = shutil.copytree(run, tmp / "onecycle")
+    config = (copy / "config.yaml").read_text()
+    (copy / "config.yaml").write_text(config.replace("schedule: constant", "schedule: onecycle"))
+    assert "schedule: onecycle" in (copy / "config.yaml").read_text()
+    return copy
 
 
 def exported_copy(run: Path, tmp: Path) -> Path:
