@@ -111,6 +111,9 @@ def recorded_left_out(cfg: DataConfig, record: dict, names: list[str] | None = N
             for row in record["rows"][part] if row in position}
     rows = left_out_rows(splits.column_numpy(train, "text").tolist(), held)
     then = record["carved_by_sentence"]["left_out"]
+    if then == 0:
+        raise SentimentRNNError("this run's carving left no phrases out (its data holds no phrases that lie only in "
+                                "held-out sentences: whole sentences only); score --split validation or test instead")
     if len(rows) != then:
         raise SentimentRNNError(f"'{cfg.source}' changed since training ({len(rows):,} phrases left out now, "
                                 f"{then:,} then); pass --data to evaluate elsewhere")

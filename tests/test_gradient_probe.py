@@ -54,6 +54,18 @@ def test_probe_reaches_every_step_back_for_every_encoder(cell, encoder, bidirect
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
 
 
+@pytest.mark.parametrize("encoder", ["layer", "cells"])
+def test_probe_of_a_frozen_model_equals_the_trainable_ones(encoder):
+    torch.manual_seed(0)  # train.unfreeze freezes every layer but the head at first: the probe ran into it
+    sizes = {"hidden_size": [8, 6]} if encoder == "cells" else {"hidden_size": 8, "num_layers": 2}
+    model = build_model(ModelConfig(cell="lstm", encoder=encoder, embedding_dim=6, **sizes), 40, 2, 32)
+    data = batch(lengths=(12, 7, 3))
+    trainable = gradient_probe(model, data, CPU)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("head"))
+    assert gradient_probe(model, data, CPU) == pytest.approx(trainable, rel=1e-6)
+
+
 def test_probe_averages_each_step_back_over_the_sentences_long_enough_to_have_it():
     torch.manual_seed(0)
     model = build_model(ModelConfig(hidden_size=8, embedding_dim=6), 40, 2, 32).double()

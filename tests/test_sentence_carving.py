@@ -188,3 +188,15 @@ def test_a_sweep_of_runs_carved_by_sentence_reports_their_left_out_phrases(phras
     assert "left_out_accuracy" not in mixed["figures"]  # a column only when every run has it
     assert "left-out phrases accuracy" not in mixed["figure_panels"]
     assert [("left_out_accuracy" in row["runs"][0]) for row in mixed["settings"]] == [False, True]
+
+
+def test_left_out_of_a_run_that_left_no_phrases_out_is_a_one_line_error(tmp_path):
+    from sentiment_rnn.config import load_config
+    from sentiment_rnn.evaluate import evaluate_run
+    from sentiment_rnn.train import train
+
+    run = tmp_path / "run"  # Rotten Tomatoes holds whole sentences only: carving them leaves no phrase out
+    train(load_config(TINY, ["data.carve_by_sentence=true", "train.epochs=1"]), run)
+    assert json.loads((run / "split.json").read_text())["carved_by_sentence"]["left_out"] == 0
+    with pytest.raises(SentimentRNNError, match="this run's carving left no phrases out"):
+        evaluate_run(run, split="left-out")

@@ -122,7 +122,9 @@ def gradient_probe(model: nn.Module, batch, device: torch.device) -> list[float]
     encoder = model.encoder if isinstance(model.encoder, CellEncoder) else cell_encoder_from_rnn(model.encoder.rnn)
     step_states: list[list[torch.Tensor]] = []
     with torch.enable_grad():
-        x = model.embedding(input_ids)  # [T, B, E]; eval mode, so no dropout
+        # [T, B, E]; eval mode, so no dropout. A leaf that needs grad: the states carry one even when every
+        # layer is frozen (train.unfreeze), and dLoss/dh_t does not depend on which parameters train
+        x = model.embedding(input_ids).detach().requires_grad_()
         _, final = encoder(x, lengths, step_states)  # [B, D*H]
         top = step_states[-encoder.num_directions]  # top layer, forward direction: T tensors [B, H]
         for h in top:
