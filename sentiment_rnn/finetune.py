@@ -45,6 +45,10 @@ def read_init_source(config: Config) -> InitSource | None:
         return None
     run = Path(spec)
     where = f"model.init_from '{spec}'"
+    if config.model.embedding.pretrained is not None:  # loaded after the copy, the vectors would replace its rows
+        raise SentimentRNNError(f"{where} brings its embedding, which model.embedding.pretrained "
+                                f"'{config.model.embedding.pretrained}' would overwrite; drop one: "
+                                "--set model.embedding.pretrained=null keeps the run's")
     if not run.is_dir():
         raise SentimentRNNError(f"{where} is not a directory; pass a finished pretrain-lm or train run "
                                 "(e.g. runs/pretrained/lm from 'sentiment-rnn pretrain-lm --config configs/lm.yaml')")

@@ -44,6 +44,16 @@ def finetune_config(source: Path, *extra: str):
     return load_config(ROOT / "configs" / "tiny.yaml", [*SHAPE, *TINY_CLS, f"model.init_from={source}", *extra])
 
 
+def test_init_from_beside_pretrained_vectors_is_refused_before_they_overwrite_its_embedding(tiny_run, tmp_path):
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("film " + " ".join(["0.1"] * 32) + "\n")  # tiny's width
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"model.init_from={tiny_run}",
+                                                          f"model.embedding.pretrained={vectors}"])
+    with pytest.raises(SentimentRNNError, match="brings its embedding, which model.embedding.pretrained .* would "
+                                                "overwrite; drop one: --set model.embedding.pretrained=null"):
+        finetune.read_init_source(config)
+
+
 def test_init_from_copies_exactly_the_pretrained_tensors_and_reuses_the_tokenizer(lm_run, tmp_path):
     config = finetune_config(lm_run)
     source = finetune.read_init_source(config)
