@@ -173,13 +173,13 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
     record = {"config": config.model_dump(mode="json"),
               "stage_one": {"path": str(where), "key": key, "config": first.model_dump(mode="json")}}
     rundir.write_json(output / RECORD, record)
+    fresh = created or replaced is not None
     try:
-        done = _first_stage(first, where, key, output, created or replaced is not None, reporter, report_to)
+        done = _first_stage(first, where, key, output, fresh, reporter, report_to)
         record["stage_one"].update(weights_sha256=done["weights_sha256"], action=done["action"])
         rundir.write_json(output / RECORD, record)
-        second = stage_two_config(config, where)
         reporter.stage(f"Stage 2 of 2: training on {config.data.source}, starting from the first stage")
-        metrics = train_lib.train(second, output, reporter, overwrite=False, resume=False, report_to=report_to)
+        metrics = _second_stage(stage_two_config(config, where), output, fresh, reporter, report_to)
     finally:
         rundir.settle_replaced(replaced, output)  # the run it replaced comes back if it left nothing
     return {**metrics, "stage_one": stage_one_summary(record["stage_one"])}
@@ -194,6 +194,19 @@ def _first_stage(first: Config, where: Path, key: str, output: Path, fresh: bool
         raise TrainingInterrupted(output, stop.epoch, stop.batches_done) from None
     except SentimentRNNError:
         if fresh:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _second_stage(second: Config, output: Path, fresh: bool, reporter, report_to) -> dict:
+    """The second stage into `output`; an error before its first checkpoint removes the folder when this run
+    made it (`fresh`): only the record would be left, and a later run in that folder would adopt it."""
+    try:
+        return train_lib.train(second, output, reporter, overwrite=False, resume=False, report_to=report_to)
+    except TrainingInterrupted:
+        raise
+    except SentimentRNNError:
+        if fresh and not (output / rundir.CHECKPOINT).is_file():
             shutil.rmtree(output, ignore_errors=True)
         raise
 

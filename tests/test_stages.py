@@ -220,3 +220,15 @@ def test_the_defaults_first_stage_is_the_readme_command_on_the_review_sentences(
     by_hand = load_config(default, ["data.source=imdb_sentences", "data.split=[0.96,0.02,0.02]", "train.epochs=2",
                                     "stage_one.enabled=false"]).model_dump()
     assert {**derived, "name": None, "stage_one": None} == {**by_hand, "name": None, "stage_one": None}
+
+
+def test_a_second_stage_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from sentiment_rnn.cli import app
+
+    out = tmp_path / "run"  # the first stage trains; the second cannot read its data
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(out), *TWO_STAGES,
+                                      "--set", "data.text_column=nope"])
+    assert result.exit_code == 1 and "has no column 'nope'" in result.output, result.output
+    assert not out.exists()  # its stage_one.json alone was left, and a later run there adopted it
