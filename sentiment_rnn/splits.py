@@ -38,8 +38,7 @@ def column_numpy(ds: datasets.Dataset, name: str) -> np.ndarray:
 
     On a selection of rows (what `select` and `shuffle` return), datasets gathers the column one Arrow row
     at a time, each row its own small Arrow object: asked for the whole column at once, it holds all of
-    them together. A batch at a time holds one batch's worth.
-    """
+    them together. A batch at a time holds one batch's worth."""
     column = ds.select_columns([name]).with_format("arrow")
     parts = [batch.column(name).to_numpy() for batch in column.iter(batch_size=10_000)]
     return np.concatenate(parts) if parts else column[name].to_numpy()
@@ -268,6 +267,9 @@ def held_out_splits(cfg: DataConfig, raw) -> tuple[dict[str, str], dict[str, int
             else:
                 split = part
         if split is not None and split != cfg.train_split:
+            if split in chosen.values():  # one split as both: the epoch would be chosen on the test rows
+                raise SentimentRNNError(f"data.validation_split and data.test_split are both '{split}'; set "
+                                        f"data.validation_split: {cfg.train_split} to carve validation from training")
             chosen[part] = split
     return chosen, unlabeled
 
@@ -297,10 +299,8 @@ def sampled(train: datasets.Dataset, cfg: DataConfig, seed: int) -> datasets.Dat
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Load, validate and split a data source; the record says how to rebuild the exact same parts.
-
-    The carving is drawn with data.split_seed when set, else with the run's seed.
-    """
+    """Load, validate and split a data source; the record says how to rebuild the exact same parts. The
+    carving is drawn with data.split_seed when set, else with the run's seed."""
     seed = cfg.carving_seed(seed)
     raw = load_raw(cfg)
     if cfg.train_split not in raw:

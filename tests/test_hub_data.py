@@ -58,6 +58,16 @@ def test_a_hub_layout_folder_reads_the_same_with_or_without_hf(hub_folder):
     assert plain.record["rows"] == prefixed.record["rows"]
 
 
+@pytest.mark.parametrize("given", [{}, {"validation_split": "validation"}])
+def test_one_split_as_validation_and_test_is_refused_and_carving_validation_is_the_fix(hub_folder, given):
+    cfg = DataConfig(source=str(hub_folder), text_column="sentence", test_split="validation", **given)
+    with pytest.raises(SentimentRNNError, match="data.validation_split and data.test_split are both 'validation'; "
+                                                "set data.validation_split: train"):
+        load_splits(cfg, 0)  # the epoch would have been chosen on the test rows
+    carved = load_splits(cfg.model_copy(update={"validation_split": "train"}), 0)
+    assert carved.record["splits"] == {"train": "train", "validation": "train", "test": "validation"}
+
+
 def test_an_unlabeled_test_split_is_never_scored_and_the_data_line_says_so(hub_folder):
     splits = load_splits(DataConfig(source=str(hub_folder), text_column="sentence"), 0)
     assert splits.record["splits"] == {"train": "train", "validation": "validation", "test": "train"}
