@@ -226,6 +226,12 @@ RESUME_CASES = {
     "continue a run whose schedule spans its epochs": Case(lambda t, r: [
         "train", "--resume", str(scheduled_copy(r, t)), "--set", "train.epochs=4"],
         "cannot change train.epochs of"),
+    "resume a classifier run with pretrain-lm": Case(lambda t, r: [
+        "pretrain-lm", "--resume", str(shutil.copytree(r, t / "done")), "--set", "train.epochs=5"],
+        "is a classifier run; resume it with: sentiment-rnn train --resume"),
+    "resume a pretrain-lm run with train": Case(lambda t, r: [
+        "train", "--resume", str(lm_config_folder(t)), "--set", "train.epochs=9"],
+        "is a pretrain-lm run; resume it with: sentiment-rnn pretrain-lm --resume"),
     "resume an export": Case(lambda t, r: ["train", "--resume", str(exported_copy(r, t))],
                              "is an ONNX export; resume the run it came from"),
 }
@@ -238,6 +244,18 @@ def scheduled_copy(run: Path, tmp: Path) -> Path:
     (copy / "config.yaml").write_text(config.replace("schedule: constant", "schedule: onecycle"))
     assert "schedule: onecycle" in (copy / "config.yaml").read_text()
     return copy
+
+
+def lm_config_folder(tmp: Path) -> Path:
+    """A folder holding pretrain-lm's config.yaml and corpus record, as an LM run's does."""
+    from sentiment_rnn import rundir
+    from sentiment_rnn.config import LMRunConfig, dump_config, load_config
+
+    folder = tmp / "lm"
+    folder.mkdir()
+    (folder / rundir.CONFIG).write_text(dump_config(load_config("lm", None, LMRunConfig), LMRunConfig))
+    (folder / rundir.CORPUS).write_text("{}")
+    return folder
 
 
 def exported_copy(run: Path, tmp: Path) -> Path:
