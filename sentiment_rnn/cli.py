@@ -66,9 +66,9 @@ def config_and_output(config: Path | None, default: str, set_: list[str] | None,
 
     if overwrite or (output is not None and output != resume):
         raise SentimentRNNError("--resume continues the run in its own directory; drop --overwrite and --output")
-    from sentiment_rnn.rundir import CONFIG, read_config
+    from sentiment_rnn.rundir import CONFIG, holds_language_model
 
-    if (resume / CONFIG).is_file() and isinstance(read_config(resume), LMRunConfig) != language_model:
+    if (resume / CONFIG).is_file() and holds_language_model(resume) != language_model:
         kind, command = ("a classifier", "train") if language_model else ("a pretrain-lm", "pretrain-lm")
         raise SentimentRNNError(f"'{resume}' is {kind} run; resume it with: sentiment-rnn {command} --resume {resume}")
     return resume_config(resume, config, set_), resume

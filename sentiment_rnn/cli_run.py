@@ -123,10 +123,10 @@ def predict(
     if _uses_onnx(backend, model, precision):
         if fast:
             raise SentimentRNNError("--fast is a kernel for torch runs; an ONNX export runs onnxruntime's: drop --fast")
-        from sentiment_rnn.onnx_backend import OnnxPredictor, resolve_export, stale_note
+        from sentiment_rnn.onnx_backend import load_export
 
-        predictor = OnnxPredictor.load(resolve_export(model))
-        _warn(stale_note(predictor.path))
+        predictor, stale = load_export(model)
+        _warn(stale)
     else:
         with heavy_imports():
             from sentiment_rnn.predict import Predictor

@@ -28,9 +28,10 @@ EXPORT_DIR = "onnx"  # where `export` writes inside a run by default
 CHARS_PER_TOKEN_CAP = 64  # as predict.py: texts are cut at max_length * this many characters first
 
 
-def resolve_export(model: Path | None) -> Path:
-    """An export directory: `model` itself, the export inside run `model`, or inside the latest run. The export
-    inside a named run is refused once the run has trained since (stale_note); one named itself is not."""
+def resolve_export(model: Path | None) -> tuple[Path, str | None]:
+    """An export directory: `model` itself, the export inside run `model`, or inside the latest run; and what
+    to warn of when the export's run has trained since (train --resume): its answers are no longer the run's.
+    The export inside a named run is refused then; one named itself is used, with that warning."""
     path = rundir.find_latest_run() if model is None else Path(model)
     if not path.is_dir():
         raise SentimentRNNError(f"'{path}' does not exist; pass an export directory written by 'sentiment-rnn export'")
@@ -39,16 +40,19 @@ def resolve_export(model: Path | None) -> Path:
         path = path / EXPORT_DIR
     if not is_export(path):
         raise SentimentRNNError(f"'{path}' holds no ONNX export; write one with: sentiment-rnn export --model {path}")
-    if inside_run and (stale := stale_note(path)):
-        raise SentimentRNNError(stale + ", or use --backend torch")
-    return path
+    stale = None
+    if (run := _trained_since(path)) is not None:
+        stale = (f"'{path}' holds earlier weights of {run}, which has trained since; export it again: "
+                 f"sentiment-rnn export --model {run} --overwrite")
+        if inside_run:
+            raise SentimentRNNError(stale + ", or use --backend torch")
+    return path, stale
 
 
-def stale_note(export: Path) -> str | None:
-    """What to say when the export's run has trained since (train --resume): its answers are no longer the run's."""
-    run = _trained_since(export)
-    return None if run is None else (f"'{export}' holds earlier weights of {run}, which has trained since; export "
-                                     f"it again: sentiment-rnn export --model {run} --overwrite")
+def load_export(model: Path | None, threads: int | None = None) -> tuple[OnnxPredictor, str | None]:
+    """The export resolve_export finds, loaded, with what to warn of (None when it is current)."""
+    path, stale = resolve_export(model)
+    return OnnxPredictor.load(path, threads), stale
 
 
 def _trained_since(export: Path) -> Path | None:
@@ -156,7 +160,7 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test", predict
         raise SentimentRNNError(f"an export holds only its run's test and validation rows, not '{split}'; "
                                 "evaluate the run directory it was exported from (with torch) for others")
     check_output_file(predictions, overwrite)
-    predictor = OnnxPredictor.load(resolve_export(export_dir))
+    predictor, stale = load_export(export_dir)
     rows = [json.loads(line) for line in lines(predictor.path / HELDOUT) if line]
     rows = [r for r in rows if r["split"] == split]
     if not rows:
@@ -170,7 +174,7 @@ def evaluate_export(export_dir: Path | None, split: str | None = "test", predict
     metrics.update(run=str(predictor.path), split=split, source=source, loss=loss,
                    numeric_precision="fp32", backend="onnx")
     metrics.update(unknown_shares(ids, predictor.tokenizer.token_to_id(UNK)))
-    if stale := stale_note(predictor.path):
+    if stale:
         metrics["warning"] = stale
     if predictions is not None or show_wrong:
         rows = scored_rows([r["text"] for r in rows], y_true, probs, predictor.labels)

@@ -133,8 +133,13 @@ def read_config(run: Path, overrides: list[str] | None = None):
     classifier's (classifier keys only; see config.load_config's saved_run)."""
     from sentiment_rnn.config import Config, LMRunConfig, load_config
 
-    schema = LMRunConfig if (Path(run) / CORPUS).is_file() else Config
+    schema = LMRunConfig if holds_language_model(run) else Config
     return load_config(Path(run) / CONFIG, overrides, schema, saved_run=True)
+
+
+def holds_language_model(run: Path) -> bool:
+    """A pretrain-lm run's folder, finished or not: it records the corpus it read."""
+    return (Path(run) / CORPUS).is_file()
 
 
 def is_complete(run: Path) -> bool:

@@ -140,12 +140,12 @@ def load_predictor(model: Path | None):
 
     threads = runtime.server_threads()
     if model is not None and onnx_backend.is_export(Path(model)):
-        predictor = onnx_backend.OnnxPredictor.load(onnx_backend.resolve_export(model), threads)
+        predictor, stale = onnx_backend.load_export(model, threads)
         meta = predictor.meta
         return predictor, {"backend": "onnx", "labels": predictor.labels, "model": meta.get("model"),
                            "source_run": meta.get("source_run"), "export": str(predictor.path),
                            "source_weights_sha256": meta.get("source_weights_sha256"), "versions": meta.get("versions"),
-                           "warning": onnx_backend.stale_note(predictor.path)}
+                           "warning": stale}
     # oneDNN keeps a compiled kernel, with its buffers, for each (steps, batch) shape it has seen, up to 1,024
     # of them: a server sees every shape, and its RSS grew with each new one. A user's own setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
