@@ -19,6 +19,8 @@ from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.models.baseline import per_word_linear_params
 from sentiment_rnn.tokenizer import train_tokenizer
 
+from in_process import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ModelConfig(kind="per_word_linear")
 
@@ -163,11 +165,11 @@ def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
     assert len(held_out) == 1
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    predicted = cli("predict", "--model", str(out / "baseline-seed1"), "--format", "json", "a fine film")
+    predicted = run_cli("predict", "--model", out / "baseline-seed1", "--format", "json", "a fine film")
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout)[0]["label"] in ("negative", "positive")
 
-    again = cli("compare-baseline", "--config", "configs/tiny.yaml", "--output", str(out))
+    again = run_cli("compare-baseline", "--config", "configs/tiny.yaml", "--output", out, cwd=ROOT)
     assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
     config = load_config(ROOT / "configs" / "tiny.yaml")
     rundir.check_output(out, True, comparison_markers(config), "comparison")  # --overwrite would replace it
@@ -183,8 +185,8 @@ def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
 def test_compare_baseline_rejects_a_broken_probe_before_training(tmp_path):
     probe = tmp_path / "probe.tsv"
     probe.write_text("1\tgood\n1\tnice\n", encoding="utf-8")
-    result = cli("compare-baseline", "--config", "configs/tiny.yaml", "--output", str(tmp_path / "cmp"),
-                 "--probe", str(probe))
+    result = run_cli("compare-baseline", "--config", "configs/tiny.yaml", "--output", tmp_path / "cmp",
+                     "--probe", probe, cwd=ROOT)
     assert result.returncode == 1 and "same label" in result.stderr
     assert not (tmp_path / "cmp").exists()
 

@@ -1,18 +1,15 @@
-"""evaluate --label-map, --predictions and --show-wrong via the installed command, on the tiny run and its export."""
+"""evaluate --label-map, --predictions and --show-wrong through the CLI (in this process), on the tiny run and
+its export."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
+from in_process import run_cli
+
 WORDS = ["great", "awful", "fine", "dull", "moving", "silly", "warm", "tedious"]
-
-
-def run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
@@ -33,11 +30,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_label_map_scores_data_whose_labels_are_spelled_otherwise(tiny_run, tmp_path):
     short = labeled_csv(tmp_path / "short.csv", ("neg", "pos"))
-    one_line_error(run("evaluate", "-m", tiny_run, "--data", short), "or map them with --label-map")
-    mapped = run("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos=positive, neg=negative", "--json")
+    one_line_error(run_cli("evaluate", "-m", tiny_run, "--data", short), "or map them with --label-map")
+    mapped = run_cli("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos=positive, neg=negative", "--json")
     assert mapped.returncode == 0, mapped.stderr
-    spelled = run("evaluate", "-m", tiny_run, "--data", labeled_csv(tmp_path / "long.csv", ("negative", "positive")),
-                  "--json")
+    long = labeled_csv(tmp_path / "long.csv", ("negative", "positive"))
+    spelled = run_cli("evaluate", "-m", tiny_run, "--data", long, "--json")
     mapped, spelled = json.loads(mapped.stdout), json.loads(spelled.stdout)
     assert mapped["n"] == 30 and mapped["confusion_matrix"] == spelled["confusion_matrix"]
     assert mapped["per_class"]["positive"]["support"] == 15
@@ -45,22 +42,22 @@ def test_label_map_scores_data_whose_labels_are_spelled_otherwise(tiny_run, tmp_
 
 def test_label_map_refuses_a_target_the_model_lacks_and_a_malformed_pair(tiny_run, tmp_path):
     short = labeled_csv(tmp_path / "short.csv", ("neg", "pos"))
-    one_line_error(run("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos=good,neg=negative"),
+    one_line_error(run_cli("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos=good,neg=negative"),
                    "maps 'pos' to 'good', which is not one of the model's labels (negative, positive)")
-    one_line_error(run("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos"),
+    one_line_error(run_cli("evaluate", "-m", tiny_run, "--data", short, "--label-map", "pos"),
                    "is not DATA_LABEL=MODEL_LABEL")
 
 
 def test_a_single_data_file_is_named_in_errors_not_as_split_train(tiny_run, tmp_path):
     odd = labeled_csv(tmp_path / "odd.csv", ("neg", "meh"))
-    proc = run("evaluate", "-m", tiny_run, "--data", odd)
+    proc = run_cli("evaluate", "-m", tiny_run, "--data", odd)
     one_line_error(proc, f"'{odd}' has label 'neg'")
     assert "split 'train'" not in proc.stderr
     data = labeled_csv(tmp_path / "d.csv", ("negative", "positive"))
-    table = run("evaluate", "-m", tiny_run, "--data", data)
+    table = run_cli("evaluate", "-m", tiny_run, "--data", data)
     assert table.returncode == 0, table.stderr
     assert "every row" in table.stdout and "train split" not in table.stdout  # scored whole, as the README says
-    one_line_error(run("evaluate", "-m", tiny_run, "--data", data, "--split", "test"),
+    one_line_error(run_cli("evaluate", "-m", tiny_run, "--data", data, "--split", "test"),
                    f"'{data}' is a single file, scored whole; drop --split")
 
 
@@ -80,7 +77,7 @@ def check_predictions(rows: list[dict], metrics: dict) -> None:
 
 def test_predictions_file_holds_every_row_in_the_datas_order(tiny_run, tmp_path):
     data, out = labeled_csv(tmp_path / "d.csv", ("negative", "positive")), tmp_path / "pred.jsonl"
-    proc = run("evaluate", "-m", tiny_run, "--data", data, "--predictions", out, "--json")
+    proc = run_cli("evaluate", "-m", tiny_run, "--data", data, "--predictions", out, "--json")
     assert proc.returncode == 0, proc.stderr
     metrics, rows = json.loads(proc.stdout), read_jsonl(out)
     assert [r["text"] for r in rows] == [line.rsplit(",", 1)[0] for line in data.read_text().splitlines()[1:]]
@@ -92,14 +89,14 @@ def test_predictions_file_holds_every_row_in_the_datas_order(tiny_run, tmp_path)
 def test_predictions_of_an_export_equal_the_runs_and_the_summary_shows_the_wrong_rows(tiny_run, tiny_export, tmp_path):
     scored = {}
     for name, model in (("run", tiny_run), ("export", tiny_export)):
-        proc = run("evaluate", "-m", model, "--predictions", tmp_path / f"{name}.jsonl", "--json")
+        proc = run_cli("evaluate", "-m", model, "--predictions", tmp_path / f"{name}.jsonl", "--json")
         assert proc.returncode == 0, proc.stderr
         scored[name] = read_jsonl(tmp_path / f"{name}.jsonl")
         check_predictions(scored[name], json.loads(proc.stdout))
     by_text = {r["text"]: r for r in scored["run"]}
     for row in scored["export"]:
         assert row["label"] == by_text[row["text"]]["label"] and row["predicted"] == by_text[row["text"]]["predicted"]
-    shown = run("evaluate", "-m", tiny_export, "--predictions", tmp_path / "again.jsonl", "--show-wrong", "2")
+    shown = run_cli("evaluate", "-m", tiny_export, "--predictions", tmp_path / "again.jsonl", "--show-wrong", "2")
     assert shown.returncode == 0, shown.stderr
     worst = sorted((r for r in scored["export"] if r["predicted"] != r["label"]),
                    key=lambda r: -r["probabilities"][r["predicted"]])[0]
@@ -109,10 +106,10 @@ def test_predictions_of_an_export_equal_the_runs_and_the_summary_shows_the_wrong
 def test_a_predictions_file_that_cannot_be_written_leaves_nothing_behind(tiny_export, tmp_path):
     target = tmp_path / "taken"
     target.mkdir()
-    proc = run("evaluate", "-m", tiny_export, "--predictions", target)
+    proc = run_cli("evaluate", "-m", tiny_export, "--predictions", target)
     one_line_error(proc, f"cannot write '{target}': it is a directory")
     assert list(tmp_path.iterdir()) == [target] and not list(target.iterdir())
-    one_line_error(run("evaluate", "-m", tiny_export, "--predictions", tmp_path / "absent" / "p.jsonl"),
+    one_line_error(run_cli("evaluate", "-m", tiny_export, "--predictions", tmp_path / "absent" / "p.jsonl"),
                    "its folder does not exist")
 
 

@@ -1,4 +1,4 @@
-"""export --quantize through the installed command: an int8 graph that is smaller, recorded in meta.json, and
+"""export --quantize (through the installed command): an int8 graph that is smaller, recorded in meta.json, and
 that predict and evaluate use; a graph with nothing to quantize is refused in one line."""
 
 import json
@@ -14,18 +14,22 @@ from onnx import TensorProto, helper, numpy_helper
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.quantize import quantize_in_place
 
+from in_process import run_cli
+
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 
 
-def sentiment(*args) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+def sentiment(*args, installed: bool = False) -> subprocess.CompletedProcess:
+    """The command through the installed script when `installed`, else in this process."""
+    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300) if installed \
+        else run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     return proc
 
 
 def test_a_quantized_export_is_smaller_recorded_and_predicts_and_evaluates(tiny_run, tiny_export, tmp_path):
     out = tmp_path / "int8 [v2]"
-    said = sentiment("export", "-m", tiny_run, "-o", out, "--quantize").stdout.replace("\n", "")
+    said = sentiment("export", "-m", tiny_run, "-o", out, "--quantize", installed=True).stdout.replace("\n", "")
     meta = json.loads((out / "meta.json").read_text())
     q = meta["quantization"]
     assert q["method"] == "onnxruntime.quantization.quantize_dynamic" and q["weight_type"] == "int8"

@@ -159,8 +159,8 @@ def test_cli_pretrains_fine_tunes_and_predicts(tmp_path):
                    *[f"--set={s}" for s in ["data.limit=400", "train.epochs=2", "train.max_steps=3",
                                             "train.threads=1"]])
     assert done.returncode == 0, done.stderr
-    done = run_cli("predict", "--model", str(clf), "the flower is so beautiful")
-    assert done.returncode == 0 and ("positive" in done.stdout or "negative" in done.stdout), done.stderr
+    done = CliRunner().invoke(app, ["predict", "--model", str(clf), "the flower is so beautiful"])
+    assert done.exit_code == 0 and ("positive" in done.stdout or "negative" in done.stdout), done.stderr
     # The refusals run in-process (the same Typer app and error boundary), which spares a start-up each.
     assert wrong.exit_code == 1 and "is a pretrain-lm run" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
     bad = CliRunner().invoke(app, ["train", "-c", "configs/finetune.yaml", "-o", str(tmp_path / "bad"),

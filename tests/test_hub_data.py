@@ -18,6 +18,7 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.splits import describe_splits, load_splits
 
 from conftest import TINY
+from in_process import run_cli
 
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 FAST = ["--set", "train.epochs=1", "--set", "train.grad_probe_epochs=[]", "--set", "data.text_column=sentence"]
@@ -133,8 +134,7 @@ def test_a_hub_layout_folder_trains_predicts_and_never_scores_its_unlabeled_spli
     assert trained.returncode == 0, trained.stderr
     assert "split 'test' (30 rows) has no labels and is never scored" in " ".join(trained.stdout.split())
     assert json.loads((run / "metrics.json").read_text())["sizes"]["test"] == 12  # carved, labeled rows
-    predicted = subprocess.run([CLI, "predict", "--model", str(run), "--format", "json", "a lovely film"],
-                               capture_output=True, text=True, timeout=120)
+    predicted = run_cli("predict", "--model", run, "--format", "json", "a lovely film")
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout)[0]["label"] in NAMES
     scored = CliRunner().invoke(app, ["evaluate", "--model", str(run), "--data", str(hub_folder), "--split", "test"])

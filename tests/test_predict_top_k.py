@@ -1,8 +1,7 @@
-"""predict --top-k K through the installed command: the K most probable labels per text in every output format,
+"""predict --top-k K through the CLI (in this process): the K most probable labels per text in every output format,
 on a three-class run and on an export; a K above the number of labels gives every label."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,14 +11,14 @@ from typer.testing import CliRunner
 from sentiment_rnn.cli import app
 
 from conftest import TINY
+from in_process import run_cli
 
-CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {"negative": "awful dull", "neutral": "plain okay", "positive": "great lovely"}
 
 
 def predict(*args) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CLI, "predict", *map(str, args)], capture_output=True, text=True, timeout=300)
+    proc = run_cli("predict", *args)
     assert proc.returncode == 0, proc.stderr
     return proc
 

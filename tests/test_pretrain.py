@@ -12,6 +12,8 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.pretrain import tokenize
 from sentiment_rnn.tokenizer import train_tokenizer
 
+from in_process import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = load_config(ROOT / "configs" / "tiny.yaml")  # limit 400 rows per source: seconds, not minutes
 
@@ -56,12 +58,12 @@ def test_cli_writes_glove_vectors_whose_words_are_tokenizer_words_and_refuses_to
         word, *numbers = line.split(" ")
         assert len(numbers) == 20 and tokenize([word], TINY)[0] == [word]
 
-    again = cli("--config", "configs/tiny.yaml", "--epochs", "1", "--output", str(out))
+    again = run_cli("pretrain-embeddings", "--config", "configs/tiny.yaml", "--epochs", "1", "--output", out, cwd=ROOT)
     assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
     assert out.read_text(encoding="utf-8").splitlines() == lines
 
 
 def test_cli_unknown_source_fails_before_any_work(tmp_path):
-    result = cli("--sources", "rotten_tomatoes,yelp", "--output", str(tmp_path / "v.txt"))
+    result = run_cli("pretrain-embeddings", "--sources", "rotten_tomatoes,yelp", "--output", tmp_path / "v.txt")
     assert result.returncode == 1 and result.stderr.startswith("Error: unknown source(s) yelp")
     assert not (tmp_path / "v.txt").exists()

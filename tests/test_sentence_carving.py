@@ -18,6 +18,7 @@ from sentiment_rnn.splits import ROW, describe_splits, load_splits, recorded_spl
 from sentiment_rnn.sweep import run_sweep
 
 from conftest import TINY
+from in_process import run_cli
 
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 
@@ -153,8 +154,7 @@ def test_train_carves_by_sentence_through_the_installed_command(phrase_folder, t
     split = json.loads((run / "split.json").read_text())
     assert len(split["rows"]["validation"]) == 6 and split["carved_by_sentence"] == {"left_out": 6}
     rows = tmp_path / "left-out.jsonl"
-    scored = subprocess.run([CLI, "evaluate", "--model", str(run), "--split", "left-out", "--json",
-                             "--predictions", str(rows)], capture_output=True, text=True, timeout=120)
+    scored = run_cli("evaluate", "--model", run, "--split", "left-out", "--json", "--predictions", rows)
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["split"] == "left-out"
     texts = [json.loads(line)["text"] for line in rows.read_text().splitlines()]

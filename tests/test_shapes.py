@@ -12,18 +12,23 @@ import pytest
 from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.shapes import describe_config
 
+from in_process import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "configs" / "tutorial.yaml"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, installed: bool = False) -> subprocess.CompletedProcess:
+    """`sentiment-rnn inspect ARGS` in this process, or as the installed script when `installed`."""
+    if not installed:
+        return run_cli("inspect", *args, cwd=ROOT)
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(["sentiment-rnn", "inspect", *args], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=120)
 
 
 def test_tutorial_config_prints_the_tutorial_s_parameter_shapes_per_layer():
-    result = cli("--config", "configs/tutorial.yaml")
+    result = cli("--config", "configs/tutorial.yaml", installed=True)
     assert result.returncode == 0, result.stderr
     labels = Counter(part.strip() for line in result.stdout.splitlines() for part in line.split("│"))
     assert labels["W_xh [20, 100]"] == 1  # layer 0 reads the 100-wide word vectors

@@ -1,5 +1,5 @@
 """The review sentences as data, and the two-stage recipe (stage_one.*): sentences first, then the
-configured data starting from them, through the installed CLI on a tiny slice."""
+configured data starting from them, through the CLI on a tiny slice (killed runs: the installed one)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from sentiment_rnn.sentences import split_sentences
 from sentiment_rnn.stages import stage_key, stage_one_config
 
 from conftest import ROOT, TINY
+from in_process import run_cli
 
 # Stage one: 400 of the review sentences for one epoch; a checkpoint every 7 of its 80 steps.
 TWO_STAGES = ["--set", "stage_one.enabled=true", "--set", "stage_one.limit=400", "--set", "stage_one.epochs=1",
@@ -42,7 +43,7 @@ def test_sentences_outside_the_length_limits_and_empty_pieces_are_dropped():
 
 
 def sentiment_rnn(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["sentiment-rnn", *args], capture_output=True, text=True)
+    result = run_cli(*args)
     assert not check or result.returncode == 0, result.stdout + result.stderr
     return result
 

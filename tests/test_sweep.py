@@ -19,6 +19,8 @@ from sentiment_rnn.predict import Predictor
 from sentiment_rnn.probe import load_probe, score_probe
 from sentiment_rnn.sweep import parse_grid, parse_seeds, run_sweep, split_values
 
+from in_process import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
@@ -42,7 +44,8 @@ class CtrlCOnThirdRun(Reporter):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A tiny 2 x 2 sweep stopped by Ctrl-C in its third run, then continued by the installed CLI (2 jobs)."""
+    """A tiny 2 x 2 sweep stopped by Ctrl-C in its third run, then continued through the CLI with 2 jobs (each
+    job a process of its own)."""
     out = tmp_path_factory.mktemp("sweep") / "sweep"
     with pytest.raises(TrainingInterrupted, match="sweep stopped"):
         run_sweep(TINY, GRID, "0,1", out, reporter=CtrlCOnThirdRun())
@@ -51,8 +54,8 @@ def sweep(tmp_path_factory):
               for run in finished.values()}
     interrupted = out / RUNS[("gru", 1)]
     assert set(finished) == {("gru", 0), ("lstm", 0)} and (interrupted / "checkpoint.pt").is_file()
-    result = subprocess.run([CLI, "sweep", "--config", TINY, "--seeds", "0,1", "--set", *GRID, "--output", out,
-                             "--jobs", "2", "--report-to", "tensorboard"], capture_output=True, text=True, timeout=600)
+    result = run_cli("sweep", "--config", TINY, "--seeds", "0,1", "--set", *GRID, "--output", out, "--jobs", "2",
+                     "--report-to", "tensorboard")
     assert result.returncode == 0, result.stderr + result.stdout
     return {"out": out, "before": before, "stdout": result.stdout,
             "summary": json.loads((out / "summary.json").read_text())}
@@ -232,9 +235,8 @@ def test_settings_that_change_only_the_second_stage_train_each_seeds_first_stage
     one run and reused by the other (never trained twice side by side)."""
     out = tmp_path / "sweep"
     stage_one = ["stage_one.enabled=true", "stage_one.limit=400", "stage_one.epochs=1", "train.batch_size=16"]
-    result = subprocess.run([CLI, "sweep", "--config", TINY, "--seeds", "0,1", "--set", "train.epochs=1,2",
-                             *[arg for item in stage_one for arg in ("--set", item)], "--output", out, "--jobs", "2"],
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli("sweep", "--config", TINY, "--seeds", "0,1", "--set", "train.epochs=1,2",
+                     *[arg for item in stage_one for arg in ("--set", item)], "--output", out, "--jobs", "2")
     assert result.returncode == 0, result.stderr + result.stdout
     firsts = sorted(path.name for path in (out / "stage-one").iterdir())
     assert len(firsts) == 2 and [name.split("-")[-2] for name in firsts] == ["seed0", "seed1"], firsts
@@ -276,5 +278,5 @@ def test_a_continued_two_stage_sweep_keeps_finished_runs_and_resumes_the_second_
     assert result.returncode == 0, result.stderr + result.stdout
     assert "0 run(s) trained, 1 resumed, 1 kept" in result.stdout, result.stdout
     assert [h["epoch"] for h in json.loads((stopped / "metrics.json").read_text())["history"]] == [1, 2]
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    again = run_cli(*command[1:])
     assert again.returncode == 0 and "0 run(s) trained, 0 resumed, 2 kept" in again.stdout, again.stderr + again.stdout

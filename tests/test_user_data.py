@@ -1,6 +1,7 @@
 """A new user's own data, as they would bring it: every label style, every file format, a folder of named
 splits, evaluating from another folder, byte order marks, and compare-baseline's positive label. Each case
-trains the tiny config for real; each defect a user met also runs through the installed command (marked slow)."""
+trains the tiny config for real; most commands run in this process, and the defects a user met in training and
+evaluating also through the installed command (marked slow)."""
 
 import json
 import os
@@ -18,6 +19,7 @@ from sentiment_rnn.compare import positive_label
 from sentiment_rnn.errors import SentimentRNNError
 
 from conftest import TINY
+from in_process import run_cli
 
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 FAST = ["--set", "train.epochs=1", "--set", "train.grad_probe_epochs=[]"]
@@ -114,12 +116,11 @@ def test_negative_positive_labels_train_and_evaluate_through_the_installed_comma
 
 
 # --- named splits, other folders, byte order marks ----------------------------------------------------------
-@pytest.mark.slow
 def test_a_folders_validation_and_test_files_are_used_and_reported(tmp_path):
     write(tmp_path / "data" / "train.csv", rows(["neg", "pos"], 60))
     write(tmp_path / "data" / "validation.csv", rows(["neg", "pos"], 12))
     write(tmp_path / "data" / "test.csv", rows(["neg", "pos"], 14))
-    result = sentiment("train", "-c", TINY, "--set", f"data.source={tmp_path / 'data'}", *FAST, "-o", tmp_path / "run")
+    result = run_cli("train", "-c", TINY, "--set", f"data.source={tmp_path / 'data'}", *FAST, "-o", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     assert ("train 60 rows (split 'train'), validation 12 rows (split 'validation'), "
             "test 14 rows (split 'test')") in result.stdout
@@ -189,23 +190,22 @@ def test_only_a_test_file_beside_train_carves_validation_and_says_so(tmp_path):
 def test_evaluate_scores_a_named_split_of_a_folder(split, tmp_path, tiny_run):
     write(tmp_path / "data" / "train.csv", rows(["negative", "positive"], 20))
     write(tmp_path / "data" / f"{split}.csv", rows(["negative", "positive"], 16))
-    result = sentiment("evaluate", "-m", tiny_run, "--data", tmp_path / "data", "--split", split, "--json")
+    command = sentiment if split == "test" else run_cli  # one of the two through the installed command
+    result = command("evaluate", "-m", tiny_run, "--data", tmp_path / "data", "--split", split, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["n"] == 16
 
 
-@pytest.mark.slow
 def test_evaluate_scores_a_folder_holding_only_test_csv(tmp_path, tiny_run):
     write(tmp_path / "data" / "test.csv", rows(["negative", "positive"], 16))
-    result = sentiment("evaluate", "-m", tiny_run, "--data", tmp_path / "data", "--split", "test", "--json")
+    result = run_cli("evaluate", "-m", tiny_run, "--data", tmp_path / "data", "--split", "test", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["n"] == 16
 
 
-@pytest.mark.slow
 def test_evaluate_scores_a_plain_file_without_naming_a_split(tmp_path, tiny_run):
     data = write(tmp_path / "other.csv", rows(["negative", "positive"], 30))
-    result = sentiment("evaluate", "-m", tiny_run, "--data", data, "--json")
+    result = run_cli("evaluate", "-m", tiny_run, "--data", data, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["n"] == 30
 
@@ -220,7 +220,7 @@ def test_a_run_trained_on_a_relative_path_evaluates_from_another_folder(tmp_path
     assert trained.returncode == 0, trained.stderr
     record = json.loads((tmp_path / "project" / "run" / "split.json").read_text())
     assert record["source"] == str(tmp_path / "project" / "reviews.csv") and record["source_given"] == "reviews.csv"
-    result = sentiment("evaluate", "-m", tmp_path / "project" / "run", "--json", cwd=tmp_path / "elsewhere")
+    result = run_cli("evaluate", "-m", tmp_path / "project" / "run", "--json", cwd=tmp_path / "elsewhere")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["source"] == "reviews.csv" and metrics["n"] == record["sizes"]["test"]
@@ -233,14 +233,13 @@ def test_a_training_file_with_a_byte_order_mark_reads_its_first_column(fmt, tmp_
     assert label_names(tmp_path / "run") == ["neg", "pos"]
 
 
-@pytest.mark.slow
 def test_a_byte_order_mark_is_not_part_of_the_first_text_to_predict(tmp_path, tiny_run):
     plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
     plain.write_text("a great film\nawful\n", encoding="utf-8")
     marked.write_text("\ufeffa great film\nawful\n", encoding="utf-8")
     outputs = []
     for path in (plain, marked):
-        result = sentiment("predict", "-m", tiny_run, "-f", path, "--format", "jsonl")
+        result = run_cli("predict", "-m", tiny_run, "-f", path, "--format", "jsonl")
         assert result.returncode == 0, result.stderr
         outputs.append([json.loads(line) for line in result.stdout.splitlines()])
     assert outputs[1] == outputs[0] and outputs[1][0]["text"] == "a great film"
@@ -271,18 +270,16 @@ def test_an_unclear_positive_label_is_a_one_line_error(labels, given, message):
         positive_label(labels, given)
 
 
-@pytest.mark.slow
 def test_compare_baseline_without_a_positive_label_fails_before_training(tmp_path):
     data = write(tmp_path / "moods.csv", rows(["happy", "unhappy"]))
-    result = sentiment("compare-baseline", "-c", TINY, "--set", f"data.source={data}", "-o", tmp_path / "cmp")
+    result = run_cli("compare-baseline", "-c", TINY, "--set", f"data.source={data}", "-o", tmp_path / "cmp")
     assert result.returncode == 1 and "--positive-label" in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "cmp").exists()
 
 
-@pytest.mark.slow
 def test_compare_baseline_on_three_classes_skips_the_probe_with_a_note(tmp_path):
     data = write(tmp_path / "three.csv", rows(["negative", "neutral", "positive"], 90))
-    result = sentiment("compare-baseline", "-c", TINY, "--set", f"data.source={data}", *FAST, "-o", tmp_path / "cmp")
+    result = run_cli("compare-baseline", "-c", TINY, "--set", f"data.source={data}", *FAST, "-o", tmp_path / "cmp")
     assert result.returncode == 0, result.stderr
     assert "Note: the context probe needs two classes" in result.stdout
     assert "scoring shuffled test sentences (no probe)" in result.stdout and "the probe and" not in result.stdout
@@ -319,10 +316,9 @@ def test_piped_training_output_keeps_each_epoch_on_one_line(tmp_path):
     assert any(len(line) > 80 for line in result.stdout.splitlines())  # nothing was cut at 80 columns
 
 
-@pytest.mark.slow
 def test_predict_without_model_says_which_run_it_picked(tmp_path, tiny_run):
     shutil.copytree(tiny_run, tmp_path / "runs" / "tiny")
-    result = sentiment("predict", "--format", "jsonl", "a great film", cwd=tmp_path)
+    result = run_cli("predict", "--format", "jsonl", "a great film", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"Using {Path('runs') / 'tiny'}, the most recent complete run" in result.stderr
     assert len(result.stdout.splitlines()) == 1  # stdout holds only the predictions

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from sentiment_rnn.cli import app
 
+from in_process import run_cli
+
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 
 
@@ -183,7 +185,7 @@ def test_without_model_the_latest_run_is_never_a_language_model(tiny_run, tmp_pa
     (lm / "meta.json").write_text(json.dumps({**meta, "kind": "language_model"}))
     os.utime(lm / "metrics.json")  # the most recent run under runs/
     for command in ("predict", "explain"):  # each says on stderr which run it read
-        result = cli(command, "good", cwd=tmp_path)
+        result = run_cli(command, "good", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "Using runs/classifier, the most recent complete run" in result.stderr, command
 
