@@ -116,6 +116,7 @@ def trace_shapes(model: nn.Module, config: Config, batch: int, seq_len: int, voc
         handles += _trace_layer_encoder(encoder, seen)
     if encoder is not None:
         handles.append(encoder.register_forward_hook(lambda m, a, out: seen.update(out=out[0], final=out[1])))
+        handles.append(model.head.register_forward_pre_hook(lambda m, a: seen.__setitem__("head_in", a[0])))
     input_ids = torch.randint(2, max(vocab_size, 3), (seq_len, batch))  # [T, B], no [PAD]/[UNK]
     lengths = torch.full((batch,), seq_len)  # [B]
     model.eval()
@@ -151,8 +152,12 @@ def trace_shapes(model: nn.Module, config: Config, batch: int, seq_len: int, voc
         if not isinstance(encoder, CellEncoder):
             stages += _state_stages("h", seen["h_n"], stack, "every layer's state after the last step", lstm)
         ends = "forward at the last token, backward at the first" if cfg.bidirectional else "at the last real token"
+        concat = getattr(model, "pooling", "last") == "concat"
         stages.append(_stage("final", list(seen["final"].shape), f"[batch, {dirs}{width}]",
-                             f"what the head reads: top state {ends}"))
+                             f"{'' if concat else 'what the head reads: '}top state {ends}"))
+        if concat:
+            stages.append(_stage("pooled", list(seen["head_in"].shape), f"[batch, 3*{dirs}{width}]",
+                                 "what the head reads: [final, max over time, mean over time]"))
     stages.append(_stage("logits", list(logits.shape), "[batch, classes]", "one score per class"))
     return stages
 

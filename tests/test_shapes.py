@@ -83,6 +83,15 @@ def test_cells_encoder_shows_one_state_per_layer_with_its_own_width():
     assert [r["label"] for r in description["parameters"] if r["layer"] == 1][0] == "W_xh [15, 20]"
 
 
+def test_concat_pooling_shows_the_three_times_wider_vector_the_head_reads():
+    description = describe_config(TUTORIAL, ["model.cell=lstm", "model.num_layers=1", "model.hidden_size=16",
+                                             "model.pooling=concat"])
+    stages = {s["stage"]: s for s in description["shapes"]}
+    assert stages["final"]["shape"] == [3, 16] and "what the head reads" not in stages["final"]["note"]
+    assert stages["pooled"]["shape"] == [3, 48] and "what the head reads" in stages["pooled"]["note"]
+    assert [r["label"] for r in description["parameters"] if r["label"].startswith("W_hy")] == ["W_hy [2, 48]"]
+
+
 def test_inspecting_a_config_loads_no_data():
     code = ("import sys; from sentiment_rnn.shapes import describe_config; describe_config('configs/tutorial.yaml');"
             "sys.exit('datasets' in sys.modules)")
