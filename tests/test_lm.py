@@ -151,6 +151,7 @@ def test_cli_pretrains_a_tiny_lm_and_refuses_bad_input(tmp_path):
     assert again.exit_code == 1 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     finished = in_process("--resume", str(run))
     assert finished.exit_code == 1 and "already finished" in finished.stderr
+    assert "train.epochs" not in finished.stderr  # an LM run keeps no final_state.pt: more epochs cannot continue it
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
     bad = in_process("--config", str(LM), *sets, "--set", f"lm.source={empty}", "--output", str(tmp_path / "nothing"))
