@@ -15,6 +15,21 @@ from pathlib import Path
 STEPS = (0, 10, 50, 100, 200)
 
 
+def read_probe(run: Path, epoch: int) -> tuple[str, list[float]]:
+    """The run's cell label and its probe's norms at `epoch`; a run without them is a one-line error."""
+    import yaml
+
+    if not (run / "metrics.json").is_file() or not (run / "config.yaml").is_file():
+        raise SystemExit(f"Error: '{run}' holds no metrics.json and config.yaml; pass the folder of a finished run")
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    model = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["model"]
+    probes = {p["epoch"]: p["norms"] for p in metrics.get("grad_through_time") or []}
+    if epoch not in probes:
+        raise SystemExit(f"Error: '{run}' recorded no gradient probe at epoch {epoch}; it has epochs {sorted(probes)} "
+                     "(train.grad_probe_epochs): pass one of them with --epoch")
+    return ("tanh RNN" if model["cell"] == "rnn" else model["cell"].upper()), probes[epoch]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories with a metrics.json")
@@ -26,15 +41,10 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import yaml
 
+    curves = [read_probe(run, args.epoch) for run in args.runs]  # every run checked before drawing
     fig, ax = plt.subplots(figsize=(7, 4))
-    for run in args.runs:
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        model = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["model"]
-        label = "tanh RNN" if model["cell"] == "rnn" else model["cell"].upper()
-        probes = {p["epoch"]: p["norms"] for p in metrics["grad_through_time"]}
-        norms = probes[args.epoch]
+    for run, (label, norms) in zip(args.runs, curves, strict=True):
         ax.plot(range(len(norms)), norms, label=label)
         shown = "  ".join(f"{k}: {norms[k]:.2e}" for k in STEPS if k < len(norms))
         print(f"{label:8} {run}  epoch {args.epoch}  {shown}")

@@ -84,3 +84,23 @@ def test_probe_averages_each_step_back_over_the_sentences_long_enough_to_have_it
 def test_no_probe_for_a_model_whose_head_reads_more_than_the_final_state(cfg):
     model = build_model(cfg, 40, 2, 32)
     assert gradient_probe(model, batch(), CPU) is None
+
+
+def test_compare_gradients_script_names_the_epochs_a_run_recorded_or_draws_them(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  cell: lstm\n", encoding="utf-8")
+    (run / "metrics.json").write_text(json.dumps({"grad_through_time": [{"epoch": 1, "norms": [1.0, 0.5, 0.25]}]}))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "compare_gradients.py"
+    png = tmp_path / "g.png"
+    missing = subprocess.run([sys.executable, script, run, "--output", png, "--epoch", "2"], capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "no gradient probe at epoch 2; it has epochs [1]" in missing.stderr and not png.exists()
+    drawn = subprocess.run([sys.executable, script, run, "--output", png], capture_output=True, text=True, timeout=120)
+    assert drawn.returncode == 0 and "LSTM" in drawn.stdout and png.read_bytes()[:4] == b"\x89PNG", drawn.stderr
