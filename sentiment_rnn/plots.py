@@ -47,11 +47,15 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
 def plot_gradient_norms(probes: list[dict], path: Path, title: str = "") -> None:
     """||dLoss/dh_t|| against steps back from the last token, one line per recorded epoch (log scale)."""
     plt = _pyplot()
+    from matplotlib.ticker import NullLocator
     fig, ax = plt.subplots(figsize=(7, 4))
     for probe in probes:
         norms = probe["norms"]
         ax.plot(range(len(norms)), norms, label=f"epoch {probe['epoch']}")
     ax.set_yscale("log")
+    values = [v for probe in probes for v in probe["norms"] if v > 0]
+    if values and max(values) > 1e3 * min(values):  # many decades: one labelled tick each reads well, and the
+        ax.yaxis.set_minor_locator(NullLocator())  # dozens of minor ticks took most of the figure's drawing time
     ax.set(xlabel="steps back from the last token", ylabel="||dLoss/dh_t|| (mean over sentences)",
            title=title or "Gradient flowing back through time")
     ax.legend()
