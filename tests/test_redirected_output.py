@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import TINY
+from in_process import run_cli
 
 CLI = shutil.which("sentiment-rnn") or pytest.fail("the sentiment-rnn console script is not installed")
 
@@ -22,5 +23,5 @@ def test_a_redirected_training_log_has_no_blank_lines_and_literal_paths(tmp_path
     assert len(epochs) == 3 and epochs == list(range(epochs[0], epochs[0] + 3)), lines  # adjacent, no blank line
     assert "" not in lines[: epochs[-1] + 1], lines
     assert lines[0].endswith(f"-> {out}") and lines[-1].endswith(f"Run saved to {out}"), lines
-    evaluated = subprocess.run([CLI, "evaluate", "-m", str(out)], capture_output=True, text=True, timeout=300)
+    evaluated = run_cli("evaluate", "-m", out)  # the path as written in evaluate's table too
     assert evaluated.returncode == 0 and f"{out} on " in evaluated.stdout.replace("\n", ""), evaluated.stdout
