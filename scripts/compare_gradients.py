@@ -25,8 +25,8 @@ def read_probe(run: Path, epoch: int) -> tuple[str, list[float]]:
     model = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["model"]
     probes = {p["epoch"]: p["norms"] for p in metrics.get("grad_through_time") or []}
     if epoch not in probes:
-        raise SystemExit(f"Error: '{run}' recorded no gradient probe at epoch {epoch}; it has epochs {sorted(probes)} "
-                     "(train.grad_probe_epochs): pass one of them with --epoch")
+        raise SystemExit(f"Error: '{run}' recorded no gradient probe at epoch {epoch}; it has epochs "
+                         f"{sorted(probes)} (train.grad_probe_epochs): pass one of them with --epoch")
     return ("tanh RNN" if model["cell"] == "rnn" else model["cell"].upper()), probes[epoch]
 
 
