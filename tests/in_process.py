@@ -9,7 +9,9 @@ running the installed `sentiment-rnn` with subprocess.run.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -24,9 +26,20 @@ def run_cli(*args, input: str | bytes | None = None, cwd: Path | None = None) ->
     from sentiment_rnn.cli import app
 
     argv = [str(arg) for arg in args]
-    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+    with _working_directory(cwd):
         result = CliRunner().invoke(app, argv, input=input)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(["sentiment-rnn", *argv], result.exit_code, result.stdout, result.stderr)
 
+
+@contextlib.contextmanager
+def _working_directory(folder: Path | None) -> Iterator[None]:
+    """Run inside `folder` (None: where we are), as subprocess.run(cwd=...); contextlib.chdir needs Python 3.11."""
+    before = os.getcwd()
+    if folder is not None:
+        os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
