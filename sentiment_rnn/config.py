@@ -139,7 +139,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: OMP_NUM_THREADS, else the cores (at most 4)
     amp_bf16: bool = False  # bf16 autocast on CUDA
-    fast_cpu: bool = False  # hand-written CPU kernels (sentiment_rnn/speed): faster, same results, less readable
+    fast_cpu: bool = False  # hand-written CPU kernels (sentiment_rnn/speed): faster; same math, other dropout masks
     max_steps: int | None = Field(None, ge=1)  # stop each epoch after this many steps (smoke runs)
     checkpoint_every: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
     grad_probe_epochs: list[int] = [1]  # epochs after which dLoss/dh_t is recorded on a validation batch
