@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +30,7 @@ FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".pa
 ROWS_AS = {".csv": "a header row and data rows", ".tsv": "a header row and data rows", ".parquet": "rows",
            ".json": "a JSON array of row objects", ".jsonl": "one JSON object per row, a line each"}
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+HUB_SHARD = re.compile(r"(?P<split>.+)-\d+-of-\d+")  # the Hub's file names: train-00000-of-00001.parquet
 
 
 def embedded_csv() -> Path:
@@ -105,7 +107,8 @@ def hub_unreachable(source: str) -> SentimentRNNError:
 
 
 def _files_by_split(path: Path) -> dict[str, list[Path]]:
-    """A file is the train split; a folder's files are split by their stem (train, validation/valid/dev, test)."""
+    """A file is the train split; a folder's files are split by their stem (train, validation/valid/dev, test),
+    a Hub shard's by the stem before its number (a Hub layout's data/ folder given itself reads as the layout)."""
     if path.is_file():
         return {"train": [path]}
     found = sorted(p for p in path.iterdir() if p.suffix.lower() in FORMATS)
@@ -113,7 +116,8 @@ def _files_by_split(path: Path) -> dict[str, list[Path]]:
         raise SentimentRNNError(f"folder '{path}' holds no {'/'.join(FORMATS)} file; add train.csv (and test.csv)")
     files: dict[str, list[Path]] = {}
     for p in found:
-        files.setdefault(SPLIT_NAMES.get(p.stem.lower(), p.stem), []).append(p)
+        stem = shard["split"] if (shard := HUB_SHARD.fullmatch(p.stem)) else p.stem
+        files.setdefault(SPLIT_NAMES.get(stem.lower(), stem), []).append(p)
     return files
 
 

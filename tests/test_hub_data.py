@@ -51,12 +51,13 @@ def hub_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def test_a_hub_layout_folder_reads_the_same_with_or_without_hf(hub_folder):
+def test_a_hub_layout_folder_reads_the_same_with_or_without_hf_and_as_its_data_folder(hub_folder):
     plain = load_splits(DataConfig(source=str(hub_folder), text_column="sentence"), 0)
     prefixed = load_splits(DataConfig(source=f"hf:{hub_folder}", text_column="sentence"), 0)
-    assert plain.label_names == prefixed.label_names == NAMES
-    assert plain.record["sizes"] == prefixed.record["sizes"]
-    assert plain.record["rows"] == prefixed.record["rows"]
+    shards = load_splits(DataConfig(source=str(hub_folder / "data"), text_column="sentence"), 0)  # its shard files
+    assert plain.label_names == prefixed.label_names == shards.label_names == NAMES
+    assert plain.record["sizes"] == prefixed.record["sizes"] == shards.record["sizes"]
+    assert plain.record["rows"] == prefixed.record["rows"] == shards.record["rows"]
 
 
 @pytest.mark.parametrize("given", [{}, {"validation_split": "validation"}])
