@@ -59,6 +59,16 @@ def configure_threads(threads: int | None) -> int:
     return n
 
 
+def oversubscribed(threads: int | None) -> str | None:
+    """A note when train.threads asks for more threads than this process has cores: the extra threads take
+    turns on the same cores, and every op waits for the slowest of them."""
+    cores = usable_cores()
+    if threads is None or threads <= cores:
+        return None
+    return (f"Note: train.threads={threads} is more than the {cores} core(s) this process may use, which slows "
+            f"every step; leave train.threads out to use the cores there are")
+
+
 def native_bf16(device: str = "cpu") -> bool:
     """Whether the device computes in bf16 in hardware (AVX512-BF16 or AMX on x86, any bf16 GPU);
     elsewhere bf16 is emulated and can be slower than fp32."""

@@ -95,7 +95,8 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
     device = distributed.setup(runtime.resolve_device(config.train.device))  # joins torchrun's process group, if any
     threads = runtime.configure_threads(config.train.threads)  # train.threads, or runtime.default_threads()
     checkpoint.seed_everything(config.seed)
-
+    if note := runtime.oversubscribed(config.train.threads):
+        reporter.stage(note)
     reporter.stage("Loading data")
     with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
         splits = data_lib.load_splits(config.data, config.seed)

@@ -44,3 +44,25 @@ def test_configure_threads_sets_torch_to_the_given_number_or_the_default():
     finally:
         torch.set_num_threads(before)
 
+
+def test_more_threads_than_cores_gets_a_note_and_the_cores_or_fewer_none(monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    note = runtime.oversubscribed(3)
+    assert note.startswith("Note: train.threads=3 is more than the 2 core(s)") and "leave train.threads out" in note
+    assert [runtime.oversubscribed(n) for n in (2, 1, None)] == [None, None, None]
+
+
+def test_training_with_more_threads_than_cores_says_so_before_loading_data(tmp_path):
+    from conftest import TINY
+    from in_process import run_cli
+
+    threads, before = runtime.usable_cores() + 1, torch.get_num_threads()
+    try:
+        result = run_cli("train", "-c", TINY, "-o", tmp_path / "run", "--set", f"train.threads={threads}",
+                         "--set", "train.epochs=1", "--set", "train.grad_probe_epochs=[]")
+    finally:
+        torch.set_num_threads(before)  # this test process's other tests keep their one thread
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert f"Note: train.threads={threads} is more than the {threads - 1} core(s)" in said
+    assert said.index("Note: train.threads") < said.index("Loading data")
