@@ -234,3 +234,19 @@ def test_a_checkpoint_in_the_earlier_pretrain_lm_format_is_a_one_line_error_sayi
                                                 "--overwrite") as err:
         checkpoint.read(path)
     assert "\n" not in str(err.value)
+
+
+def test_pretrain_lm_with_more_threads_than_cores_says_so(tmp_path):
+    import torch
+
+    from sentiment_rnn import runtime
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")  # fails after the note, before any data is read
+    threads, before = runtime.usable_cores() + 1, torch.get_num_threads()
+    sets = [arg for item in [*TINY, f"train.threads={threads}", f"lm.source={empty}"] for arg in ("--set", item)]
+    try:
+        result = in_process("--config", str(LM), *sets, "--output", str(tmp_path / "lm"))
+    finally:
+        torch.set_num_threads(before)
+    assert f"Note: train.threads={threads} is more than the {threads - 1} core(s)" in " ".join(result.stdout.split())

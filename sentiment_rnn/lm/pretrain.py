@@ -155,6 +155,8 @@ def pretrain_lm(config: Config, output: Path, reporter: Reporter | None = None, 
         rundir.check_output(output, overwrite)
     threads = runtime.configure_threads(config.train.threads)
     checkpoint.seed_everything(config.seed)
+    if note := runtime.oversubscribed(config.train.threads):
+        reporter.stage(note)
     source = read_lm_source(config)
     tokenizer, batches, held, record = prepare_data(config, output, resume, reporter, source)
     replaced = None if resume else rundir.prepare_output(output, overwrite)
