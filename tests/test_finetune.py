@@ -141,21 +141,22 @@ def test_concat_pooling_reads_real_tokens_only():
     assert concat_pool(out, out[1], torch.tensor([2])).tolist() == [[3.0, 3.0, 2.0]]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def installed(*args: str) -> subprocess.CompletedProcess:
+    """The installed `sentiment-rnn` script, in a process of its own."""
     return subprocess.run(["sentiment-rnn", *args], capture_output=True, text=True, check=False)
 
 
 def test_cli_pretrains_fine_tunes_and_predicts(tmp_path):
     lm, clf = tmp_path / "lm", tmp_path / "clf"
     shape = [f"--set={s}" for s in SHAPE]
-    done = run_cli("pretrain-lm", "-c", "configs/lm.yaml", "-o", str(lm), *shape, *[f"--set={s}" for s in TINY_LM])
+    done = installed("pretrain-lm", "-c", "configs/lm.yaml", "-o", str(lm), *shape, *[f"--set={s}" for s in TINY_LM])
     assert done.returncode == 0, done.stderr
     # The refusal's hint is the command to run: it names every shape key this LM's width differs in.
     wrong = CliRunner().invoke(app, ["predict", "--model", str(lm), "the flower is so beautiful"])
     hint = wrong.stderr.strip().split("fine-tune one from it: ")[1]
     assert hint == ("sentiment-rnn train -c finetune --set model.embedding_dim=16 --set model.hidden_size=24 "
                     f"--set model.num_layers=2 --set model.init_from={lm}")
-    done = run_cli(*shlex.split(hint)[1:], "-o", str(clf),
+    done = installed(*shlex.split(hint)[1:], "-o", str(clf),
                    *[f"--set={s}" for s in ["data.limit=400", "train.epochs=2", "train.max_steps=3",
                                             "train.threads=1"]])
     assert done.returncode == 0, done.stderr
