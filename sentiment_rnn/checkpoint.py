@@ -194,15 +194,14 @@ def check_resumable(run: Path, epochs: int | None = None) -> None:
 
 def check_continuable(run: Path, epochs: int | None) -> None:
     """A finished run continues from its final state when asked for more epochs than it was configured for."""
-    own = rundir.read_config(run).train.epochs
+    own, final = rundir.read_config(run).train.epochs, (run / FINAL).is_file()
     if epochs is None or epochs == own:  # a run without FINAL (a pretrain-lm run) cannot take more epochs
-        more = f", or continue it with more epochs: --set train.epochs=N with N > {own}"
-        more = more if (run / FINAL).is_file() else ""
+        more = f", or continue it with more epochs: --set train.epochs=N with N > {own}" if final else ""
         raise SentimentRNNError(f"cannot resume: run '{run}' already finished; train a new run with --output DIR{more}")
     if epochs < own:
         raise SentimentRNNError(f"cannot continue run '{run}': train.epochs={epochs} is not more than its own "
                                 f"train.epochs={own}; pass a larger value, e.g. --set train.epochs={2 * own}")
-    if not (run / FINAL).is_file():
+    if not final:
         raise SentimentRNNError(f"cannot continue run '{run}': it has no {FINAL} (its last epoch's weights and "
                                 "optimizer state) to continue from; train a new run with --output DIR")
 
