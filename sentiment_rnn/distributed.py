@@ -62,6 +62,25 @@ def teardown() -> None:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[torch.device]:
+    """setup() for the block and teardown() after it, yielding this rank's device. A block inside another
+    keeps the outer block's group: a two-stage `train` stays in one group across both stages, whose
+    ranks must wait for rank 0's first-stage files."""
+    if world_size() == 1:
+        yield device
+        return
+    import torch.distributed as dist
+
+    joined = dist.is_initialized()
+    device = setup(device)
+    try:
+        yield device
+    finally:
+        if not joined:
+            teardown()
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The model itself for one process; under torchrun, DistributedDataParallel around it.
 

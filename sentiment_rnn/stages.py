@@ -19,7 +19,7 @@ import shutil
 from importlib import metadata, resources
 from pathlib import Path
 
-from sentiment_rnn import rundir
+from sentiment_rnn import distributed, rundir, runtime
 from sentiment_rnn import train as train_lib
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config, parse_config
@@ -128,25 +128,41 @@ def check_recorded_stage_one(run: Path, record: dict) -> None:
                                 f"{str(record.get('weights_sha256'))[:12]}); train again with --overwrite")
 
 
-def ensure_stage_one(first: Config, where: Path, key: str, reporter, report_to: str | None) -> dict:
-    """Reuse the first stage at `where`, resume it from its checkpoint, or train it; returns what happened
-    and the run's weights sha256."""
+def _stage_one_action(where: Path, key: str) -> str:
+    """What the first stage at `where` needs: "reused" (identical), "rebuilt" (its key or weights differ),
+    "resumed" (a checkpoint) or "trained" (nothing there yet)."""
     if rundir.is_complete(where):
         meta = rundir.read_json(where / rundir.META)
         stored = rundir.read_json(where / KEY_FILE).get("key") if (where / KEY_FILE).is_file() else None
-        if stored == key and rundir.sha256(where / rundir.WEIGHTS) == meta.get("weights_sha256"):
-            reporter.stage(f"Stage 1 of 2: reusing the identical first stage {where}")
-            return {"action": "reused", "weights_sha256": meta["weights_sha256"]}
-        reporter.stage(f"Stage 1 of 2: {where} is stale (its key or weights differ), training it again")
-        action, resume = "rebuilt", False
-    elif (where / rundir.CHECKPOINT).is_file():
-        reporter.stage(f"Stage 1 of 2: resuming {where}")
-        action, resume = "resumed", True
-    else:
-        reporter.stage(f"Stage 1 of 2: training on {first.data.source} -> {where}")
-        action, resume = "trained", False
-    train_lib.train(first, where, reporter, overwrite=not resume, resume=resume, report_to=report_to)
-    rundir.write_json(where / KEY_FILE, {"key": key})
+        identical = stored == key and rundir.sha256(where / rundir.WEIGHTS) == meta.get("weights_sha256")
+        return "reused" if identical else "rebuilt"
+    return "resumed" if (where / rundir.CHECKPOINT).is_file() else "trained"
+
+
+ACTIONS = {"reused": "reusing the identical first stage {where}",
+           "rebuilt": "{where} is stale (its key or weights differ), training it again",
+           "resumed": "resuming {where}",
+           "trained": "training on {source} -> {where}"}
+
+
+def ensure_stage_one(first: Config, where: Path, key: str, reporter, report_to: str | None) -> dict:
+    """Reuse the first stage at `where`, resume it from its checkpoint, or train it; returns what happened
+    and the run's weights sha256. Under torchrun, rank 0's look at the folder decides for every rank (they
+    train it together), and the others read its files once rank 0 has written them."""
+    main = distributed.is_main()
+    seen = list(ACTIONS).index(_stage_one_action(where, key)) if main else 0
+    action = list(ACTIONS)[int(distributed.from_main(seen)[0])]
+    reporter.stage("Stage 1 of 2: " + ACTIONS[action].format(where=where, source=first.data.source))
+    if action != "reused":
+        resume = action == "resumed"
+        train_lib.train(first, where, reporter, overwrite=not resume, resume=resume, report_to=report_to)
+        if main:
+            rundir.write_json(where / KEY_FILE, {"key": key})
+    distributed.barrier()
+    if not rundir.is_complete(where):  # only a rank on another machine than rank 0 gets here
+        raise SentimentRNNError(f"rank {distributed.rank()} cannot read the first stage rank 0 wrote to '{where}': "
+                                "on several machines, --output must be on a filesystem they all share "
+                                "(or set stage_one.enabled=false)")
     return {"action": action, "weights_sha256": rundir.read_json(where / rundir.META)["weights_sha256"]}
 
 
@@ -154,8 +170,9 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
           report_to: str | None = None, first_stages: Path | None = None) -> dict:
     """train.train, preceded by the first stage when stage_one.enabled; returns metrics.json's content,
     plus a stage_one entry (where, key, weights sha256, reused or trained) for a two-stage run. The first
-    stage is looked for in first_stages when given, else beside the run (stage_one_dir)."""
-    reporter = reporter or Reporter()
+    stage is looked for in first_stages when given, else beside the run (stage_one_dir). Under torchrun
+    every rank calls it; rank 0 alone reports and writes."""
+    reporter = (reporter or Reporter()) if distributed.is_main() else Reporter()
     output = Path(output)
     if resume and (output / rundir.CONFIG).is_file() and (entry := recorded_stage_one(output)) is not None:
         # stopped in its second stage: that stage continues, from the first stage it recorded
@@ -165,19 +182,28 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
         return {**metrics, "stage_one": stage_one_summary(entry)}
     if not config.stage_one.enabled:
         return train_lib.train(config, output, reporter, overwrite=overwrite, resume=resume, report_to=report_to)
+    with distributed.process_group(runtime.resolve_device(config.train.device)):  # one group for both stages
+        return _two_stages(config, output, reporter, overwrite, resume, report_to, first_stages)
+
+
+def _two_stages(config: Config, output: Path, reporter, overwrite: bool, resume: bool, report_to: str | None,
+                first_stages: Path | None) -> dict:
+    main = distributed.is_main()
     created = not output.exists()
-    replaced = None if resume else rundir.prepare_output(output, overwrite)  # an old run set aside, if any
+    replaced = rundir.prepare_output(output, overwrite) if main and not resume else None  # an old run set aside
     first = stage_one_config(config)
     key = stage_key(first)
     where = stage_one_dir(output, first, key, first_stages)
     record = {"config": config.model_dump(mode="json"),
               "stage_one": {"path": str(where), "key": key, "config": first.model_dump(mode="json")}}
-    rundir.write_json(output / RECORD, record)
-    fresh = created or replaced is not None
+    if main:
+        rundir.write_json(output / RECORD, record)
+    fresh = main and (created or replaced is not None)
     try:
         done = _first_stage(first, where, key, output, fresh, reporter, report_to)
         record["stage_one"].update(weights_sha256=done["weights_sha256"], action=done["action"])
-        rundir.write_json(output / RECORD, record)
+        if main:
+            rundir.write_json(output / RECORD, record)
         reporter.stage(f"Stage 2 of 2: training on {config.data.source}, starting from the first stage")
         metrics = _second_stage(stage_two_config(config, where), output, fresh, reporter, report_to)
     finally:

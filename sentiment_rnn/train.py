@@ -92,28 +92,27 @@ def train(config: Config, output: Path, reporter: Reporter | None = None, overwr
 
         tracking.check(report_to)
     source = read_init_source(config)  # model.init_from, checked before any data is loaded
-    device = distributed.setup(runtime.resolve_device(config.train.device))  # joins torchrun's process group, if any
-    threads = runtime.configure_threads(config.train.threads)  # train.threads, or runtime.default_threads()
-    checkpoint.seed_everything(config.seed)
-    if note := runtime.oversubscribed(config.train.threads):
-        reporter.stage(note)
-    reporter.stage("Loading data")
-    with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
-        splits = data_lib.load_splits(config.data, config.seed)
-    reporter.stage(data_lib.describe_splits(splits.record))
-    scoring.class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
-    replaced = rundir.prepare_output(output, overwrite) if not resume and main else None
-    if resume and main and rundir.is_complete(output):
-        checkpoint.reopen_finished(output, splits.record, config.train.epochs, reporter)
-    try:
-        return _train_into(config, output, splits, device, threads, reporter, resume, source, report_to)
-    except BaseException:
-        if main and not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
-            shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
-        raise
-    finally:
-        rundir.settle_replaced(replaced, output)  # the run it replaced comes back if it left nothing
-        distributed.teardown()
+    with distributed.process_group(runtime.resolve_device(config.train.device)) as device:  # torchrun's, if any
+        threads = runtime.configure_threads(config.train.threads)  # train.threads, or runtime.default_threads()
+        checkpoint.seed_everything(config.seed)
+        if note := runtime.oversubscribed(config.train.threads):
+            reporter.stage(note)
+        reporter.stage("Loading data")
+        with distributed.local_main_first():  # one process per node fills datasets' caches; the others read them
+            splits = data_lib.load_splits(config.data, config.seed)
+        reporter.stage(data_lib.describe_splits(splits.record))
+        scoring.class_weights(config.train, splits)  # a wrong count of weights fails here, before anything is written
+        replaced = rundir.prepare_output(output, overwrite) if not resume and main else None
+        if resume and main and rundir.is_complete(output):
+            checkpoint.reopen_finished(output, splits.record, config.train.epochs, reporter)
+        try:
+            return _train_into(config, output, splits, device, threads, reporter, resume, source, report_to)
+        except BaseException:
+            if main and not rundir.is_complete(output) and not (output / rundir.CHECKPOINT).is_file():
+                shutil.rmtree(output, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
+            raise
+        finally:
+            rundir.settle_replaced(replaced, output)  # the run it replaced comes back if it left nothing
 
 
 @dataclass
