@@ -162,7 +162,7 @@ def ensure_stage_one(first: Config, where: Path, key: str, reporter, report_to: 
     if not rundir.is_complete(where):  # only a rank on another machine than rank 0 gets here
         raise SentimentRNNError(f"rank {distributed.rank()} cannot read the first stage rank 0 wrote to '{where}': "
                                 "on several machines, --output must be on a filesystem they all share "
-                                "(or set stage_one.enabled=false)")
+                                "(or train with --set stage_one.enabled=false)")
     return {"action": action, "weights_sha256": rundir.read_json(where / rundir.META)["weights_sha256"]}
 
 
@@ -188,6 +188,8 @@ def train(config: Config, output: Path, reporter=None, overwrite: bool = False, 
 
 def _two_stages(config: Config, output: Path, reporter, overwrite: bool, resume: bool, report_to: str | None,
                 first_stages: Path | None) -> dict:
+    """Both stages of train(), inside its process group: the first stage (reused, resumed or trained), then
+    the second into `output`; rank 0 alone writes the record and the folders."""
     main = distributed.is_main()
     created = not output.exists()
     replaced = rundir.prepare_output(output, overwrite) if main and not resume else None  # an old run set aside
