@@ -23,7 +23,7 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.predict import Predictor
 from sentiment_rnn.probe import DEFAULT_PROBE, load_probe, score_predictor
-from sentiment_rnn.train import train
+from sentiment_rnn.stages import train  # a two-stage config trains both models in its two stages
 
 LENGTHS = (16, 64, 256, 1024)  # sentence lengths L at which parameters are counted
 RUN_PREFIX = {"rnn": "rnn", "per_word_linear": "baseline"}  # model kind -> run directory prefix

@@ -134,10 +134,17 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
     out = tmp_path / "cmp"
+    two_stages = ["--set", "stage_one.enabled=true", "--set", "stage_one.limit=400", "--set", "stage_one.epochs=1"]
     result = cli("compare-baseline", "--config", "configs/tiny.yaml", "--seeds", "2", "--output", str(out),
-                 "--set", "data.limit=300", "--set", "train.epochs=1")
+                 "--set", "data.limit=300", "--set", "train.epochs=1", *two_stages)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RNN vs per-word linear baseline" in result.stdout and "verdict" in result.stdout
+    # a two-stage config trains both models in its two stages, each from a first stage of its own kind
+    for prefix, kind in (("rnn", "rnn"), ("baseline", "per_word_linear")):
+        for seed in (0, 1):
+            first = Path(json.loads((out / f"{prefix}-seed{seed}" / rundir.STAGE_ONE).read_text())["stage_one"]["path"])
+            assert first.parent == out / "stage-one" and rundir.is_complete(first)
+            assert (rundir.read_config(first).model.kind, rundir.read_config(first).seed) == (kind, seed)
 
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["seeds"] == [0, 1] and comparison["lengths"] == [16, 64, 256, 1024]
