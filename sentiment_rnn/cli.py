@@ -100,9 +100,11 @@ def train(
     pending = pending_config(resume) if resume is not None else None  # a run stopped in its first stage
     cfg, out = (pending, resume) if pending else config_and_output(config, DEFAULT_CONFIG, set_, output, overwrite,
                                                                    resume, Path("runs"))
+    # the per-word baseline has no cell or layers: its shape is one linear layer per word position
+    shape = f"{cfg.model.cell}, {cfg.model.layer_sizes()}" if cfg.model.kind == "rnn" else f"L = {cfg.data.max_length}"
     if is_main():  # under torchrun every rank runs this command; rank 0 alone prints
-        console.print(f"[bold]Training[/bold] {escape(cfg.name)}: {cfg.model.kind} ({cfg.model.cell}, "
-                      f"{cfg.model.layer_sizes()}) on {escape(cfg.data.source)} -> {escape(str(out))}", highlight=False)
+        console.print(f"[bold]Training[/bold] {escape(cfg.name)}: {cfg.model.kind} ({shape}) on "
+                      f"{escape(cfg.data.source)} -> {escape(str(out))}", highlight=False)
     metrics = train_run(cfg, out, RichReporter(), overwrite=overwrite, resume=resume is not None,
                         report_to=report_to and report_to.value)
     if not is_main():

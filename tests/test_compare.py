@@ -19,6 +19,7 @@ from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.models.baseline import per_word_linear_params
 from sentiment_rnn.tokenizer import train_tokenizer
 
+from conftest import TINY
 from in_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +226,13 @@ def test_seeds_past_the_largest_numpy_seed_are_refused_before_anything_is_writte
     with pytest.raises(SentimentRNNError, match="seeds 4294967295 to 4294967296 pass 2\\*\\*32 - 1"):
         compare_baseline(config, tmp_path / "cmp", seeds=2)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_train_describes_the_baseline_by_its_word_positions_not_by_rnn_settings_it_ignores(tmp_path):
+    common = ["--set", "data.limit=120", "--set", "train.epochs=1", "--set", "data.max_length=12"]
+    baseline = run_cli("train", "-c", str(TINY), "--set", "model.kind=per_word_linear", *common, "-o", tmp_path / "b")
+    assert baseline.returncode == 0, baseline.stderr
+    assert "Training tiny: per_word_linear (L = 12) on" in baseline.stdout
+    rnn = run_cli("train", "-c", str(TINY), *common, "-o", tmp_path / "r")
+    cell, sizes = load_config(TINY).model.cell, load_config(TINY).model.layer_sizes()
+    assert f"Training tiny: rnn ({cell}, {sizes}) on" in rnn.stdout
