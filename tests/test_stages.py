@@ -228,8 +228,17 @@ def test_a_second_stage_that_fails_before_its_first_checkpoint_leaves_no_folder(
 
     from sentiment_rnn.cli import app
 
-    out = tmp_path / "run"  # the first stage trains; the second cannot read its data
-    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(out), *TWO_STAGES,
-                                      "--set", "data.text_column=nope"])
-    assert result.exit_code == 1 and "has no column 'nope'" in result.output, result.output
+    out = tmp_path / "run"  # the first stage trains; the second blows up in its first steps
+    blow_up = ["--set", "train.lr=1e30", "--set", "train.clip_grad_norm=null", "--set", "stage_one.lr=0.002"]
+    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(out), *TWO_STAGES, *blow_up])
+    assert result.exit_code == 1 and "loss became nan" in result.output and "Stage 2 of 2" in result.output
     assert not out.exists()  # its stage_one.json alone was left, and a later run there adopted it
+
+
+@pytest.mark.parametrize("setting, error", [("data.text_column=nope", "has no column 'nope'"),
+                                            ("data.source=missing.csv", "data source 'missing.csv' not found")])
+def test_second_stage_data_that_cannot_be_read_fails_before_the_first_stage_trains(tmp_path, setting, error):
+    out = tmp_path / "run"
+    result = train_two_stages(out, "--set", setting, check=False)
+    assert result.returncode == 1 and error in result.stderr, result.stderr
+    assert "Stage 1 of 2" not in result.stdout and not out.exists() and not (tmp_path / "stage-one").exists()
