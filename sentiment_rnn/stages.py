@@ -1,12 +1,13 @@
 """Two training stages in one `train`: first on the review sentences (stage_one.*), then on data.source
 starting from that run through model.init_from, the same transfer as from a pretrain-lm run.
 
-The first stage's run lives beside the run, in <runs>/stage-one/<name>-seed<N>-<key>/ (a sweep keeps one
+The first stage's run lives beside the run, in <runs>/stage-one/<name>-stage-one-seed<N>-<key>/ (a sweep keeps one
 such folder for all its settings), where <key> is a digest of everything that shapes it: its resolved config
 (seed included; train.threads left out, it changes speed only), the data package's version and the
 package's code. An identical first stage is reused; one whose weights no longer match its meta.json is
 trained again. The run records its first stage in stage_one.json (config, key, weights sha256); a run
-whose first stage changed since is refused on --resume. With stage_one.enabled false, `train` is the plain
+whose first stage changed since is refused on --resume. The second stage's data is read once before the first
+stage trains, so data that cannot be read fails at once. With stage_one.enabled false, `train` is the plain
 single-stage run.
 """
 

@@ -50,5 +50,9 @@ def test_every_config_key_is_documented():
             else:
                 yield f"{prefix}{name}"
 
-    missing = [k for k in keys(LMRunConfig) if f"`{k}`" not in README]
+    # only the table's rows count: a key mentioned elsewhere in the README is not documented
+    section = README[README.index("## Configuration"):]
+    section = section[:section.index("\n## ")]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+    missing = [k for k in keys(LMRunConfig) if f"`{k}`" not in table]
     assert not missing, f"README's config table lacks {missing}"
