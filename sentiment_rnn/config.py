@@ -278,12 +278,12 @@ def _describe(err: dict, schema: type[Config]) -> str:
     return f"'{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def _origin_of(loc: tuple, origin: str, overrides: dict[str, str], message: str = "") -> str:
-    """Blame the --set override that wrote the failing key, not the file, when one did. A check of a whole
-    section (loc: the section) names the keys it read: the override it names first is blamed, else the file."""
+def _origin_of(loc: tuple, origin: str, overrides: dict[str, str], message: str = "", unknown: bool = False) -> str:
+    """Blame the --set override that wrote the failing key (or, for an unknown key, a key under it), not the file,
+    when one did. A check of a whole section names the keys it read: the first override named is blamed."""
     key = ".".join(str(p) for p in loc)
     for written, item in overrides.items():
-        if key == written or key.startswith(written + "."):
+        if key == written or key.startswith(written + ".") or (unknown and written.startswith(key + ".")):
             return f"--set {item}"
     named = sorted((message.find(w), w) for w in overrides if w.startswith(key + ".") and w in message)
     return f"--set {overrides[named[0][1]]}" if named else origin
@@ -304,10 +304,10 @@ def parse_config(raw: dict[str, Any], origin: str = "config", overrides: dict[st
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        said = _describe(errors[0], schema)
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        where = _origin_of(tuple(errors[0]["loc"]), origin, overrides or {}, said)
+        first, *rest = exc.errors()
+        said = _describe(first, schema)
+        more = f" (and {len(rest)} more)" if rest else ""
+        where = _origin_of(tuple(first["loc"]), origin, overrides or {}, said, first["type"] == "extra_forbidden")
         raise SentimentRNNError(f"{where}: {said}{more}") from None
 
 

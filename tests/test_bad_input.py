@@ -96,7 +96,7 @@ TRAIN_CASES = {
     "section key at the top": Case(lambda t: ["train", "-c", str(TINY), "--set", "hidden_size=8"],
                                    "unknown key 'hidden_size'; did you mean 'model.hidden_size'?"),
     "misspelled section": Case(lambda t: ["train", "-c", str(TINY), "--set", "modle.cell=gru"],
-                               "did you mean 'model'?"),
+                               "--set modle.cell=gru: unknown key 'modle'; did you mean 'model'?"),
     "wrong type": Case(lambda t: ["train", "-c", str(TINY), "--set", "train.batch_size=many"],
                        "'train.batch_size': Input should be a valid integer"),
     "negative size": Case(lambda t: ["train", "-c", str(TINY), "--set", "model.hidden_size=-4"],
