@@ -37,7 +37,10 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 DEFAULT_CONFIG = "default"  # the shipped config every command starts from when --config is not given
 
 
-ModelOpt = Annotated[Path | None, typer.Option(
+ModelOpt = Annotated[Path | None, typer.Option(  # predict and evaluate: a run, or an export that needs no torch
+    "--model", "-m", help="Run directory or its ONNX export; default: the most recent complete run under runs/.",
+)]
+RunOpt = Annotated[Path | None, typer.Option(
     "--model", "-m", help="Run directory; default: the most recent complete run under runs/.",
 )]
 

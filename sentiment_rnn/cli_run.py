@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from sentiment_rnn.cli_common import ModelOpt, escape, handle_errors, heavy_imports
+from sentiment_rnn.cli_common import ModelOpt, RunOpt, escape, handle_errors, heavy_imports
 from sentiment_rnn.errors import SentimentRNNError
 
 
@@ -214,12 +214,16 @@ class ExplainFormat(str, Enum):
     json = "json"
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
 @handle_errors
 def export(
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", help="Run directory to export; default: the most recent complete run under runs/.",
     )] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="Export format: onnx, the one there is.")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Export directory; default RUN/onnx/.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export directory.")] = False,
     quantize: Annotated[bool, typer.Option(
@@ -227,8 +231,6 @@ def export(
     )] = False,
 ) -> None:
     """Export a run to ONNX (model.onnx, tokenizer, labels, meta.json) for predict, evaluate and serve without torch."""
-    if fmt != "onnx":
-        raise SentimentRNNError(f"unknown export format '{fmt}'; the one format is onnx")
     with heavy_imports():
         from sentiment_rnn.export import export_run, export_summary
         from sentiment_rnn.onnx_backend import EXPORT_DIR
@@ -247,7 +249,7 @@ def explain(
         help="Texts to explain; '-' reads one text per line from stdin.",
     )] = None,
     file: FileOpt = None,
-    model: ModelOpt = None,
+    model: RunOpt = None,
     fmt: Annotated[ExplainFormat, typer.Option(
         "--format", help="Output: table (coloured words) or json (every number).",
     )] = ExplainFormat.table,

@@ -209,11 +209,11 @@ def export_run(model_dir: Path | None, output: Path | None = None, overwrite: bo
     """
     run_path = rundir.resolve_run(model_dir)
     out = Path(output) if output is not None else run_path / EXPORT_DIR
-    if out.exists() and not overwrite:
-        raise SentimentRNNError(f"'{out}' already exists; pass --overwrite to replace it or --output another folder")
     if out.exists() and not (out.is_dir() and is_export(out)):  # --overwrite replaces exports, nothing else
         raise SentimentRNNError(
             f"'{out}' exists and is not an export; pass an --output folder that is new or an export")
+    if out.exists() and not overwrite:
+        raise SentimentRNNError(f"'{out}' already exists; pass --overwrite to replace it or --output another folder")
     run = rundir.load_run(run_path)
     module = ExportableClassifier(run.model)  # fails first, with one line, on a model it cannot export
     out.parent.mkdir(parents=True, exist_ok=True)

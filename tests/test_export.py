@@ -171,10 +171,12 @@ def test_commands_that_need_the_run_name_it_when_given_its_export(exported, tiny
 def test_export_refuses_to_overwrite_and_bad_option_pairs(exported, tiny_run, tmp_path):
     result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(exported)])
     assert result.exit_code == 1 and "--overwrite" in result.output
-    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(tiny_run), "--overwrite"])
-    assert result.exit_code == 1 and "is not an export" in result.output
+    for more in ([], ["--overwrite"]):  # a folder that is not an export: --overwrite would not help, so not advised
+        result = runner.invoke(app, ["export", "--model", str(tiny_run), "--output", str(tiny_run), *more])
+        assert result.exit_code == 1 and "is not an export" in result.output and "--overwrite" not in result.output
     assert (tiny_run / "model.safetensors").is_file()  # the run itself is never replaced
-    assert runner.invoke(app, ["export", "--model", str(tiny_run), "--format", "tflite"]).exit_code == 1
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--format", "tflite"])
+    assert result.exit_code == 2 and "'onnx'" in result.output  # a usage error listing the one choice
     for args, words in ((["--backend", "torch"], "is an ONNX export"), (["--precision", "bf16"], "runs in fp32")):
         result = runner.invoke(app, ["predict", "--model", str(exported), *args, "fine"])
         assert result.exit_code == 1 and words in result.output, result.output
@@ -290,3 +292,9 @@ def test_an_export_older_than_its_runs_weights_is_refused_for_the_run_and_warned
 def test_data_options_on_an_export_are_refused_naming_the_option_given(tiny_export, option):
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_export), *option])
     assert result.exit_code == 1 and f"; for {option[0]}, evaluate the run directory" in result.output, result.output
+
+
+def test_help_says_which_commands_read_an_export():
+    for command, reads_exports in (("predict", True), ("evaluate", True), ("explain", False)):
+        text = " ".join(runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output.split())
+        assert ("Run directory or its ONNX export" in text) is reads_exports, (command, text)
