@@ -263,8 +263,8 @@ def _describe(err: dict, schema: type[Config]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "config"
     if err["type"] == "extra_forbidden" and loc[:1] == ("lm",):
-        return ("'lm' configures pretrain-lm (e.g. configs/lm.yaml), not a classifier; drop the lm: section from "
-                "this config")
+        return ("'lm' configures a language model, which `sentiment-rnn pretrain-lm --config` trains; to train a "
+                "classifier from this config, drop the lm: section")
     if err["type"] == "extra_forbidden":
         valid = _field_names(schema, loc[:-1])
         close = [key.removesuffix(str(loc[-1])) + name for name in difflib.get_close_matches(str(loc[-1]), valid, n=1)]

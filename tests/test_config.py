@@ -103,7 +103,8 @@ def test_a_classifier_run_saves_only_classifier_keys_and_an_older_run_with_an_lm
 def test_lm_keys_in_a_classifier_config_are_one_line_error_naming_pretrain_lm():
     from sentiment_rnn.config import Config, LMRunConfig
 
-    with pytest.raises(SentimentRNNError, match="'lm' configures pretrain-lm .*drop the lm: section") as err:
+    said = "'lm' configures a language model, which `sentiment-rnn pretrain-lm --config` trains; .*drop the lm: s"
+    with pytest.raises(SentimentRNNError, match=said) as err:
         parse_config({"lm": {"bptt": 20}}, schema=Config)
     assert "\n" not in str(err.value)
     assert isinstance(parse_config({"lm": {"bptt": 20}}), LMRunConfig)  # pretrain-lm's configs keep them
