@@ -33,15 +33,16 @@ KEY_FILE = "stage_key.json"  # in the first stage's run: the key it was trained 
 
 def stage_one_config(config: Config) -> Config:
     """The first stage: the same tokenizer and model on stage_one.source, for stage_one.epochs, at
-    stage_one.lr when set, without train.layer_lr_decay and train.unfreeze."""
+    stage_one.lr when set, without train.layer_lr_decay, train.unfreeze and train.class_weights."""
     first = config.stage_one
     raw = config.model_dump(mode="json")
     raw["name"] = f"{config.name}-stage-one"
     raw["data"] = {"source": first.source, "max_length": config.data.max_length, "limit": first.limit,
                    "split": list(first.split)}
     raw["train"]["epochs"] = first.epochs
-    # fine-tuning methods are the second stage's: the first trains every layer at one rate from the start
-    raw["train"].update(layer_lr_decay=1.0, unfreeze=None)
+    # fine-tuning methods are the second stage's: the first trains every layer at one rate from the start;
+    # class weights describe data.source's classes, not the review sentences' (two, balanced)
+    raw["train"].update(layer_lr_decay=1.0, unfreeze=None, class_weights=None)
     if first.lr is not None:
         raw["train"]["lr"] = first.lr
     raw["stage_one"] = {"enabled": False}

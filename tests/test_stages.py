@@ -133,10 +133,12 @@ def test_first_stage_key_changes_with_its_config_seed_and_data():
 def test_first_stage_key_leaves_out_the_thread_count_and_what_only_the_second_stage_uses():
     config = load_config(TINY, ["stage_one.enabled=true"])
     key = stage_key(stage_one_config(config))
-    # speed; the second stage's length; fine-tuning methods, which the first stage (trained afresh) never uses
+    # speed; the second stage's length; fine-tuning methods, which the first stage (trained afresh) never uses;
+    # class weights, which describe the second stage's classes (a three-class source's three weights, too)
     for same in ("train.threads=1", "train.threads=3", "train.epochs=7", "train.layer_lr_decay=2.6",
-                 "train.unfreeze=1"):
-        assert stage_key(stage_one_config(load_config(TINY, ["stage_one.enabled=true", same]))) == key, same
+                 "train.unfreeze=1", "train.class_weights=balanced", "train.class_weights=[1,2,3]"):
+        first = stage_one_config(load_config(TINY, ["stage_one.enabled=true", same]))
+        assert stage_key(first) == key and first.train.class_weights is None, same
 
 
 def test_stage_one_lr_is_the_first_stages_rate_and_keys_it():
