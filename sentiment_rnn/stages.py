@@ -21,7 +21,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 from sentiment_rnn import data as data_lib
-from sentiment_rnn import distributed, rundir, runtime
+from sentiment_rnn import distributed, rundir, runtime, scoring
 from sentiment_rnn import train as train_lib
 from sentiment_rnn.checkpoint import Reporter
 from sentiment_rnn.config import Config, parse_config
@@ -194,11 +194,11 @@ def _two_stages(config: Config, output: Path, reporter, overwrite: bool, resume:
     """Both stages of train(), inside its process group: the first stage (reused, resumed or trained), then
     the second into `output`; rank 0 alone writes the record and the folders."""
     main = distributed.is_main()
-    # the second stage's data is read once now: a missing file or an unreachable Hub fails in one line before
-    # the first stage's minutes, with nothing written
+    # the second stage's data is read once now: a missing file, an unreachable Hub or class weights that do not
+    # match its classes fail in one line before the first stage's minutes, with nothing written
     reporter.stage(f"Checking {config.data.source} before the first stage")
     with distributed.local_main_first():
-        data_lib.load_splits(config.data, config.seed)
+        scoring.class_weights(config.train, data_lib.load_splits(config.data, config.seed))
     created = not output.exists()
     replaced = rundir.prepare_output(output, overwrite) if main and not resume else None  # an old run set aside
     first = stage_one_config(config)

@@ -225,20 +225,28 @@ def test_the_defaults_first_stage_is_the_readme_command_on_the_review_sentences(
     assert {**derived, "name": None, "stage_one": None} == {**by_hand, "name": None, "stage_one": None}
 
 
-def test_a_second_stage_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
-    from typer.testing import CliRunner
+@pytest.mark.parametrize("where", ["before its training loop", "in its first steps"])
+def test_a_second_stage_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch, where):
+    from sentiment_rnn import train as train_lib
+    from sentiment_rnn.errors import SentimentRNNError
 
-    from sentiment_rnn.cli import app
-
-    out = tmp_path / "run"  # the first stage trains; the second blows up in its first steps
-    blow_up = ["--set", "train.lr=1e30", "--set", "train.clip_grad_norm=null", "--set", "stage_one.lr=0.002"]
-    result = CliRunner().invoke(app, ["train", "-c", str(TINY), "-o", str(out), *TWO_STAGES, *blow_up])
-    assert result.exit_code == 1 and "loss became nan" in result.output and "Stage 2 of 2" in result.output
+    out, more = tmp_path / "run", []  # the first stage trains; the second fails
+    if where == "before its training loop":  # as a first stage damaged between the two would
+        def unreadable(config):
+            if config.model.init_from:
+                raise SentimentRNNError("the first stage cannot be read")
+        monkeypatch.setattr(train_lib, "read_init_source", unreadable)
+    else:
+        more = ["--set", "train.lr=1e30", "--set", "train.clip_grad_norm=null", "--set", "stage_one.lr=0.002"]
+    result = train_two_stages(out, *more, check=False)
+    assert result.returncode == 1 and "Stage 2 of 2" in result.stdout, result.stdout + result.stderr
+    assert ("cannot be read" if more == [] else "loss became nan") in result.stderr
     assert not out.exists()  # its stage_one.json alone was left, and a later run there adopted it
 
 
 @pytest.mark.parametrize("setting, error", [("data.text_column=nope", "has no column 'nope'"),
-                                            ("data.source=missing.csv", "data source 'missing.csv' not found")])
+                                            ("data.source=missing.csv", "data source 'missing.csv' not found"),
+                                            ("train.class_weights=[1,2,3]", "has 3 weights but the data has 2")])
 def test_second_stage_data_that_cannot_be_read_fails_before_the_first_stage_trains(tmp_path, setting, error):
     out = tmp_path / "run"
     result = train_two_stages(out, "--set", setting, check=False)
