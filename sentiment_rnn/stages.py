@@ -152,9 +152,9 @@ def ensure_stage_one(first: Config, where: Path, key: str, reporter, report_to: 
     """Reuse the first stage at `where`, resume it from its checkpoint, or train it; returns what happened
     and the run's weights sha256. Under torchrun, rank 0's look at the folder decides for every rank (they
     train it together), and the others read its files once rank 0 has written them."""
-    main = distributed.is_main()
-    seen = list(ACTIONS).index(_stage_one_action(where, key)) if main else 0
-    action = list(ACTIONS)[int(distributed.from_main(seen)[0])]
+    main, names = distributed.is_main(), list(ACTIONS)  # ranks exchange the action's number
+    seen = names.index(_stage_one_action(where, key)) if main else 0
+    action = names[int(distributed.from_main(seen)[0])]
     reporter.stage("Stage 1 of 2: " + ACTIONS[action].format(where=where, source=first.data.source))
     if action != "reused":
         resume = action == "resumed"

@@ -17,6 +17,7 @@ from sentiment_rnn.errors import SentimentRNNError
 from sentiment_rnn.evaluate import evaluate_run
 from sentiment_rnn.models import build_model, count_parameters
 from sentiment_rnn.models.baseline import per_word_linear_params
+from sentiment_rnn.stages import recorded_stage_one
 from sentiment_rnn.tokenizer import train_tokenizer
 
 from conftest import TINY
@@ -143,9 +144,10 @@ def test_compare_baseline_command_writes_comparison_runs_and_figure(tmp_path):
     # a two-stage config trains both models in its two stages, each from a first stage of its own kind
     for prefix, kind in (("rnn", "rnn"), ("baseline", "per_word_linear")):
         for seed in (0, 1):
-            first = Path(json.loads((out / f"{prefix}-seed{seed}" / rundir.STAGE_ONE).read_text())["stage_one"]["path"])
+            first = Path(recorded_stage_one(out / f"{prefix}-seed{seed}")["path"])
             assert first.parent == out / "stage-one" and rundir.is_complete(first)
-            assert (rundir.read_config(first).model.kind, rundir.read_config(first).seed) == (kind, seed)
+            config = rundir.read_config(first)
+            assert (config.model.kind, config.seed) == (kind, seed)
 
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["seeds"] == [0, 1] and comparison["lengths"] == [16, 64, 256, 1024]

@@ -14,6 +14,7 @@ from sentiment_rnn import rundir
 from sentiment_rnn.data import BucketBatchSampler
 from sentiment_rnn.evaluate import evaluate_run
 from sentiment_rnn.predict import Predictor
+from sentiment_rnn.stages import recorded_stage_one
 
 from in_process import run_cli
 
@@ -41,8 +42,7 @@ TWO_STAGES = ["--set", "stage_one.enabled=true", "--set", "stage_one.limit=400",
 
 
 def first_stage(run: Path) -> dict:
-    return json.loads((Path(json.loads((run / rundir.STAGE_ONE).read_text())["stage_one"]["path"])
-                       / rundir.METRICS).read_text())
+    return json.loads((Path(recorded_stage_one(run)["path"]) / rundir.METRICS).read_text())
 
 
 @pytest.mark.slow
